@@ -1,0 +1,18 @@
+"""edge-kombu: Celery over HTTPS for workers at remote sites.
+
+Importing the package registers the ``edge`` kombu transport, so broker URLs of
+the form ``edge+https://:TOKEN@host/prefix`` work in any Celery app.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def _register_transport() -> None:
+    from kombu.transport import TRANSPORT_ALIASES
+
+    TRANSPORT_ALIASES.setdefault("edge", "edge_kombu.transport.kombu:Transport")
+
+
+_register_transport()

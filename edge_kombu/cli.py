@@ -1,0 +1,163 @@
+"""The ``edge-kombu`` command: run the API, migrate the database, manage worker tokens."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from edge_kombu import __version__
+
+
+def _db_option(func):
+    return click.option(
+        "--db",
+        "db_url",
+        envvar="EDGE_KOMBU_DB_URL",
+        help="SQLAlchemy URL of the database (default: Airflow's, else a SQLite file "
+        "under $AIRFLOW_HOME).",
+    )(func)
+
+
+def _store(db_url: str | None):
+    from edge_kombu.server.db import create_db_engine, resolve_db_url
+    from edge_kombu.server.store import Store
+
+    return Store(create_db_engine(resolve_db_url(db_url), pool_size=1))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="edge-kombu")
+def main() -> None:
+    """edge-kombu: Celery over HTTPS for workers at remote sites."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@_db_option
+@click.option("--workers", default=1, show_default=True, help="Server processes.")
+@click.option("--certfile", help="TLS certificate: serve HTTPS.")
+@click.option("--keyfile", help="TLS private key.")
+@click.option("--ca-certs", help="CA bundle to verify client certificates.")
+@click.option("--require-client-cert", is_flag=True, help="Refuse clients without a certificate.")
+@click.option("--lease-timeout", type=float, help="Seconds a silent consumer keeps its leases.")
+@click.option("--max-wait", type=float, help="Longest server-side wait of a consume (s).")
+@click.option("--max-body-bytes", type=int, help="Largest request body accepted.")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def api(bind, db_url, workers, certfile, keyfile, ca_certs, require_client_cert,
+        lease_timeout, max_wait, max_body_bytes, access_log) -> None:
+    """Serve the edge API (gunicorn, gevent workers)."""
+    from edge_kombu.server.config import ServerConfig
+    from edge_kombu.server.db import create_db_engine, current_revision, describe, resolve_db_url
+    from edge_kombu.server.serve import APIServer
+
+    url = resolve_db_url(db_url)
+    engine = create_db_engine(url, pool_size=1)
+    try:
+        revision = current_revision(engine)
+    except Exception as exc:  # noqa: BLE001 - report any connection failure in one line
+        _fail(f"cannot connect to the database {describe(url)}: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    if revision is None:
+        _fail(f"the edge tables do not exist in {describe(url)}; run: edge-kombu db migrate --db ...")
+    try:
+        config = ServerConfig.from_environment(
+            url, lease_timeout=lease_timeout, max_wait=max_wait, max_body_bytes=max_body_bytes
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    if bool(certfile) != bool(keyfile):
+        _fail("--certfile and --keyfile go together")
+    APIServer(
+        config,
+        bind=bind,
+        workers=workers,
+        certfile=certfile,
+        keyfile=keyfile,
+        ca_certs=ca_certs,
+        require_client_cert=require_client_cert,
+        access_log=access_log,
+    ).run()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+@_db_option
+def migrate(db_url) -> None:
+    """Create or upgrade the edge tables (Alembic, own version table)."""
+    from edge_kombu.server.db import create_db_engine, current_revision, describe, migrate as run
+    from edge_kombu.server.db import resolve_db_url
+
+    url = resolve_db_url(db_url)
+    engine = create_db_engine(url, pool_size=1)
+    run(engine)
+    click.echo(f"edge tables at revision {current_revision(engine)} in {describe(url)}")
+
+
+@main.group()
+def token() -> None:
+    """Per-worker API tokens (stored hashed)."""
+
+
+@token.command("create")
+@click.option("--worker", "name", required=True, help="Name the token is issued for.")
+@_db_option
+def token_create(name, db_url) -> None:
+    """Issue a token; prints only the token on stdout."""
+    from edge_kombu.errors import EdgeError
+    from edge_kombu.protocol import MAX_NAME_LENGTH
+
+    if not name or len(name) > MAX_NAME_LENGTH:
+        _fail(f"--worker must be 1 to {MAX_NAME_LENGTH} characters")
+    try:
+        click.echo(_store(db_url).create_token(name))
+    except EdgeError as exc:
+        _fail(exc.message)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_db_option
+def token_list(as_json, db_url) -> None:
+    """List who holds a token (never the tokens themselves)."""
+    from datetime import datetime, timezone
+
+    rows = _store(db_url).list_tokens()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        created = datetime.fromtimestamp(row["created_at"], timezone.utc).isoformat(timespec="seconds")
+        click.echo(f"{row['name']}\t{created}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@_db_option
+def token_revoke(name, db_url) -> None:
+    """Revoke NAME's token; effective on its next request."""
+    from edge_kombu.errors import EdgeError
+
+    try:
+        _store(db_url).revoke_token(name)
+    except EdgeError as exc:
+        _fail(exc.message)
+    click.echo(f"revoked the token of {name}", err=True)
+
+
+if __name__ == "__main__":
+    main()

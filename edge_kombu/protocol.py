@@ -1,0 +1,211 @@
+"""The wire contract between edge workers and the edge API (stdlib only).
+
+Both sides import this module: the routes, the JSON shapes of every request
+(as JSON Schema, used by the server to validate and to publish its OpenAPI
+document), the header names and the protocol version.
+
+Every route is ``POST <prefix>/api/v1/<name>`` with a JSON object body and a
+JSON object answer, except ``GET /api/v1/health`` (the only unauthenticated
+route) and ``GET /api/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+#: Version of the wire protocol. Peers with the same major version interoperate.
+PROTOCOL_VERSION = "1.0"
+
+#: Request header carrying the client's protocol version.
+HEADER_PROTOCOL = "X-Edge-Kombu-Protocol"
+#: Request header naming the worker (informational, shown in server logs).
+HEADER_CLIENT_NAME = "X-Edge-Kombu-Client"
+
+#: Shared-secret mode: short-lived JWTs signed with ``[core] internal_api_secret_key``.
+JWT_AUDIENCE = "edge-kombu"
+JWT_ALGORITHM = "HS512"
+#: JWT claim binding a token to the one route it was minted for.
+JWT_ROUTE_CLAIM = "route"
+#: Lifetime of a minted JWT, in seconds.
+JWT_LIFETIME = 60
+#: Shortest shared secret accepted.
+MIN_SECRET_LENGTH = 16
+
+#: URL path of the API below the configured prefix.
+API_PATH = "/api/v1"
+
+#: Longest queue, exchange or routing key name, as in Airflow's edge executor.
+MAX_NAME_LENGTH = 256
+#: Longest result key.
+MAX_KEY_LENGTH = 255
+#: Most keys in one ``results/mget``.
+MAX_MGET_KEYS = 10_000
+#: Most messages one consume may hand out.
+MAX_BATCH = 1_000
+#: Longest a consume may wait on the server, in seconds.
+MAX_WAIT_SECONDS = 60.0
+
+EXCHANGE_TYPES = ("direct", "topic", "fanout")
+
+#: Message header with the weight of a task in worker slots (integer >= 1).
+HEADER_POOL_SLOTS = "pool_slots"
+
+
+def protocol_major(version: str) -> int:
+    """Return the major number of a ``MAJOR.MINOR`` protocol version string."""
+    head = str(version).split(".", 1)[0]
+    if not head.isdigit():
+        raise ValueError(f"protocol version {version!r} is not of the form MAJOR.MINOR")
+    return int(head)
+
+
+# -- JSON Schemas of request bodies -------------------------------------------------
+
+_NAME = {"type": "string", "maxLength": MAX_NAME_LENGTH}
+_QUEUE_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
+_SESSION = {"type": "string", "minLength": 8, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
+_TAG = {"type": "string", "minLength": 1, "maxLength": 64}
+_KEY = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
+_ARGUMENTS = {"type": ["object", "null"]}
+_SECONDS = {"type": ["number", "null"], "minimum": 0}
+
+
+def _obj(properties: dict, required: tuple = ()) -> dict:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+#: The message as kombu's virtual transport builds it (``Channel.prepare_message``).
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "body": {"type": ["string", "null"]},
+        "content-type": {"type": ["string", "null"]},
+        "content-encoding": {"type": ["string", "null"]},
+        "headers": {"type": ["object", "null"]},
+        "properties": {"type": "object"},
+    },
+    "required": ["body", "properties"],
+}
+
+REQUESTS: dict[str, dict] = {
+    "exchange/declare": _obj(
+        {
+            "name": _NAME,
+            "type": {"enum": list(EXCHANGE_TYPES)},
+            "durable": {"type": "boolean"},
+            "auto_delete": {"type": "boolean"},
+            "arguments": _ARGUMENTS,
+            "passive": {"type": "boolean"},
+        },
+        ("name",),
+    ),
+    "exchange/delete": _obj({"name": _NAME}, ("name",)),
+    "queue/declare": _obj(
+        {
+            "name": _QUEUE_NAME,
+            "durable": {"type": "boolean"},
+            "auto_delete": {"type": "boolean"},
+            "exclusive": {"type": "boolean"},
+            "arguments": _ARGUMENTS,
+            "passive": {"type": "boolean"},
+        },
+        ("name",),
+    ),
+    "queue/delete": _obj(
+        {"name": _QUEUE_NAME, "if_unused": {"type": "boolean"}, "if_empty": {"type": "boolean"}},
+        ("name",),
+    ),
+    "queue/purge": _obj({"name": _QUEUE_NAME}, ("name",)),
+    "queue/bind": _obj(
+        {"queue": _QUEUE_NAME, "exchange": _NAME, "routing_key": _NAME, "arguments": _ARGUMENTS},
+        ("queue", "exchange"),
+    ),
+    "queue/unbind": _obj(
+        {"queue": _QUEUE_NAME, "exchange": _NAME, "routing_key": _NAME}, ("queue", "exchange")
+    ),
+    "publish": _obj(
+        {
+            "exchange": _NAME,
+            "routing_key": _NAME,
+            "message": MESSAGE_SCHEMA,
+            "mandatory": {"type": "boolean"},
+        },
+        ("exchange", "routing_key", "message"),
+    ),
+    "consume": _obj(
+        {
+            "session": _SESSION,
+            "queues": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": _obj({"name": _QUEUE_NAME, "no_ack": {"type": "boolean"}}, ("name",)),
+            },
+            "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+            "max_slots": {"type": ["integer", "null"], "minimum": 0},
+            "max_messages": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH},
+        },
+        ("session", "queues"),
+    ),
+    "ack": _obj(
+        {"session": _SESSION, "delivery_tags": {"type": "array", "items": _TAG, "maxItems": MAX_BATCH}},
+        ("session", "delivery_tags"),
+    ),
+    "reject": _obj(
+        {
+            "session": _SESSION,
+            "delivery_tags": {"type": "array", "items": _TAG, "maxItems": MAX_BATCH},
+            "requeue": {"type": "boolean"},
+        },
+        ("session", "delivery_tags"),
+    ),
+    "hello": _obj({}),
+    "session/close": _obj({"session": _SESSION}, ("session",)),
+    "session/wake": _obj({"session": _SESSION}, ("session",)),
+    "results/get": _obj({"key": _KEY}, ("key",)),
+    "results/mget": _obj(
+        {"keys": {"type": "array", "items": _KEY, "maxItems": MAX_MGET_KEYS}}, ("keys",)
+    ),
+    "results/set": _obj(
+        {
+            "key": _KEY,
+            "value": {"type": "string"},
+            "encoding": {"enum": ["utf-8", "base64"]},
+            "expires": _SECONDS,
+        },
+        ("key", "value"),
+    ),
+    "results/delete": _obj({"key": _KEY}, ("key",)),
+    "results/incr": _obj(
+        {"key": _KEY, "amount": {"type": "integer"}, "expires": _SECONDS}, ("key",)
+    ),
+    "results/expire": _obj({"key": _KEY, "expires": _SECONDS}, ("key", "expires")),
+}
+
+#: One line per route, for the OpenAPI document and the README.
+SUMMARIES: dict[str, str] = {
+    "exchange/declare": "Declare an exchange (direct, topic or fanout); passive checks it exists.",
+    "exchange/delete": "Delete an exchange and its bindings.",
+    "queue/declare": "Declare a queue with x-expires / x-message-ttl; returns its depth.",
+    "queue/delete": "Delete a queue, its bindings and its messages.",
+    "queue/purge": "Remove every message of a queue that is not leased.",
+    "queue/bind": "Bind a queue to an exchange with a routing key (topic patterns allowed).",
+    "queue/unbind": "Remove a binding.",
+    "publish": "Route one message through an exchange; returns the number of queues it reached.",
+    "consume": "Long-poll: lease messages from several queues, waiting up to `wait` seconds.",
+    "ack": "Acknowledge leased messages (deletes them).",
+    "reject": "Reject leased messages; requeue releases them for redelivery.",
+    "hello": "Check credentials and protocol version; returns the server's limits.",
+    "session/close": "End a consumer session; its leased messages are redelivered.",
+    "session/wake": "Cut a waiting consume of this session short (its capacity changed).",
+    "results/get": "Read one result.",
+    "results/mget": "Read many results in one request.",
+    "results/set": "Write a result with an optional expiry in seconds.",
+    "results/delete": "Delete a result.",
+    "results/incr": "Atomically add to an integer result (chord counters).",
+    "results/expire": "Set the expiry of a result.",
+}
+
+assert set(SUMMARIES) == set(REQUESTS)

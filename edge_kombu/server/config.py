@@ -1,0 +1,91 @@
+"""Settings of the edge API server, parsed once into a frozen object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from edge_kombu.protocol import MAX_WAIT_SECONDS, MIN_SECRET_LENGTH
+
+ENV_SECRET = "AIRFLOW__CORE__INTERNAL_API_SECRET_KEY"
+
+#: Seconds a consumer session may stay silent before its leases are released.
+DEFAULT_LEASE_TIMEOUT = 30.0
+#: Longest a consume waits on the server before answering empty.
+DEFAULT_MAX_WAIT = 10.0
+#: Largest request body accepted (bytes).
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+#: How often expired sessions, messages, queues and results are cleaned up.
+DEFAULT_REAP_INTERVAL = 1.0
+#: Without PostgreSQL NOTIFY: how often each process checks for messages published elsewhere.
+DEFAULT_WAKE_POLL_INTERVAL = 0.2
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def shared_secret_from_environment() -> str | None:
+    """``[core] internal_api_secret_key``: from the environment, else Airflow's config."""
+    secret = os.environ.get(ENV_SECRET)
+    if secret:
+        return secret
+    from edge_kombu.server.db import airflow_conf
+
+    conf = airflow_conf()
+    if conf is None:
+        return None
+    return conf.get("core", "internal_api_secret_key", fallback=None) or None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    db_url: str
+    secret_key: str | None = None
+    lease_timeout: float = DEFAULT_LEASE_TIMEOUT
+    max_wait: float = DEFAULT_MAX_WAIT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    reap_interval: float = DEFAULT_REAP_INTERVAL
+    wake_poll_interval: float = DEFAULT_WAKE_POLL_INTERVAL
+    jwt_leeway: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.secret_key is not None and len(self.secret_key) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"the shared secret ([core] internal_api_secret_key) must be at least "
+                f"{MIN_SECRET_LENGTH} characters long"
+            )
+        if not 0 < self.max_wait <= MAX_WAIT_SECONDS:
+            raise ValueError(f"max_wait must be in (0, {MAX_WAIT_SECONDS}] seconds")
+        if self.lease_timeout <= self.max_wait * 1.5:
+            raise ValueError(
+                f"lease_timeout ({self.lease_timeout}s) must exceed 1.5 x max_wait "
+                f"({self.max_wait}s): a consumer waiting on the server would lose its leases"
+            )
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+        for name in ("reap_interval", "wake_poll_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds")
+
+    @classmethod
+    def from_environment(cls, db_url: str, **overrides) -> ServerConfig:
+        """Settings from ``EDGE_KOMBU_*`` variables and the shared secret, then ``overrides``."""
+        values = {
+            "secret_key": shared_secret_from_environment(),
+            "lease_timeout": _env_float("EDGE_KOMBU_LEASE_TIMEOUT", DEFAULT_LEASE_TIMEOUT),
+            "max_wait": _env_float("EDGE_KOMBU_MAX_WAIT", DEFAULT_MAX_WAIT),
+            "max_body_bytes": int(_env_float("EDGE_KOMBU_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+            "reap_interval": _env_float("EDGE_KOMBU_REAP_INTERVAL", DEFAULT_REAP_INTERVAL),
+            "wake_poll_interval": _env_float(
+                "EDGE_KOMBU_WAKE_POLL_INTERVAL", DEFAULT_WAKE_POLL_INTERVAL
+            ),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(db_url=db_url, **values)

@@ -1,0 +1,141 @@
+"""Which database the edge API uses, the engine for it, and schema migration.
+
+Resolution order of the database URL: the ``--db`` option or ``EDGE_KOMBU_DB_URL``;
+else Airflow's ``[database] sql_alchemy_conn`` when Airflow is installed and
+configured; else a SQLite file ``edge_kombu.db`` under ``$AIRFLOW_HOME``
+(default ``~/airflow``): the embedded default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+
+log = logging.getLogger(__name__)
+
+ENV_DB_URL = "EDGE_KOMBU_DB_URL"
+SQLITE_FILENAME = "edge_kombu.db"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+# Bare dialect names mapped to the driver edge-kombu installs for them.
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg2",
+    "postgres": "postgresql+psycopg2",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+
+
+def airflow_home() -> Path:
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+
+
+def airflow_conf():
+    """Airflow's configuration, if Airflow is installed and configured; else None.
+
+    Importing Airflow writes a default ``airflow.cfg``, so it is only imported when
+    an ``airflow.cfg`` exists already or ``AIRFLOW__*`` variables are set.
+    """
+    configured = (airflow_home() / "airflow.cfg").exists() or any(
+        key.startswith("AIRFLOW__") for key in os.environ
+    )
+    if not configured:
+        return None
+    try:
+        from airflow.configuration import conf
+    except ImportError:
+        return None
+    return conf
+
+
+def _airflow_sql_alchemy_conn() -> str | None:
+    conf = airflow_conf()
+    if conf is None:
+        return None
+    return conf.get("database", "sql_alchemy_conn", fallback=None) or None
+
+
+def resolve_db_url(explicit: str | None = None) -> str:
+    """Return the database URL to use (see the module docstring for the order)."""
+    url = explicit or os.environ.get(ENV_DB_URL) or _airflow_sql_alchemy_conn()
+    if not url:
+        home = airflow_home()
+        home.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{home / SQLITE_FILENAME}"
+    return normalize_url(url)
+
+
+def normalize_url(url: str) -> str:
+    """Name the installed driver for bare ``postgresql://`` / ``mysql://`` URLs."""
+    parsed = make_url(url)
+    driver = _DEFAULT_DRIVERS.get(parsed.drivername)
+    if driver:
+        parsed = parsed.set(drivername=driver)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # Let the DB-API stop issuing its own BEGIN; we emit BEGIN IMMEDIATE below, so
+    # a transaction that reads before it writes can never lose a race for the lock.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """Create the engine for ``url`` with the settings each backend needs."""
+    url = normalize_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    kwargs: dict = {"pool_size": pool_size, "max_overflow": 2 * pool_size, "pool_pre_ping": True}
+    if backend in ("mysql", "mariadb"):
+        kwargs["pool_recycle"] = 3600
+        kwargs["isolation_level"] = "READ COMMITTED"
+    return create_engine(url, **kwargs)
+
+
+def alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection_engine"] = engine
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "heads") -> None:
+    """Create or upgrade the edge tables to ``revision`` through Alembic."""
+    from alembic import command
+
+    command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    from edge_kombu.server.models import VERSION_TABLE
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()
+
+
+def describe(url: str) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)

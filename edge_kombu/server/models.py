@@ -1,0 +1,129 @@
+"""Tables of the edge API, on a private ``MetaData`` so they never mix with Airflow's.
+
+Times are UNIX epoch seconds (float) written by the API servers, which keeps the
+arithmetic of leases and expiries identical on SQLite, PostgreSQL and MySQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+
+from edge_kombu.protocol import MAX_KEY_LENGTH, MAX_NAME_LENGTH
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Alembic's version table for our migrations, apart from Airflow's own.
+VERSION_TABLE = "edge_kombu_alembic_version"
+
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+_NAME = String(MAX_NAME_LENGTH)
+_LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+_LONG_BLOB = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+exchange = Table(
+    "edge_kombu_exchange",
+    metadata,
+    Column("name", _NAME, primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("durable", Boolean, nullable=False, default=True),
+    Column("auto_delete", Boolean, nullable=False, default=False),
+    Column("arguments", Text, nullable=True),
+)
+
+binding = Table(
+    "edge_kombu_binding",
+    metadata,
+    # sha1 of (exchange, queue, routing key): a unique key short enough for MySQL.
+    Column("id", String(40), primary_key=True),
+    Column("exchange", _NAME, nullable=False, index=True),
+    Column("queue", _NAME, nullable=False, index=True),
+    Column("routing_key", _NAME, nullable=False),
+    Column("pattern", String(4 * MAX_NAME_LENGTH), nullable=True),
+)
+
+queue = Table(
+    "edge_kombu_queue",
+    metadata,
+    Column("name", _NAME, primary_key=True),
+    Column("durable", Boolean, nullable=False, default=True),
+    Column("auto_delete", Boolean, nullable=False, default=False),
+    Column("exclusive", Boolean, nullable=False, default=False),
+    Column("expires_ms", BigInteger, nullable=True),
+    Column("message_ttl_ms", BigInteger, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("last_used_at", Double, nullable=False),
+)
+
+message = Table(
+    "edge_kombu_message",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("queue", _NAME, nullable=False),
+    Column("priority", SmallInteger, nullable=False, default=0),
+    Column("slots", Integer, nullable=False, default=1),
+    Column("payload", _LONG_TEXT, nullable=False),
+    Column("published_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=True),
+    Column("redelivered", Boolean, nullable=False, default=False),
+    # Lease: the consumer session holding the message, and the nonce of this delivery.
+    Column("session", String(64), nullable=True),
+    Column("lease_nonce", String(16), nullable=True),
+    Column("leased_at", Double, nullable=True),
+    Index("ix_edge_kombu_message_claim", "queue", "session", "priority", "id"),
+    Index("ix_edge_kombu_message_session", "session"),
+    Index("ix_edge_kombu_message_expires_at", "expires_at"),
+)
+
+session = Table(
+    "edge_kombu_session",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("principal", _NAME, nullable=False),
+    Column("opened_at", Double, nullable=False),
+    Column("last_seen", Double, nullable=False, index=True),
+    Column("closed_at", Double, nullable=True, index=True),
+)
+
+consumer = Table(
+    "edge_kombu_consumer",
+    metadata,
+    Column("session", String(64), primary_key=True),
+    Column("queue", _NAME, primary_key=True, index=True),
+)
+
+result = Table(
+    "edge_kombu_result",
+    metadata,
+    Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+    Column("value", _LONG_BLOB, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=True, index=True),
+)
+
+token = Table(
+    "edge_kombu_token",
+    metadata,
+    Column("name", _NAME, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+)

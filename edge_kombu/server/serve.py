@@ -1,0 +1,67 @@
+"""Serve the edge API with gunicorn's gevent worker (long-polls cost a greenlet each)."""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+from edge_kombu.server.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+#: Concurrent connections per worker process: idle long-polls from up to this many workers.
+DEFAULT_WORKER_CONNECTIONS = 2000
+
+
+class APIServer(BaseApplication):
+    """gunicorn application whose workers each build the app after forking."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        bind: str,
+        workers: int = 1,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        ca_certs: str | None = None,
+        require_client_cert: bool = False,
+        worker_connections: int = DEFAULT_WORKER_CONNECTIONS,
+        access_log: bool = False,
+    ) -> None:
+        self.config_obj = config
+        self.options = {
+            "bind": bind,
+            "workers": workers,
+            "worker_class": "gevent",
+            "worker_connections": worker_connections,
+            # Keep-alive longer than any long-poll, so workers reuse their connections.
+            "keepalive": int(config.max_wait) + 65,
+            "graceful_timeout": int(config.max_wait) + 5,
+            "timeout": 60,
+            "certfile": certfile,
+            "keyfile": keyfile,
+            "ca_certs": ca_certs,
+            "cert_reqs": 2 if require_client_cert else 0,
+            "accesslog": "-" if access_log else None,
+            "errorlog": "-",
+            "proc_name": "edge-kombu-api",
+            # Several API servers may run on one host; none needs gunicorn's control socket.
+            "control_socket_disable": True,
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self):
+        # gunicorn's gevent worker has monkey-patched by now; make psycopg2 cooperative too.
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+        from edge_kombu.server.app import create_app
+
+        return create_app(self.config_obj)

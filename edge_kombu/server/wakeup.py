@@ -1,0 +1,250 @@
+"""Waking long-polls: the in-process waiter registry and the cross-process signal.
+
+A consume that finds nothing registers a :class:`Waiter` and sleeps on it without
+holding a database connection. It is woken
+
+* at once by a publish, requeue or ack handled in the same process;
+* from other processes on PostgreSQL by ``LISTEN``/``NOTIFY`` (sent inside the
+  publishing transaction, so it arrives exactly when the rows are visible);
+* on other databases by one poll per process every ``poll_interval`` seconds that
+  asks which of the queues waited on hold a message that fits a waiter.
+
+Works under threads and under gevent (whose monkey-patching makes the
+``threading`` primitives cooperative).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+from edge_kombu.server.store import Store, Wakeup
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "edge_kombu"
+_NOTIFY_LIMIT = 7000  # PostgreSQL caps a NOTIFY payload at 8000 bytes
+
+
+class Waiter:
+    """One waiting consume: what it waits for and the event that wakes it."""
+
+    __slots__ = ("queues", "session", "max_slots", "event", "by_session")
+
+    def __init__(self, queues: frozenset[str], session: str, max_slots: int | None) -> None:
+        self.queues = queues
+        self.session = session
+        self.max_slots = max_slots
+        self.event = threading.Event()
+        self.by_session = False
+
+    def fits(self, min_slots: int | None) -> bool:
+        return min_slots is None or self.max_slots is None or min_slots <= self.max_slots
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+
+class WaiterRegistry:
+    """The consumes waiting in this process, by queue and by session."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_queue: dict[str, set[Waiter]] = defaultdict(set)
+        self._by_session: dict[str, set[Waiter]] = defaultdict(set)
+
+    @contextmanager
+    def waiting(
+        self, queues: Iterable[str], session: str, max_slots: int | None
+    ) -> Iterator[Waiter]:
+        waiter = Waiter(frozenset(queues), session, max_slots)
+        with self._lock:
+            for queue in waiter.queues:
+                self._by_queue[queue].add(waiter)
+            self._by_session[session].add(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                for queue in waiter.queues:
+                    self._discard(self._by_queue, queue, waiter)
+                self._discard(self._by_session, session, waiter)
+
+    @staticmethod
+    def _discard(index: dict, key: str, waiter: Waiter) -> None:
+        waiters = index.get(key)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del index[key]
+
+    def wake_queues(self, queues: Iterable[str], min_slots: dict[str, int] | None = None) -> int:
+        """Wake waiters on ``queues`` (only those a message fits, if ``min_slots`` given)."""
+        woken = 0
+        with self._lock:
+            for queue in queues:
+                need = None if min_slots is None else min_slots.get(queue)
+                for waiter in self._by_queue.get(queue, ()):
+                    if waiter.fits(need) and not waiter.event.is_set():
+                        waiter.event.set()
+                        woken += 1
+        return woken
+
+    def wake_sessions(self, sessions: Iterable[str]) -> None:
+        with self._lock:
+            for session in sessions:
+                for waiter in self._by_session.get(session, ()):
+                    waiter.by_session = True
+                    waiter.event.set()
+
+    def wake_all(self) -> None:
+        with self._lock:
+            for waiters in self._by_session.values():
+                for waiter in waiters:
+                    waiter.event.set()
+
+    def waited_queues(self) -> set[str]:
+        with self._lock:
+            return set(self._by_queue)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._by_session.values())
+
+
+class LocalWakeup(Wakeup):
+    """Wakes this process's waiters once a transaction committed."""
+
+    def __init__(self, registry: WaiterRegistry) -> None:
+        self.registry = registry
+
+    def after_commit(self, queues: set[str], sessions: set[str]) -> None:
+        if queues:
+            self.registry.wake_queues(queues)
+        if sessions:
+            self.registry.wake_sessions(sessions)
+
+
+class PostgresWakeup(LocalWakeup):
+    """Also tells every other API process, through ``NOTIFY`` in the same transaction."""
+
+    def in_transaction(self, conn, queues: set[str], sessions: set[str]) -> None:
+        items = [f"q:{q}" for q in sorted(queues)] + [f"s:{s}" for s in sorted(sessions)]
+        for payload in _chunks(items, _NOTIFY_LIMIT):
+            conn.exec_driver_sql("SELECT pg_notify(%(channel)s, %(payload)s)",
+                                 {"channel": NOTIFY_CHANNEL, "payload": payload})
+
+
+def _chunks(items: list[str], limit: int) -> Iterator[str]:
+    batch: list[str] = []
+    size = 0
+    for item in items:
+        if batch and size + len(item.encode()) + 1 > limit:
+            yield "\n".join(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item.encode()) + 1
+    if batch:
+        yield "\n".join(batch)
+
+
+class _Loop(threading.Thread):
+    """A daemon thread running ``step`` until stopped; errors are logged, not fatal."""
+
+    def __init__(self, name: str, interval: float, step: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.interval = interval
+        self.step = step
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - a background loop must survive DB hiccups
+                log.exception("%s failed; retrying in %.1fs", self.name, self.interval)
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class ReadyPoller(_Loop):
+    """For databases without NOTIFY: wake waiters whose queues got a message elsewhere."""
+
+    def __init__(self, store: Store, registry: WaiterRegistry, interval: float) -> None:
+        super().__init__("edge-kombu-ready-poller", interval, self._poll)
+        self.store = store
+        self.registry = registry
+
+    def _poll(self) -> None:
+        queues = self.registry.waited_queues()
+        if queues:
+            ready = self.store.ready_min_slots(queues)
+            if ready:
+                self.registry.wake_queues(ready, ready)
+
+
+class Reaper(_Loop):
+    """Expires silent sessions (redelivering their leases), TTL'd messages and idle queues."""
+
+    def __init__(self, store: Store, interval: float) -> None:
+        super().__init__("edge-kombu-reaper", interval, store.reap)
+
+
+class PostgresListener(threading.Thread):
+    """``LISTEN`` on a dedicated connection and wake local waiters on each notification."""
+
+    def __init__(self, engine, registry: WaiterRegistry, *, retry_interval: float = 1.0) -> None:
+        super().__init__(name="edge-kombu-pg-listener", daemon=True)
+        self.engine = engine
+        self.registry = registry
+        self.retry_interval = retry_interval
+        self.stopped = threading.Event()
+        self.listening = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self._listen()
+            except Exception:  # noqa: BLE001 - reconnect after any DB failure
+                log.exception("PostgreSQL listener lost its connection; reconnecting")
+            self.listening.clear()
+            # Anything published while we were deaf must not wait for a timeout.
+            self.registry.wake_all()
+            self.stopped.wait(self.retry_interval)
+
+    def _listen(self) -> None:
+        raw = self.engine.raw_connection()
+        raw.detach()
+        conn = raw.driver_connection
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self.listening.set()
+            while not self.stopped.is_set():
+                readable, _, _ = select.select([conn], [], [], 5.0)
+                if not readable:
+                    continue
+                conn.poll()
+                queues: set[str] = set()
+                sessions: set[str] = set()
+                while conn.notifies:
+                    note = conn.notifies.pop(0)
+                    for item in note.payload.split("\n"):
+                        kind, _, name = item.partition(":")
+                        (queues if kind == "q" else sessions).add(name)
+                if queues:
+                    self.registry.wake_queues(queues)
+                if sessions:
+                    self.registry.wake_sessions(sessions)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stopped.set()

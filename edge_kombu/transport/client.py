@@ -1,0 +1,198 @@
+"""HTTP client of the edge API: authentication, TLS, retries and error mapping.
+
+Worker side: imports neither Flask, SQLAlchemy nor Airflow. One
+:class:`EdgeClient` is safe to share between threads (a long-poll in one thread,
+acks from the pool's threads): it holds a pooled ``requests`` session and no
+per-request state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import jwt
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from edge_kombu import errors
+from edge_kombu.protocol import (
+    API_PATH,
+    HEADER_CLIENT_NAME,
+    HEADER_PROTOCOL,
+    JWT_ALGORITHM,
+    JWT_AUDIENCE,
+    JWT_LIFETIME,
+    JWT_ROUTE_CLAIM,
+    MIN_SECRET_LENGTH,
+    PROTOCOL_VERSION,
+)
+
+ENV_TOKEN = "EDGE_KOMBU_TOKEN"
+ENV_SECRET = "AIRFLOW__CORE__INTERNAL_API_SECRET_KEY"
+
+#: Seconds to establish a TCP/TLS connection.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for an answer (long-polls add their wait to this).
+DEFAULT_READ_TIMEOUT = 30.0
+#: Retries of requests that could not connect (safe to repeat: nothing was sent).
+DEFAULT_CONNECT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the API is, and the credential embedded in its URL (if any)."""
+
+    base_url: str
+    token: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        """Split ``http(s)://[:TOKEN@]host[:port][/prefix]`` into base URL and token."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"edge API URL must look like https://host[:port][/prefix], got scheme "
+                f"{parts.scheme!r}"
+            )
+        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        token = unquote(parts.password) if parts.password else None
+        return cls(base, token)
+
+
+class EdgeClient:
+    """Calls the routes of :mod:`edge_kombu.protocol` and raises :mod:`edge_kombu.errors`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        secret: str | None = None,
+        client_name: str | None = None,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        connect_retries: int = DEFAULT_CONNECT_RETRIES,
+        pool_size: int = 16,
+    ) -> None:
+        endpoint = Endpoint.parse(url)
+        self.base_url = endpoint.base_url
+        self.token = token or endpoint.token or os.environ.get(ENV_TOKEN) or None
+        self.secret = None if self.token else (secret or os.environ.get(ENV_SECRET) or None)
+        if not self.token and not self.secret:
+            raise errors.AuthenticationFailed(
+                f"no credential for {self.base_url}: put a worker token in the URL "
+                f"(edge+https://:TOKEN@host/...) or in {ENV_TOKEN}, or set the shared secret "
+                f"{ENV_SECRET}"
+            )
+        if self.secret and len(self.secret) < MIN_SECRET_LENGTH:
+            raise errors.AuthenticationFailed(
+                f"the shared secret must be at least {MIN_SECRET_LENGTH} characters long"
+            )
+        self.client_name = client_name or socket.gethostname()
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._jwt_cache: dict[str, tuple[str, float]] = {}
+        self._jwt_lock = threading.Lock()
+        self._http = requests.Session()
+        self._http.verify = verify
+        self._http.cert = cert
+        self._http.trust_env = False
+        retry = Retry(
+            total=connect_retries,
+            connect=connect_retries,
+            read=0,
+            status=0,
+            other=0,
+            allowed_methods=None,
+            backoff_factor=0.2,
+            backoff_max=2.0,
+            backoff_jitter=0.2,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
+        self._headers = {
+            HEADER_PROTOCOL: PROTOCOL_VERSION,
+            HEADER_CLIENT_NAME: self.client_name,
+            "Content-Type": "application/json",
+        }
+
+    def __repr__(self) -> str:  # never shows the credential
+        return f"<EdgeClient {self.base_url}>"
+
+    def _authorization(self, route: str) -> str:
+        if self.token:
+            return f"Bearer {self.token}"
+        now = time.time()
+        with self._jwt_lock:
+            cached = self._jwt_cache.get(route)
+            if cached and cached[1] - now > JWT_LIFETIME / 2:
+                return cached[0]
+            claims = {
+                "sub": self.client_name,
+                "aud": JWT_AUDIENCE,
+                "iat": int(now),
+                "exp": int(now + JWT_LIFETIME),
+                JWT_ROUTE_CLAIM: route,
+            }
+            token = jwt.encode(claims, self.secret, algorithm=JWT_ALGORITHM)
+            self._jwt_cache[route] = (token, now + JWT_LIFETIME)
+            return f"Bearer {token}"
+
+    def call(self, route: str, body: dict | None = None, *, timeout: float | None = None) -> dict:
+        """POST ``body`` to ``route``; return the JSON answer or raise an EdgeError."""
+        url = f"{self.base_url}{API_PATH}/{route}"
+        headers = dict(self._headers, Authorization=self._authorization(route))
+        try:
+            response = self._http.post(
+                url,
+                json=body or {},
+                headers=headers,
+                timeout=(self.connect_timeout, timeout or self.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise errors.EdgeConnectionError(
+                f"cannot reach the edge API at {self.base_url} ({route}): {type(exc).__name__}"
+            ) from exc
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code == 200 and isinstance(payload, dict):
+            return payload
+        if response.status_code == 200:
+            raise errors.EdgeConnectionError(
+                f"the edge API at {self.base_url} answered {route} with a non-JSON body; "
+                "is the URL pointing at the edge API?"
+            )
+        raise errors.error_from_response(response.status_code, payload)
+
+    def health(self) -> dict:
+        try:
+            response = self._http.get(
+                f"{self.base_url}{API_PATH}/health", timeout=(self.connect_timeout, self.read_timeout)
+            )
+        except requests.RequestException as exc:
+            raise errors.EdgeConnectionError(
+                f"cannot reach the edge API at {self.base_url}: {type(exc).__name__}"
+            ) from exc
+        if response.status_code != 200:
+            raise errors.EdgeConnectionError(
+                f"edge API health check at {self.base_url} answered HTTP {response.status_code}"
+            )
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,525 @@
+"""kombu transport ``edge``: every broker operation over HTTP(S) to the edge API.
+
+URL
+    ``edge+https://:TOKEN@host[:port][/prefix]`` (or ``edge+http://`` on a trusted
+    network). The token may be left out when ``EDGE_KOMBU_TOKEN`` or the shared
+    secret ``AIRFLOW__CORE__INTERNAL_API_SECRET_KEY`` is set. Import
+    :mod:`edge_kombu` first (or set ``broker_transport`` to
+    ``edge_kombu.transport.kombu:Transport``) so kombu knows the ``edge`` scheme.
+
+Transport options (``broker_transport_options``)
+    ``token``, ``secret``: the credential, instead of the URL or the environment.
+    ``client_name``: name shown on the server (default: the host name).
+    ``polling_max_wait``: seconds one long-poll may wait on the server (default 10).
+    ``connect_retries`` (3), ``read_timeout`` (30): HTTP behaviour.
+
+TLS (``broker_use_ssl``)
+    ``ca_certs``: CA bundle to verify the server; ``cert_reqs=ssl.CERT_NONE`` turns
+    verification off; ``certfile``/``keyfile``: client certificate.
+
+Features
+    ============================  =========================================
+    exchange types                direct, topic, fanout (routed on the server)
+    queue arguments               ``x-expires``, ``x-message-ttl``; message
+                                  ``expiration`` and ``priority``
+    acknowledgements              server-side leases: ack deletes, reject
+                                  requeues, a silent consumer's leases are
+                                  released and redelivered
+    consuming                     one long-poll per drain for every queue of
+                                  the connection, no client-side sleep
+    weights                       ``pool_slots`` header; a consume asks only
+                                  for messages that fit the free slots
+    remote control, events        yes (fanout + topic routing on the server)
+    ============================  =========================================
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_mod
+import socket
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass
+
+from queue import Empty
+
+from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
+from kombu.transport.virtual.base import queue_declare_ok_t
+from kombu.utils.objects import cached_property
+
+from edge_kombu import errors
+from edge_kombu.protocol import HEADER_POOL_SLOTS, MAX_BATCH
+from edge_kombu.transport.client import EdgeClient
+
+log = logging.getLogger(__name__)
+
+#: Seconds one long-poll may wait on the server.
+DEFAULT_POLLING_MAX_WAIT = 10.0
+#: Most no_ack messages (remote control, events) one consume returns.
+DEFAULT_BATCH = 100
+
+
+def message_slots(headers: dict | None) -> int:
+    """A message's weight in slots (``pool_slots`` header, default 1)."""
+    slots = (headers or {}).get(HEADER_POOL_SLOTS, 1)
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else 1
+
+
+class SlotQoS(virtual.QoS):
+    """Prefetch counted in slots; acks and rejects settle leases on the server.
+
+    ``prefetch_count`` is the slot budget of the channel (Celery sets it to
+    concurrency x prefetch multiplier); a message weighs its ``pool_slots``.
+    """
+
+    def __init__(self, channel, prefetch_count: int = 0) -> None:
+        super().__init__(channel, prefetch_count)
+        self._weights: dict[str, int] = {}
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def append(self, message, delivery_tag) -> None:
+        super().append(message, delivery_tag)
+        weight = message_slots(message.headers)
+        with self._lock:
+            self._weights[delivery_tag] = weight
+            self._used += weight
+
+    def _release(self, delivery_tag) -> None:
+        with self._lock:
+            self._used -= self._weights.pop(delivery_tag, 0)
+
+    def free_slots(self) -> int | None:
+        """Slots left for new messages, or None when unlimited."""
+        if not self.prefetch_count:
+            return None
+        return max(self.prefetch_count - self._used, 0)
+
+    def can_consume(self) -> bool:
+        free = self.free_slots()
+        return free is None or free > 0
+
+    def can_consume_max_estimate(self):
+        return self.free_slots()
+
+    def ack(self, delivery_tag) -> None:
+        try:
+            self.channel.settle("ack", [delivery_tag])
+        finally:
+            self._release(delivery_tag)
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue: bool = False) -> None:
+        try:
+            self.channel.settle("reject", [delivery_tag], requeue=requeue)
+        finally:
+            self._release(delivery_tag)
+            self._quick_ack(delivery_tag)
+
+    def restore_unacked(self):
+        """Give every unacknowledged message back to the server in one request."""
+        self._flush()
+        tags = list(self._delivered)
+        self._delivered.clear()
+        with self._lock:
+            self._weights.clear()
+            self._used = 0
+        if tags:
+            try:
+                self.channel.settle("reject", tags, requeue=True)
+            except (errors.EdgeError, OSError) as exc:
+                # Not lost: the server releases the leases when the session expires.
+                log.info("could not requeue %d message(s) now (%s); the server will "
+                         "redeliver them when this session expires", len(tags), exc)
+        return []
+
+
+@dataclass(frozen=True)
+class ConsumeSpec:
+    queues: dict  # name -> no_ack
+    max_slots: int | None
+
+    def as_request(self, session: str, wait: float) -> dict:
+        return {
+            "session": session,
+            "queues": [{"name": q, "no_ack": no_ack} for q, no_ack in self.queues.items()],
+            "wait": wait,
+            "max_slots": self.max_slots,
+            "max_messages": min(MAX_BATCH, DEFAULT_BATCH + (self.max_slots or 0)),
+        }
+
+
+class Channel(virtual.Channel):
+    QoS = SlotQoS
+    supports_fanout = True
+
+    def __init__(self, connection, **kwargs) -> None:
+        super().__init__(connection, **kwargs)
+        self._no_ack_queues: set[str] = set()
+
+    @property
+    def api(self) -> EdgeClient:
+        return self.connection.api
+
+    # -- declarations ------------------------------------------------------------------
+
+    def exchange_declare(self, exchange=None, type="direct", durable=False, auto_delete=False,
+                         arguments=None, nowait=False, passive=False):
+        self.api.call("exchange/declare", {
+            "name": exchange or "", "type": type or "direct", "durable": bool(durable),
+            "auto_delete": bool(auto_delete), "arguments": arguments or None,
+            "passive": bool(passive),
+        })
+
+    def exchange_delete(self, exchange, if_unused=False, nowait=False):
+        self.api.call("exchange/delete", {"name": exchange})
+
+    def queue_declare(self, queue=None, passive=False, durable=False, exclusive=False,
+                      auto_delete=False, arguments=None, nowait=False, **kwargs):
+        queue = queue or f"amq.gen-{uuid.uuid4()}"
+        answer = self.api.call("queue/declare", {
+            "name": queue, "durable": bool(durable), "exclusive": bool(exclusive),
+            "auto_delete": bool(auto_delete), "arguments": arguments or None,
+            "passive": bool(passive),
+        })
+        return queue_declare_ok_t(queue, answer["messages"], answer["consumers"])
+
+    def queue_delete(self, queue, if_unused=False, if_empty=False, **kwargs):
+        return self.api.call("queue/delete", {
+            "name": queue, "if_unused": bool(if_unused), "if_empty": bool(if_empty),
+        })["messages"]
+
+    def queue_bind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
+        self.api.call("queue/bind", {
+            "queue": queue, "exchange": exchange or "amq.direct", "routing_key": routing_key or "",
+        })
+
+    def queue_unbind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
+        self.api.call("queue/unbind", {
+            "queue": queue, "exchange": exchange or "amq.direct", "routing_key": routing_key or "",
+        })
+
+    def queue_purge(self, queue, **kwargs):
+        return self.api.call("queue/purge", {"name": queue})["messages"]
+
+    def prepare_queue_arguments(self, arguments, **kwargs):
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
+    def after_reply_message_received(self, queue):
+        self.queue_delete(queue)
+
+    # -- publishing and consuming ------------------------------------------------------
+
+    def basic_publish(self, message, exchange, routing_key, **kwargs):
+        self._inplace_augment_message(message, exchange, routing_key)
+        self.api.call("publish", {
+            "exchange": exchange or "", "routing_key": routing_key or "", "message": message,
+            "mandatory": bool(kwargs.get("mandatory")),
+        })
+
+    def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        self.connection.consumers_changed()
+
+    def basic_cancel(self, consumer_tag):
+        queue = self._tag_to_queue.get(consumer_tag)
+        super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._no_ack_queues.discard(queue)
+
+    def basic_qos(self, prefetch_size=0, prefetch_count=0, apply_global=False):
+        grew = prefetch_count == 0 or prefetch_count > (self.qos.prefetch_count or 0)
+        super().basic_qos(prefetch_size, prefetch_count, apply_global)
+        if grew:
+            self.connection.consumers_changed()
+
+    def basic_get(self, queue, no_ack=False, **kwargs):
+        free = None if no_ack else self.qos.free_slots()
+        if free == 0:
+            return None
+        answer = self.api.call("consume", {
+            "session": self.connection.session_id, "queues": [{"name": queue, "no_ack": no_ack}],
+            "wait": 0, "max_slots": None if no_ack else free, "max_messages": 1,
+        })
+        if not answer["messages"]:
+            return None
+        message = self.Message(answer["messages"][0]["message"], channel=self)
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def settle(self, verb: str, tags: list, requeue: bool = False) -> None:
+        body = {"session": self.connection.session_id, "delivery_tags": tags}
+        if verb == "reject":
+            body["requeue"] = requeue
+        try:
+            self.api.call(verb, body)
+        except errors.NotFound as exc:
+            log.warning("%s of %d message(s) had no effect: %s", verb, len(tags), exc.message)
+
+    def consume_spec(self) -> tuple[dict, int | None]:
+        """Queues this channel can take messages from now, and its free slots."""
+        if self.closed or not self._consumers:
+            return {}, None
+        free = self.qos.free_slots()
+        queues = {}
+        for name in list(self._active_queues):
+            no_ack = name in self._no_ack_queues
+            if no_ack or free is None or free > 0:
+                queues[name] = no_ack
+        return queues, free
+
+    # -- hooks of the virtual base, served by the API ---------------------------------
+
+    def _get(self, queue, timeout=None):
+        message = self.basic_get(queue, no_ack=True)
+        if message is None:
+            raise Empty()
+        return message.serializable()
+
+    def _put(self, queue, message, **kwargs):
+        self.basic_publish(message, "", queue, **kwargs)
+
+    def _purge(self, queue):
+        return self.queue_purge(queue)
+
+    def _size(self, queue):
+        return self.api.call("queue/declare", {"name": queue, "passive": True})["messages"]
+
+    def _delete(self, queue, *args, **kwargs):
+        self.queue_delete(queue)
+
+    def _new_queue(self, queue, **kwargs):
+        self.queue_declare(queue, **kwargs)
+
+    def _has_queue(self, queue, **kwargs):
+        try:
+            self._size(queue)
+        except errors.NotFound:
+            return False
+        return True
+
+    def _put_fanout(self, exchange, message, routing_key, **kwargs):
+        self.basic_publish(message, exchange, routing_key, **kwargs)
+
+    def _restore(self, message):
+        self.settle("reject", [message.delivery_tag], requeue=True)
+
+    def _restore_at_beginning(self, message):
+        self._restore(message)
+
+
+class LongPoller(threading.Thread):
+    """Runs the connection's long-polls in the background; ``get`` hands batches over.
+
+    The worker's loop asks for events every two seconds; letting each of those
+    calls open its own short poll would cost the server a request per worker
+    every two seconds. Instead one poll of up to ``polling_max_wait`` seconds is
+    kept open, and the loop just collects what it brought.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__(name="edge-kombu-long-poll", daemon=True)
+        self.transport = transport
+        self.results: queue_mod.Queue = queue_mod.Queue()
+        self.delivered = threading.Event()
+        self.changed = threading.Event()
+        self.stopped = threading.Event()
+        self.in_flight = False
+
+    def get(self, timeout: float | None):
+        try:
+            item = self.results.get(timeout=timeout)
+        except queue_mod.Empty:
+            raise socket.timeout() from None
+        if isinstance(item, BaseException):
+            self.stopped.set()
+            raise item
+        return item
+
+    def batch_delivered(self) -> None:
+        self.delivered.set()
+
+    def run(self) -> None:
+        transport = self.transport
+        while not self.stopped.is_set():
+            spec = transport.consume_spec()
+            if not spec.queues:
+                self.changed.wait(transport.polling_max_wait)
+                self.changed.clear()
+                continue
+            self.changed.clear()
+            wait = transport.polling_max_wait
+            try:
+                self.in_flight = True
+                answer = transport.api.call(
+                    "consume", spec.as_request(transport.session_id, wait),
+                    timeout=wait + transport.api.read_timeout,
+                )
+            except BaseException as exc:  # handed to the draining thread, which raises it
+                self.results.put(exc)
+                return
+            finally:
+                self.in_flight = False
+            messages = answer["messages"]
+            if messages and not self.stopped.is_set():
+                self.delivered.clear()
+                self.results.put(messages)
+                while not self.delivered.wait(1.0):
+                    if self.stopped.is_set():
+                        return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.changed.set()
+        self.delivered.set()
+
+
+class Transport(virtual.Transport):
+    Channel = Channel
+
+    driver_type = "edge"
+    driver_name = "edge-http"
+    polling_interval = None
+    default_port = None
+    can_parse_url = False
+
+    implements = virtual.Transport.implements.extend(
+        asynchronous=False,
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
+        heartbeats=False,
+    )
+
+    connection_errors = virtual.Transport.connection_errors + (
+        errors.EdgeConnectionError,
+        errors.SessionClosed,
+        errors.ServiceUnavailable,
+        ConnectionError,
+        socket.timeout,
+    )
+    channel_errors = virtual.Transport.channel_errors + (errors.NotFound, errors.Conflict)
+
+    def __init__(self, client, **kwargs) -> None:
+        super().__init__(client, **kwargs)
+        self.session_id = uuid.uuid4().hex
+        options = client.transport_options or {}
+        self.polling_max_wait = float(options.get("polling_max_wait", DEFAULT_POLLING_MAX_WAIT))
+        self._poller: LongPoller | None = None
+        self._poller_lock = threading.Lock()
+
+    @cached_property
+    def api(self) -> EdgeClient:
+        client = self.client
+        options = client.transport_options or {}
+        verify, cert = _tls_settings(client.ssl)
+        return EdgeClient(
+            _api_url(client),
+            token=options.get("token"),
+            secret=options.get("secret"),
+            client_name=options.get("client_name"),
+            verify=verify,
+            cert=cert,
+            connect_timeout=client.connect_timeout or 10.0,
+            read_timeout=float(options.get("read_timeout", 30.0)),
+            connect_retries=int(options.get("connect_retries", 3)),
+        )
+
+    def establish_connection(self):
+        hello = self.api.call("hello")
+        self.polling_max_wait = min(self.polling_max_wait, float(hello["max_wait"]))
+        return super().establish_connection()
+
+    def consume_spec(self) -> ConsumeSpec:
+        queues: dict = {}
+        limits = []
+        for channel in list(self.channels):
+            channel_queues, free = channel.consume_spec()
+            queues.update(channel_queues)
+            if free is not None and any(not no_ack for no_ack in channel_queues.values()):
+                limits.append(free)
+        return ConsumeSpec(queues, min(limits) if limits else None)
+
+    def consumers_changed(self) -> None:
+        """Cut a waiting long-poll short: it asked with queues or capacity now stale."""
+        poller = self._poller
+        if poller is None or not poller.is_alive():
+            return
+        poller.changed.set()
+        if poller.in_flight:
+            try:
+                self.api.call("session/wake", {"session": self.session_id})
+            except errors.EdgeError as exc:
+                log.debug("session wake failed: %s", exc)
+
+    def drain_events(self, connection, timeout=None):
+        with self._poller_lock:
+            if self._poller is None or (self._poller.stopped.is_set() and self._poller.results.empty()):
+                self._poller = LongPoller(self)
+                self._poller.start()
+            poller = self._poller
+        messages = poller.get(timeout)
+        try:
+            for item in messages:
+                self._deliver(item["message"], item["queue"])
+        finally:
+            poller.batch_delivered()
+
+    def _stop_poller(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+
+    def close_connection(self, connection):
+        self._stop_poller()
+        try:
+            super().close_connection(connection)
+            self.api.call("session/close", {"session": self.session_id})
+        except (errors.EdgeError, OSError) as exc:
+            log.info("closing edge session: %s (the server expires it)", exc)
+        finally:
+            self.api.close()
+
+    def _collect(self, connection):
+        """Drop a dead connection without talking to the server (it expires the session)."""
+        self._stop_poller()
+        for channel in list(self.channels):
+            if channel._qos is not None:
+                channel._qos.restore_at_shutdown = False
+        self.channels = []
+        self.api.close()
+
+    @property
+    def default_connection_params(self):
+        return {"hostname": "localhost"}
+
+
+def _api_url(client) -> str:
+    """The API's URL from the kombu connection (``edge+`` URLs keep it whole in hostname)."""
+    hostname = client.hostname or "localhost"
+    if "://" in hostname:
+        return hostname
+    scheme = "https" if client.ssl else "http"
+    netloc = hostname if not client.port else f"{hostname}:{client.port}"
+    if client.password:
+        netloc = f":{client.password}@{netloc}"
+    vhost = (client.virtual_host or "/").strip("/")
+    return f"{scheme}://{netloc}/{vhost}" if vhost else f"{scheme}://{netloc}"
+
+
+def _tls_settings(use_ssl) -> tuple[bool | str, str | tuple[str, str] | None]:
+    """``requests`` verify/cert from kombu's ``ssl`` (``broker_use_ssl``) setting."""
+    if not isinstance(use_ssl, dict):
+        return True, None
+    verify: bool | str = True
+    if use_ssl.get("cert_reqs") == ssl.CERT_NONE:
+        verify = False
+    elif use_ssl.get("ca_certs"):
+        verify = use_ssl["ca_certs"]
+    cert = None
+    if use_ssl.get("certfile"):
+        cert = (use_ssl["certfile"], use_ssl["keyfile"]) if use_ssl.get("keyfile") else use_ssl["certfile"]
+    return verify, cert

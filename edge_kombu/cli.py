@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC
 
 import click
 
@@ -37,7 +38,9 @@ def _fail(message: str) -> None:
 @click.version_option(__version__, prog_name="edge-kombu")
 def main() -> None:
     """edge-kombu: Celery over HTTPS for workers at remote sites."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -69,7 +72,7 @@ def api(bind, db_url, workers, certfile, keyfile, ca_certs, require_client_cert,
     finally:
         engine.dispose()
     if revision is None:
-        _fail(f"the edge tables do not exist in {describe(url)}; run: edge-kombu db migrate --db ...")
+        _fail(f"the edge tables do not exist in {describe(url)}; run: edge-kombu db migrate")
     try:
         config = ServerConfig.from_environment(
             url, lease_timeout=lease_timeout, max_wait=max_wait, max_body_bytes=max_body_bytes
@@ -99,8 +102,8 @@ def db() -> None:
 @_db_option
 def migrate(db_url) -> None:
     """Create or upgrade the edge tables (Alembic, own version table)."""
-    from edge_kombu.server.db import create_db_engine, current_revision, describe, migrate as run
-    from edge_kombu.server.db import resolve_db_url
+    from edge_kombu.server.db import create_db_engine, current_revision, describe, resolve_db_url
+    from edge_kombu.server.db import migrate as run
 
     url = resolve_db_url(db_url)
     engine = create_db_engine(url, pool_size=1)
@@ -134,14 +137,14 @@ def token_create(name, db_url) -> None:
 @_db_option
 def token_list(as_json, db_url) -> None:
     """List who holds a token (never the tokens themselves)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     rows = _store(db_url).list_tokens()
     if as_json:
         click.echo(json.dumps(rows))
         return
     for row in rows:
-        created = datetime.fromtimestamp(row["created_at"], timezone.utc).isoformat(timespec="seconds")
+        created = datetime.fromtimestamp(row["created_at"], UTC).isoformat(timespec="seconds")
         click.echo(f"{row['name']}\t{created}")
 
 
@@ -157,6 +160,15 @@ def token_revoke(name, db_url) -> None:
     except EdgeError as exc:
         _fail(exc.message)
     click.echo(f"revoked the token of {name}", err=True)
+
+
+@main.command()
+@_db_option
+def demo(db_url) -> None:
+    """Run the API on the embedded default database, one worker and a few tasks."""
+    from edge_kombu.demo import run_demo
+
+    run_demo(db_url)
 
 
 if __name__ == "__main__":

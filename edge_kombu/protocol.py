@@ -11,6 +11,8 @@ route) and ``GET /api/v1/openapi.json``.
 
 from __future__ import annotations
 
+import hashlib
+
 #: Version of the wire protocol. Peers with the same major version interoperate.
 PROTOCOL_VERSION = "1.0"
 
@@ -49,6 +51,11 @@ EXCHANGE_TYPES = ("direct", "topic", "fanout")
 HEADER_POOL_SLOTS = "pool_slots"
 
 
+def jwt_signing_key(secret: str) -> bytes:
+    """The HS512 key derived from the shared secret (64 bytes, whatever the secret's length)."""
+    return hashlib.sha512(b"edge-kombu jwt\x00" + secret.encode()).digest()
+
+
 def protocol_major(version: str) -> int:
     """Return the major number of a ``MAJOR.MINOR`` protocol version string."""
     head = str(version).split(".", 1)[0]
@@ -63,6 +70,7 @@ _NAME = {"type": "string", "maxLength": MAX_NAME_LENGTH}
 _QUEUE_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
 _SESSION = {"type": "string", "minLength": 8, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
 _TAG = {"type": "string", "minLength": 1, "maxLength": 64}
+_TAGS = {"type": "array", "items": _TAG, "maxItems": MAX_BATCH}
 _KEY = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
 _ARGUMENTS = {"type": ["object", "null"]}
 _SECONDS = {"type": ["number", "null"], "minimum": 0}
@@ -150,13 +158,13 @@ REQUESTS: dict[str, dict] = {
         ("session", "queues"),
     ),
     "ack": _obj(
-        {"session": _SESSION, "delivery_tags": {"type": "array", "items": _TAG, "maxItems": MAX_BATCH}},
+        {"session": _SESSION, "delivery_tags": _TAGS},
         ("session", "delivery_tags"),
     ),
     "reject": _obj(
         {
             "session": _SESSION,
-            "delivery_tags": {"type": "array", "items": _TAG, "maxItems": MAX_BATCH},
+            "delivery_tags": _TAGS,
             "requeue": {"type": "boolean"},
         },
         ("session", "delivery_tags"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jwt
 
 from edge_kombu import errors
-from edge_kombu.protocol import JWT_ALGORITHM, JWT_AUDIENCE, JWT_ROUTE_CLAIM
+from edge_kombu.protocol import JWT_ALGORITHM, JWT_AUDIENCE, JWT_ROUTE_CLAIM, jwt_signing_key
 from edge_kombu.server.store import TOKEN_PREFIX, Store
 
 _HOW = (
@@ -56,7 +56,7 @@ class Authenticator:
         try:
             claims = jwt.decode(
                 credential,
-                self.secret,
+                jwt_signing_key(self.secret),
                 algorithms=[JWT_ALGORITHM],
                 audience=JWT_AUDIENCE,
                 leeway=self.leeway,

@@ -38,7 +38,7 @@ class APIServer(BaseApplication):
             "worker_connections": worker_connections,
             # Keep-alive longer than any long-poll, so workers reuse their connections.
             "keepalive": int(config.max_wait) + 65,
-            "graceful_timeout": int(config.max_wait) + 5,
+            "graceful_timeout": 3,  # waiting long-polls are answered at once on stop
             "timeout": 60,
             "certfile": certfile,
             "keyfile": keyfile,
@@ -56,6 +56,20 @@ class APIServer(BaseApplication):
         for key, value in self.options.items():
             if value is not None:
                 self.cfg.set(key, value)
+        self.cfg.set("post_worker_init", self._post_worker_init)
+
+    def _post_worker_init(self, worker) -> None:
+        """On a graceful stop, answer waiting long-polls at once instead of after their wait."""
+        handle_exit = worker.handle_exit
+
+        def exit_and_wake(sig, frame):
+            self.app.extensions["edge_kombu"].registry.close()
+            handle_exit(sig, frame)
+
+        worker.handle_exit = exit_and_wake
+        import signal
+
+        signal.signal(signal.SIGTERM, exit_and_wake)
 
     def load(self):
         # gunicorn's gevent worker has monkey-patched by now; make psycopg2 cooperative too.
@@ -64,4 +78,5 @@ class APIServer(BaseApplication):
         patch_psycopg()
         from edge_kombu.server.app import create_app
 
-        return create_app(self.config_obj)
+        self.app = create_app(self.config_obj)
+        return self.app

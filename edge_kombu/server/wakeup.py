@@ -56,12 +56,20 @@ class WaiterRegistry:
         self._lock = threading.Lock()
         self._by_queue: dict[str, set[Waiter]] = defaultdict(set)
         self._by_session: dict[str, set[Waiter]] = defaultdict(set)
+        self.closed = False
+
+    def close(self) -> None:
+        """The server is stopping: answer every waiting consume now, and wait no more."""
+        self.closed = True
+        self.wake_all()
 
     @contextmanager
     def waiting(
         self, queues: Iterable[str], session: str, max_slots: int | None
     ) -> Iterator[Waiter]:
         waiter = Waiter(frozenset(queues), session, max_slots)
+        if self.closed:
+            waiter.event.set()
         with self._lock:
             for queue in waiter.queues:
                 self._by_queue[queue].add(waiter)
@@ -105,6 +113,7 @@ class WaiterRegistry:
         with self._lock:
             for waiters in self._by_session.values():
                 for waiter in waiters:
+                    waiter.by_session = True
                     waiter.event.set()
 
     def waited_queues(self) -> set[str]:

@@ -31,6 +31,7 @@ from edge_kombu.protocol import (
     JWT_ROUTE_CLAIM,
     MIN_SECRET_LENGTH,
     PROTOCOL_VERSION,
+    jwt_signing_key,
 )
 
 ENV_TOKEN = "EDGE_KOMBU_TOKEN"
@@ -139,7 +140,7 @@ class EdgeClient:
         with self._jwt_lock:
             cached = self._jwt_cache.get(route)
             if cached and cached[1] - now > JWT_LIFETIME / 2:
-                return cached[0]
+                return f"Bearer {cached[0]}"
             claims = {
                 "sub": self.client_name,
                 "aud": JWT_AUDIENCE,
@@ -147,7 +148,7 @@ class EdgeClient:
                 "exp": int(now + JWT_LIFETIME),
                 JWT_ROUTE_CLAIM: route,
             }
-            token = jwt.encode(claims, self.secret, algorithm=JWT_ALGORITHM)
+            token = jwt.encode(claims, jwt_signing_key(self.secret), algorithm=JWT_ALGORITHM)
             self._jwt_cache[route] = (token, now + JWT_LIFETIME)
             return f"Bearer {token}"
 
@@ -182,7 +183,8 @@ class EdgeClient:
     def health(self) -> dict:
         try:
             response = self._http.get(
-                f"{self.base_url}{API_PATH}/health", timeout=(self.connect_timeout, self.read_timeout)
+                f"{self.base_url}{API_PATH}/health",
+                timeout=(self.connect_timeout, self.read_timeout),
             )
         except requests.RequestException as exc:
             raise errors.EdgeConnectionError(

@@ -41,8 +41,8 @@ import socket
 import ssl
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass
-
 from queue import Empty
 
 from kombu.transport import virtual
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds one long-poll may wait on the server.
 DEFAULT_POLLING_MAX_WAIT = 10.0
+#: Longest one ``drain_events`` call blocks when given a timeout: the worker loop checks
+#: for shutdown between calls, and the long-poll itself goes on in the background.
+DRAIN_SLICE = 0.5
 #: Most no_ack messages (remote control, events) one consume returns.
 DEFAULT_BATCH = 100
 
@@ -261,6 +264,12 @@ class Channel(virtual.Channel):
             self.api.call(verb, body)
         except errors.NotFound as exc:
             log.warning("%s of %d message(s) had no effect: %s", verb, len(tags), exc.message)
+        except errors.EdgeConnectionError as exc:
+            # Keep the settlement: the poller sends it again before its next consume, so
+            # a message whose task finished is not left leased to this session forever.
+            self.connection.defer_settlement(verb, body)
+            log.warning("%s of %d message(s) deferred until the edge API answers again: %s",
+                        verb, len(tags), exc.message)
 
     def consume_spec(self) -> tuple[dict, int | None]:
         """Queues this channel can take messages from now, and its free slots."""
@@ -336,7 +345,7 @@ class LongPoller(threading.Thread):
         try:
             item = self.results.get(timeout=timeout)
         except queue_mod.Empty:
-            raise socket.timeout() from None
+            raise TimeoutError() from None
         if isinstance(item, BaseException):
             self.stopped.set()
             raise item
@@ -356,6 +365,7 @@ class LongPoller(threading.Thread):
             self.changed.clear()
             wait = transport.polling_max_wait
             try:
+                transport.flush_deferred_settlements()
                 self.in_flight = True
                 answer = transport.api.call(
                     "consume", spec.as_request(transport.session_id, wait),
@@ -411,6 +421,7 @@ class Transport(virtual.Transport):
         self.polling_max_wait = float(options.get("polling_max_wait", DEFAULT_POLLING_MAX_WAIT))
         self._poller: LongPoller | None = None
         self._poller_lock = threading.Lock()
+        self._deferred: deque[tuple[str, dict]] = deque()
 
     @cached_property
     def api(self) -> EdgeClient:
@@ -444,6 +455,20 @@ class Transport(virtual.Transport):
                 limits.append(free)
         return ConsumeSpec(queues, min(limits) if limits else None)
 
+    def defer_settlement(self, verb: str, body: dict) -> None:
+        self._deferred.append((verb, body))
+
+    def flush_deferred_settlements(self) -> None:
+        """Send acks/rejects that failed while the API was unreachable (oldest first)."""
+        while self._deferred:
+            verb, body = self._deferred[0]
+            try:
+                self.api.call(verb, body)
+            except errors.NotFound as exc:
+                log.warning("deferred %s had no effect: %s", verb, exc.message)
+            self._deferred.popleft()
+            log.info("deferred %s of %d message(s) done", verb, len(body["delivery_tags"]))
+
     def consumers_changed(self) -> None:
         """Cut a waiting long-poll short: it asked with queues or capacity now stale."""
         poller = self._poller
@@ -458,11 +483,12 @@ class Transport(virtual.Transport):
 
     def drain_events(self, connection, timeout=None):
         with self._poller_lock:
-            if self._poller is None or (self._poller.stopped.is_set() and self._poller.results.empty()):
+            poller = self._poller
+            if poller is None or (poller.stopped.is_set() and poller.results.empty()):
                 self._poller = LongPoller(self)
                 self._poller.start()
             poller = self._poller
-        messages = poller.get(timeout)
+        messages = poller.get(None if timeout is None else min(timeout, DRAIN_SLICE))
         try:
             for item in messages:
                 self._deliver(item["message"], item["queue"])
@@ -521,5 +547,7 @@ def _tls_settings(use_ssl) -> tuple[bool | str, str | tuple[str, str] | None]:
         verify = use_ssl["ca_certs"]
     cert = None
     if use_ssl.get("certfile"):
-        cert = (use_ssl["certfile"], use_ssl["keyfile"]) if use_ssl.get("keyfile") else use_ssl["certfile"]
+        cert = use_ssl["certfile"]
+        if use_ssl.get("keyfile"):
+            cert = (use_ssl["certfile"], use_ssl["keyfile"])
     return verify, cert

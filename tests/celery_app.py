@@ -1,0 +1,69 @@
+"""The Celery app the integration tests run in real ``celery worker`` processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from celery import Celery
+
+import edge_kombu  # noqa: F401 - registers the edge transport
+
+app = Celery("edge_tests")
+app.conf.update(
+    broker_url=os.environ.get("EDGE_TEST_BROKER_URL"),
+    result_backend=os.environ.get("EDGE_TEST_RESULT_URL"),
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    task_track_started=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=True,
+)
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def tsum(numbers):
+    return sum(numbers)
+
+
+@app.task
+def noop():
+    return None
+
+
+@app.task
+def stamp(path: str, label: str) -> str:
+    """Append ``label`` to a file: lets tests count executions across workers."""
+    with open(path, "a") as fh:
+        fh.write(f"{label} {os.getpid()}\n")
+    return label
+
+
+@app.task
+def sleep_then_stamp(path: str, label: str, seconds: float) -> str:
+    """Mark the start, sleep, then append ``label``: a long-running acks_late task."""
+    Path(f"{path}.started").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return stamp(path, label)
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=0.2)
+def flaky(self, path: str, failures: int):
+    """Fail ``failures`` times (counted in a file), then succeed with the attempt number."""
+    attempt = len(Path(path).read_text().splitlines()) if Path(path).exists() else 0
+    with open(path, "a") as fh:
+        fh.write("try\n")
+    if attempt < failures:
+        raise self.retry(exc=RuntimeError(f"attempt {attempt} fails"))
+    return attempt
+
+
+@app.task
+def started_at() -> float:
+    return time.time()

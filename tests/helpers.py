@@ -1,0 +1,147 @@
+"""Real processes for tests: the API server and Celery workers, started and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+             message: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last_exc = exc
+        else:
+            if value:
+                return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last_exc!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A child process with its output in a log file; stopped by PID."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None,
+                 cwd: Path | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = dict(os.environ, **(env or {}))
+        self.env.setdefault("PYTHONPATH", str(ROOT))
+        self.cwd = cwd or ROOT
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Process:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the process group (the process and any children it forked)."""
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.alive():
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+class APIServer(Process):
+    """``edge-kombu api`` on a free loopback port."""
+
+    def __init__(self, db_url: str, tmp: Path, *, env: dict | None = None, port: int | None = None,
+                 extra: list[str] | None = None, name: str = "api") -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_url = db_url
+        args = [str(BIN / "edge-kombu"), "api", "--bind", f"127.0.0.1:{self.port}", "--db", db_url]
+        super().__init__(args + (extra or []), tmp / f"{name}-{self.port}.log", env=env)
+
+    def start(self) -> APIServer:
+        super().start()
+        wait_for(self.healthy, timeout=30, message=f"API server on {self.url}")
+        return self
+
+    def healthy(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"API server exited:\n{self.log()}")
+        try:
+            return requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class CeleryWorker(Process):
+    """``celery -A tests.celery_app worker`` against an API server."""
+
+    def __init__(self, broker_url: str, tmp: Path, *, name: str, queues: str = "celery",
+                 concurrency: int = 2, pool: str = "threads", events: bool = False,
+                 env: dict | None = None, app: str = "tests.celery_app") -> None:
+        self.name = name
+        self.hostname = f"{name}@localhost"
+        args = [str(BIN / "celery"), "-A", app, "worker", "-n", self.hostname, "-Q", queues,
+                "-c", str(concurrency), "-P", pool, "-l", "info"]
+        if events:
+            args.append("-E")
+        env = dict(env or {}, EDGE_TEST_BROKER_URL=broker_url, EDGE_TEST_RESULT_URL=broker_url)
+        super().__init__(args, tmp / f"worker-{name}.log", env=env)
+
+    def start(self, wait_ready: bool = True) -> CeleryWorker:
+        super().start()
+        if wait_ready:
+            wait_for(self.ready, timeout=60, message=f"worker {self.name} ready")
+        return self
+
+    def ready(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"worker {self.name} exited:\n{self.log()}")
+        return " ready." in self.log()

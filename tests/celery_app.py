@@ -21,6 +21,10 @@ app.conf.update(
     worker_hijack_root_logger=True,
 )
 
+if os.environ.get("EDGE_TEST_USE_SSL"):
+    ca, cert, key = os.environ["EDGE_TEST_USE_SSL"].split("|")
+    app.conf.broker_use_ssl = {"ca_certs": ca, "certfile": cert, "keyfile": key}
+
 
 @app.task
 def add(x, y):

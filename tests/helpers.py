@@ -97,7 +97,8 @@ class APIServer(Process):
     def __init__(self, db_url: str, tmp: Path, *, env: dict | None = None, port: int | None = None,
                  extra: list[str] | None = None, name: str = "api") -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = "--certfile" in (extra or [])
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self.db_url = db_url
         args = [str(BIN / "edge-kombu"), "api", "--bind", f"127.0.0.1:{self.port}", "--db", db_url]
         super().__init__(args + (extra or []), tmp / f"{name}-{self.port}.log", env=env)
@@ -110,6 +111,9 @@ class APIServer(Process):
     def healthy(self) -> bool:
         if not self.alive():
             raise AssertionError(f"API server exited:\n{self.log()}")
+        if self.tls:  # the handshake may need a client certificate: a listening port will do
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
         try:
             return requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
         except requests.RequestException:

@@ -1,0 +1,1 @@
+"""Benchmarks of edge-kombu against other Celery brokers (``python -m bench``)."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 from kombu.transport.virtual.exchange import TopicExchange
 

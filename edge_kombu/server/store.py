@@ -17,11 +17,11 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -142,7 +142,6 @@ class Store:
         self.clock = clock
         self.dialect = engine.dialect.name
         self._skip_locked = self.dialect in ("postgresql", "mysql", "mariadb")
-        self._returning = bool(engine.dialect.delete_returning)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -168,10 +167,21 @@ class Store:
             stmt = table.insert().prefix_with("IGNORE")
         return conn.execute(stmt, rows).rowcount
 
-    def _upsert(self, conn: Connection, table, row: dict, keys: Sequence[str]) -> None:
-        changes = {k: v for k, v in row.items() if k not in keys}
+    def _upsert(
+        self, conn: Connection, table, row: dict, keys: Sequence[str], changes: dict | None = None
+    ) -> None:
+        """Insert ``row``, or apply ``changes`` (default: the row's other columns) to it.
+
+        Unlike ``INSERT IGNORE`` followed by a locking read or an ``UPDATE``, this locks an
+        existing row exclusively at once: on MySQL the duplicate-key check of
+        ``INSERT IGNORE`` takes a shared lock, and two transactions upgrading theirs deadlock.
+        """
+        if changes is None:
+            changes = {k: v for k, v in row.items() if k not in keys}
         if self.dialect == "postgresql":
-            stmt = pg_insert(table).values(row).on_conflict_do_update(index_elements=keys, set_=changes)
+            stmt = pg_insert(table).values(row).on_conflict_do_update(
+                index_elements=keys, set_=changes
+            )
         elif self.dialect == "sqlite":
             stmt = sqlite_insert(table).values(row).on_conflict_do_update(
                 index_elements=keys, set_=changes
@@ -265,17 +275,21 @@ class Store:
                     expires_ms=expires_ms,
                     message_ttl_ms=None if ttl_ms is None else int(ttl_ms),
                     now=now,
-                )
-                tx.conn.execute(
-                    update(m.queue).where(m.queue.c.name == name).values(last_used_at=now)
+                    touch=True,
                 )
             return QueueInfo(name, self._depth(tx.conn, name), self._consumers(tx.conn, name, now))
 
-    def _create_queue(self, conn: Connection, name: str, *, now: float, **columns) -> None:
+    def _create_queue(
+        self, conn: Connection, name: str, *, now: float, touch: bool = False, **columns
+    ) -> None:
+        """Create queue ``name`` unless it exists; ``touch`` marks an existing one used."""
         row = {"durable": True, "auto_delete": False, "exclusive": False}
         row.update(columns)
         row.update(name=name, created_at=now, last_used_at=now)
-        self._insert_ignore(conn, m.queue, [row])
+        if touch:
+            self._upsert(conn, m.queue, row, ["name"], {"last_used_at": now})
+        else:
+            self._insert_ignore(conn, m.queue, [row])
 
     def _depth(self, conn: Connection, name: str) -> int:
         return conn.execute(
@@ -387,11 +401,17 @@ class Store:
                 targets = [routing_key] if routing_key else []
                 if targets:
                     self._create_queue(conn, routing_key, now=now)
-            ttls = dict(
-                conn.execute(
-                    select(m.queue.c.name, m.queue.c.message_ttl_ms).where(m.queue.c.name.in_(targets))
-                ).all()
-            ) if targets else {}
+            ttls = (
+                dict(
+                    conn.execute(
+                        select(m.queue.c.name, m.queue.c.message_ttl_ms).where(
+                            m.queue.c.name.in_(targets)
+                        )
+                    ).all()
+                )
+                if targets
+                else {}
+            )
             targets = [q for q in targets if q in ttls]
             if not targets:
                 if mandatory:
@@ -402,7 +422,8 @@ class Store:
                 return []
             rows = []
             for queue in targets:
-                limits = [t for t in (expiration, None if ttls[queue] is None else ttls[queue] / 1000) if t is not None]
+                queue_ttl = None if ttls[queue] is None else ttls[queue] / 1000
+                limits = [t for t in (expiration, queue_ttl) if t is not None]
                 rows.append(
                     {
                         "queue": queue,
@@ -445,7 +466,9 @@ class Store:
                     [{"id": session, "principal": principal, "opened_at": now, "last_seen": now}],
                 )
             current = set(
-                conn.execute(select(m.consumer.c.queue).where(m.consumer.c.session == session)).scalars()
+                conn.execute(
+                    select(m.consumer.c.queue).where(m.consumer.c.session == session)
+                ).scalars()
             )
             if current - queues:
                 conn.execute(
@@ -474,7 +497,8 @@ class Store:
         Highest priority first, then oldest. ``queues`` holds ``(name, no_ack)``
         pairs; ``max_slots`` bounds the slots of the messages leased from the
         acknowledged queues together (``no_ack`` queues carry remote control and
-        events, which weigh nothing).
+        events, which weigh nothing). Raises :class:`errors.SessionClosed` unless
+        ``session`` is open (see :meth:`touch_session`).
         """
         if not queues:
             return []
@@ -496,6 +520,18 @@ class Store:
             fits = msg.slots <= max_slots
             stmt = stmt.where(or_(fits, msg.queue.in_(no_ack)) if no_ack else fits)
         with self._tx() as tx:
+            # Lease only to an open session, and keep it open until this commits: leases of
+            # a closed session would never be released.
+            is_open = select(m.session.c.id).where(
+                m.session.c.id == session, m.session.c.closed_at.is_(None)
+            )
+            if self.dialect != "sqlite":
+                is_open = is_open.with_for_update(read=True)
+            if tx.conn.execute(is_open).first() is None:
+                raise errors.SessionClosed(
+                    f"consumer session {session} is closed, expired or was never opened; "
+                    "open a new one"
+                )
             candidates = tx.conn.execute(self._lock(stmt)).all()
             budget = max_slots
             chosen = []
@@ -546,66 +582,55 @@ class Store:
             ).all()
         return {queue: slots for queue, slots in rows}
 
-    def _lease_filter(self, session: str, tags: Iterable[str]) -> tuple[list, list[str]]:
-        clauses, unknown = [], []
-        for tag in tags:
-            parsed = _parse_tag(tag)
-            if parsed is None:
-                unknown.append(tag)
-                continue
-            ident, nonce = parsed
-            clauses.append(and_(m.message.c.id == ident, m.message.c.lease_nonce == nonce))
-        return clauses, unknown
+    def _leased(
+        self, conn: Connection, session: str, tags: Sequence[str]
+    ) -> tuple[list[int], set[str], list[str]]:
+        """Lock the messages ``session`` leases under ``tags``.
+
+        Returns their ids, their queues and the tags (in the given order) that name no
+        current lease of ``session``: unparsable, settled, or from an older lease.
+        """
+        wanted = {parsed for parsed in map(_parse_tag, tags) if parsed is not None}
+        found: dict[tuple[int, str], str] = {}
+        if wanted:
+            msg = m.message.c
+            stmt = select(msg.id, msg.lease_nonce, msg.queue).where(
+                msg.session == session, msg.id.in_({ident for ident, _ in wanted})
+            )
+            if self.dialect != "sqlite":
+                stmt = stmt.with_for_update()
+            found = {
+                (ident, nonce): queue
+                for ident, nonce, queue in conn.execute(stmt)
+                if (ident, nonce) in wanted
+            }
+        unknown = [t for t in dict.fromkeys(tags) if _parse_tag(t) not in found]
+        return [ident for ident, _ in found], set(found.values()), unknown
 
     def ack(self, session: str, tags: Sequence[str]) -> tuple[int, list[str]]:
         """Delete acknowledged messages; returns (acked, tags not leased by ``session``)."""
-        clauses, unknown = self._lease_filter(session, tags)
-        if not clauses:
-            return 0, unknown
         with self._tx() as tx:
-            done = tx.conn.execute(
-                delete(m.message)
-                .where(m.message.c.session == session, or_(*clauses))
-                .returning(m.message.c.id, m.message.c.lease_nonce)
-                if self._returning
-                else delete(m.message).where(m.message.c.session == session, or_(*clauses))
-            )
-            acked = self._settled(done, tags, unknown)
-            tx.sessions.add(session)
-        return acked, unknown
-
-    def _settled(self, result, tags: Sequence[str], unknown: list[str]) -> int:
-        """Count settled messages and add the tags that matched nothing to ``unknown``."""
-        if self._returning:
-            done = {f"{ident}.{nonce}" for ident, nonce in result}
-            unknown.extend(t for t in tags if t not in done and t not in unknown)
-            return len(done)
-        count = result.rowcount
-        if count < len(tags) - len(unknown):
-            unknown.append(f"{len(tags) - len(unknown) - count} of the given tags")
-        return count
+            ids, _, unknown = self._leased(tx.conn, session, tags)
+            if ids:
+                tx.conn.execute(delete(m.message).where(m.message.c.id.in_(ids)))
+                tx.sessions.add(session)
+        return len(ids), unknown
 
     def reject(self, session: str, tags: Sequence[str], *, requeue: bool) -> tuple[int, list[str]]:
         """Reject leased messages: requeue releases them (redelivered), else delete."""
         if not requeue:
             return self.ack(session, tags)
-        clauses, unknown = self._lease_filter(session, tags)
-        if not clauses:
-            return 0, unknown
         with self._tx() as tx:
-            where = (m.message.c.session == session, or_(*clauses))
-            queues = set(tx.conn.execute(select(m.message.c.queue).where(*where)).scalars())
-            result = tx.conn.execute(
-                update(m.message)
-                .where(*where)
-                .values(session=None, lease_nonce=None, leased_at=None, redelivered=True)
-            )
-            count = result.rowcount
-            if count < len(clauses):
-                unknown.append(f"{len(clauses) - count} of the given tags")
-            tx.queues.update(queues)
-            tx.sessions.add(session)
-        return count, unknown
+            ids, queues, unknown = self._leased(tx.conn, session, tags)
+            if ids:
+                tx.conn.execute(
+                    update(m.message)
+                    .where(m.message.c.id.in_(ids))
+                    .values(session=None, lease_nonce=None, leased_at=None, redelivered=True)
+                )
+                tx.queues.update(queues)
+                tx.sessions.add(session)
+        return len(ids), unknown
 
     def close_session(self, session: str) -> int:
         """End ``session``: release its leases for redelivery; returns how many."""
@@ -675,7 +700,8 @@ class Store:
             counts["leases_released"] = self._close_sessions(tx, dead, now) if dead else 0
             if dead:
                 log.warning(
-                    "expired %d silent consumer session(s); %d leased message(s) will be redelivered",
+                    "expired %d silent consumer session(s); "
+                    "%d leased message(s) will be redelivered",
                     len(dead),
                     counts["leases_released"],
                 )
@@ -746,8 +772,13 @@ class Store:
         now = self.clock()
         with self._tx() as tx:
             conn = tx.conn
-            self._insert_ignore(
-                conn, m.result, [{"key": key, "value": b"0", "updated_at": now, "expires_at": None}]
+            # Create the counter or lock it (see _upsert: INSERT IGNORE deadlocks on MySQL).
+            self._upsert(
+                conn,
+                m.result,
+                {"key": key, "value": b"0", "updated_at": now, "expires_at": None},
+                ["key"],
+                {"value": m.result.c.value},
             )
             stmt = select(m.result.c.value, m.result.c.expires_at).where(m.result.c.key == key)
             if self.dialect != "sqlite":

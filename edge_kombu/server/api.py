@@ -7,7 +7,7 @@ import binascii
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Blueprint, current_app, g, jsonify, request
 
@@ -70,7 +70,9 @@ def dispatch(name: str):
 def _check_protocol() -> None:
     version = request.headers.get(HEADER_PROTOCOL)
     if version is None:
-        raise errors.InvalidRequest(f"missing header {HEADER_PROTOCOL} (this server speaks {PROTOCOL_VERSION})")
+        raise errors.InvalidRequest(
+            f"missing header {HEADER_PROTOCOL} (this server speaks {PROTOCOL_VERSION})"
+        )
     try:
         major = protocol_major(version)
     except ValueError as exc:
@@ -166,7 +168,10 @@ def queue_unbind(body: dict) -> dict:
 @route("publish")
 def publish(body: dict) -> dict:
     queues = _broker().store.publish(
-        body["exchange"], body["routing_key"], body["message"], mandatory=body.get("mandatory", False)
+        body["exchange"],
+        body["routing_key"],
+        body["message"],
+        mandatory=body.get("mandatory", False),
     )
     return {"routed": len(queues)}
 
@@ -214,7 +219,8 @@ def _settle(verb: str, body: dict, apply) -> dict:
     if unknown and not done:
         raise errors.NotFound(
             f"cannot {verb}: delivery tag(s) {', '.join(map(repr, unknown[:10]))} are not leased "
-            "by this session (already settled, or the lease expired and the message was redelivered)"
+            "by this session (already settled, or the lease expired and the message was "
+            "redelivered)"
         )
     return {"settled": done, "unknown": unknown}
 

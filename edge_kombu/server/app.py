@@ -105,7 +105,9 @@ def _register_error_handlers(app: Flask, config: ServerConfig) -> None:
         else:
             message = exc.description or exc.name
         body = {"error": exc.name.lower().replace(" ", "_"), "message": message}
-        return jsonify(body), exc.code
+        # Keep the exception's own headers (Allow on a 405), not its HTML content type.
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return jsonify(body), exc.code, headers
 
     @app.errorhandler(sa_exc.OperationalError)
     @app.errorhandler(sa_exc.InterfaceError)

@@ -32,7 +32,10 @@ def _describe(error: ValidationError) -> str:
     if rule == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
-        return f"{field}: unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+        return (
+            f"{field}: unknown field(s) {', '.join(map(repr, extra))}; "
+            f"allowed: {', '.join(allowed)}"
+        )
     if rule == "type":
         kinds = limit if isinstance(limit, list) else [limit]
         return f"{field}: must be of type {' or '.join(kinds)}, got {type(error.instance).__name__}"

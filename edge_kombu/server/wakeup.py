@@ -19,8 +19,8 @@ import logging
 import select
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 from edge_kombu.server.store import Store, Wakeup
 
@@ -229,13 +229,15 @@ class PostgresListener(threading.Thread):
 
     def _listen(self) -> None:
         raw = self.engine.raw_connection()
+        conn = raw.driver_connection  # read before detach(), which drops the pool's record
         raw.detach()
-        conn = raw.driver_connection
         try:
             conn.autocommit = True
             with conn.cursor() as cursor:
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.listening.set()
+            # Consumes that started waiting before we listened may have missed a NOTIFY.
+            self.registry.wake_all()
             while not self.stopped.is_set():
                 readable, _, _ = select.select([conn], [], [], 5.0)
                 if not readable:

@@ -71,3 +71,23 @@ def flaky(self, path: str, failures: int):
 @app.task
 def started_at() -> float:
     return time.time()
+
+
+@app.task(bind=True)
+def weighted(self, path: str, label: str, seconds: float) -> str:
+    """Record start and end (with the task's slots) as JSON lines, for overlap checks."""
+    import json
+
+    slots = (self.request.get("pool_slots") if hasattr(self.request, "get") else None) or 1
+    start = time.time()
+    time.sleep(seconds)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"label": label, "slots": slots, "start": start, "end": time.time()})
+                 + "\n")
+    return label
+
+
+@app.task
+def crash() -> None:
+    """Kill the process running the task, as a segfault would."""
+    os._exit(13)

@@ -25,6 +25,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     while time.monotonic() < deadline:
         try:
             value = predicate()
+        except AssertionError:
+            raise  # the predicate knows it can never come true (e.g. the process died)
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
             last_exc = exc
         else:
@@ -133,10 +135,14 @@ class CeleryWorker(Process):
         self.name = name
         self.hostname = f"{name}@localhost"
         args = [str(BIN / "celery"), "-A", app, "worker", "-n", self.hostname, "-Q", queues,
-                "-c", str(concurrency), "-P", pool, "-l", "info"]
+                "-c", str(concurrency), "-P", pool,
+                "-l", os.environ.get("EDGE_TEST_WORKER_LOGLEVEL", "info")]
         if events:
             args.append("-E")
         env = dict(env or {}, EDGE_TEST_BROKER_URL=broker_url, EDGE_TEST_RESULT_URL=broker_url)
+        if ":" in pool:  # a pool class path: Celery's CLI takes it as -P custom
+            env["CELERY_CUSTOM_WORKER_POOL"] = pool
+            args[args.index(pool)] = "custom"
         super().__init__(args, tmp / f"worker-{name}.log", env=env)
 
     def start(self, wait_ready: bool = True) -> CeleryWorker:

@@ -41,6 +41,7 @@ import socket
 import ssl
 import threading
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from queue import Empty
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 DEFAULT_POLLING_MAX_WAIT = 10.0
 #: Longest one ``drain_events`` call blocks when given a timeout: the worker loop checks
 #: for shutdown between calls, and the long-poll itself goes on in the background.
-DRAIN_SLICE = 0.5
+DRAIN_SLICE = 0.1
 #: Most no_ack messages (remote control, events) one consume returns.
 DEFAULT_BATCH = 100
 
@@ -108,19 +109,18 @@ class SlotQoS(virtual.QoS):
     def can_consume_max_estimate(self):
         return self.free_slots()
 
+    # Slots are freed before the server hears of it: the server answers the session's
+    # waiting consume on ack, and the next consume must already see the free slots.
+
     def ack(self, delivery_tag) -> None:
-        try:
-            self.channel.settle("ack", [delivery_tag])
-        finally:
-            self._release(delivery_tag)
-            super().ack(delivery_tag)
+        self._release(delivery_tag)
+        super().ack(delivery_tag)
+        self.channel.settle("ack", [delivery_tag])
 
     def reject(self, delivery_tag, requeue: bool = False) -> None:
-        try:
-            self.channel.settle("reject", [delivery_tag], requeue=requeue)
-        finally:
-            self._release(delivery_tag)
-            self._quick_ack(delivery_tag)
+        self._release(delivery_tag)
+        self._quick_ack(delivery_tag)
+        self.channel.settle("reject", [delivery_tag], requeue=requeue)
 
     def restore_unacked(self):
         """Give every unacknowledged message back to the server in one request."""
@@ -341,7 +341,8 @@ class LongPoller(threading.Thread):
         self.stopped = threading.Event()
         self.in_flight = False
 
-    def get(self, timeout: float | None):
+    def get(self, timeout: float | None) -> list | None:
+        """The next batch of messages; None when nudged; raises TimeoutError (socket.timeout)."""
         try:
             item = self.results.get(timeout=timeout)
         except queue_mod.Empty:
@@ -350,6 +351,10 @@ class LongPoller(threading.Thread):
             self.stopped.set()
             raise item
         return item
+
+    def nudge(self) -> None:
+        """Make the draining thread return now (it has other work queued)."""
+        self.results.put(None)
 
     def batch_delivered(self) -> None:
         self.delivered.set()
@@ -416,6 +421,7 @@ class Transport(virtual.Transport):
 
     def __init__(self, client, **kwargs) -> None:
         super().__init__(client, **kwargs)
+        _LIVE_TRANSPORTS.add(self)
         self.session_id = uuid.uuid4().hex
         options = client.transport_options or {}
         self.polling_max_wait = float(options.get("polling_max_wait", DEFAULT_POLLING_MAX_WAIT))
@@ -489,11 +495,24 @@ class Transport(virtual.Transport):
                 self._poller.start()
             poller = self._poller
         messages = poller.get(None if timeout is None else min(timeout, DRAIN_SLICE))
+        if messages is None:
+            return
         try:
             for item in messages:
                 self._deliver(item["message"], item["queue"])
         finally:
             poller.batch_delivered()
+
+    def nudge(self) -> None:
+        """Return from the current ``drain_events`` so the caller's loop runs its queued work.
+
+        Celery's worker loop runs acknowledgements queued by the pool between two
+        ``drain_events`` calls; the pool nudges so an ack is not held back for a
+        whole drain slice.
+        """
+        poller = self._poller
+        if poller is not None and not poller.stopped.is_set():
+            poller.nudge()
 
     def _stop_poller(self) -> None:
         if self._poller is not None:
@@ -521,6 +540,15 @@ class Transport(virtual.Transport):
     @property
     def default_connection_params(self):
         return {"hostname": "localhost"}
+
+
+_LIVE_TRANSPORTS: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+def nudge_consumers() -> None:
+    """Nudge every edge connection of this process that is being drained."""
+    for transport in list(_LIVE_TRANSPORTS):
+        transport.nudge()
 
 
 def _api_url(client) -> str:

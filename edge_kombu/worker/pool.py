@@ -1,0 +1,122 @@
+"""SlotPool: Celery's prefork pool, admitting tasks by their weight in slots.
+
+``-c N`` (``worker_concurrency``) is the worker's slot budget. A task weighs its
+``pool_slots`` message header (default 1). A task starts only while the slots of
+the running tasks plus its own stay within the budget; otherwise it waits, in
+arrival order, until enough slots are free. Each task runs in a child process as
+with ``-P prefork``: a task that kills its process (``os._exit``, a segfault) fails
+with ``WorkerLostError`` and frees its slots, and the worker carries on.
+
+The transport already reserves only messages that fit the free slots (see
+:class:`edge_kombu.transport.kombu.SlotQoS`); the pool is the second guard for
+what reservation cannot see: ETA tasks coming due, and tasks acknowledged early.
+
+Use it with ``celery worker -P edge_kombu.worker.pool:SlotPool``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from celery.concurrency import prefork
+
+from edge_kombu.transport.kombu import message_slots, nudge_consumers
+
+log = logging.getLogger(__name__)
+
+
+def request_slots(args: Any) -> int:
+    """Slots of a task from the arguments Celery gives the pool.
+
+    ``args`` is ``(task_name, task_id, request_dict, body, content_type,
+    content_encoding)``; ``request_dict`` holds the message headers.
+    """
+    try:
+        request = args[2]
+    except (IndexError, TypeError):
+        return 1
+    return message_slots(request if isinstance(request, dict) else None)
+
+
+class SlotPool(prefork.TaskPool):
+    """Prefork pool whose concurrency is a budget of slots."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots_total = self.limit
+        self.slots_used = 0
+        self._waiting: deque[tuple] = deque()
+        self._lock = threading.Lock()
+
+    def apply_async(self, target, args=None, kwargs=None, **options):
+        slots = request_slots(args)
+        if slots > self.slots_total:
+            log.warning("task %s needs %d slots but this worker has %d; it runs alone",
+                        (args or [None, None])[1], slots, self.slots_total)
+        with self._lock:
+            if self._fits(slots) and not self._waiting:
+                self.slots_used += slots
+            else:
+                self._waiting.append((target, args, kwargs, options, slots))
+                return None
+        return self._start(target, args, kwargs, options, slots)
+
+    def _fits(self, slots: int) -> bool:
+        # A task bigger than the whole budget may still run, alone.
+        return self.slots_used + slots <= self.slots_total or self.slots_used == 0
+
+    def _start(self, target, args, kwargs, options, slots):
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self._release(slots)
+
+        def wrap(callback):
+            def on_done(*a, **kw):
+                try:
+                    if callback is not None:
+                        return callback(*a, **kw)
+                finally:
+                    release()
+                    # The callback queued the task's ack for the worker's main loop.
+                    nudge_consumers()
+
+            return on_done
+
+        options = dict(options)
+        options["callback"] = wrap(options.get("callback"))
+        options["error_callback"] = wrap(options.get("error_callback"))
+        try:
+            return super().apply_async(target, args, kwargs, **options)
+        except BaseException:
+            release()
+            raise
+
+    def _release(self, slots: int) -> None:
+        ready = []
+        with self._lock:
+            self.slots_used -= slots
+            # Strict arrival order: a big task at the head is not overtaken by small
+            # ones behind it, so it cannot starve.
+            while self._waiting and self._fits(self._waiting[0][4]):
+                job = self._waiting.popleft()
+                self.slots_used += job[4]
+                ready.append(job)
+        for target, args, kwargs, options, slots in ready:
+            self._start(target, args, kwargs, options, slots)
+
+    def _get_info(self) -> dict:
+        info = super()._get_info()
+        with self._lock:
+            info["slots"] = {
+                "total": self.slots_total,
+                "used": self.slots_used,
+                "free": max(self.slots_total - self.slots_used, 0),
+                "waiting": len(self._waiting),
+            }
+        return info

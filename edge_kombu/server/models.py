@@ -58,7 +58,6 @@ binding = Table(
     Column("exchange", _NAME, nullable=False, index=True),
     Column("queue", _NAME, nullable=False, index=True),
     Column("routing_key", _NAME, nullable=False),
-    Column("pattern", String(4 * MAX_NAME_LENGTH), nullable=True),
 )
 
 queue = Table(

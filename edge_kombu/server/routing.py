@@ -16,13 +16,6 @@ from kombu.transport.virtual.exchange import TopicExchange
 _TOPIC = TopicExchange(channel=None)
 
 
-def binding_pattern(exchange_type: str, routing_key: str) -> str | None:
-    """The stored regex of a binding: only topic exchanges have one."""
-    if exchange_type == "topic":
-        return _TOPIC.key_to_pattern(routing_key)
-    return None
-
-
 def binding_id(exchange: str, queue: str, routing_key: str) -> str:
     """A fixed-length key identifying one binding."""
     raw = "\x00".join((exchange, queue, routing_key)).encode()
@@ -30,23 +23,18 @@ def binding_id(exchange: str, queue: str, routing_key: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+def topic_regex(binding_key: str) -> re.Pattern:
+    """The compiled regex of a topic binding key (kombu's own conversion)."""
+    return re.compile(_TOPIC.key_to_pattern(binding_key))
 
 
-def route(
-    exchange_type: str, bindings: Iterable[tuple[str, str | None, str]], routing_key: str
-) -> set[str]:
+def route(exchange_type: str, bindings: Iterable[tuple[str, str]], routing_key: str) -> set[str]:
     """Queues that a message with ``routing_key`` reaches.
 
-    ``bindings`` holds ``(routing_key, pattern, queue)`` rows of one exchange.
+    ``bindings`` holds ``(binding_key, queue)`` rows of one exchange.
     """
     if exchange_type == "fanout":
-        return {queue for _, _, queue in bindings}
+        return {queue for _, queue in bindings}
     if exchange_type == "topic":
-        return {
-            queue
-            for _, pattern, queue in bindings
-            if pattern and _compiled(pattern).match(routing_key)
-        }
-    return {queue for key, _, queue in bindings if key == routing_key}
+        return {queue for key, queue in bindings if topic_regex(key).match(routing_key)}
+    return {queue for key, queue in bindings if key == routing_key}

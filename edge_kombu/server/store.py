@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from edge_kombu import errors
 from edge_kombu.protocol import HEADER_POOL_SLOTS
 from edge_kombu.server import models as m
-from edge_kombu.server.routing import binding_id, binding_pattern, route
+from edge_kombu.server.routing import binding_id, route
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,6 @@ class Store:
                         "exchange": exchange,
                         "queue": queue,
                         "routing_key": routing_key,
-                        "pattern": binding_pattern(ex_type, routing_key),
                     }
                 ],
             )
@@ -391,7 +390,7 @@ class Store:
                         f"exchange {exchange!r} does not exist; declare it before publishing"
                     )
                 bindings = conn.execute(
-                    select(m.binding.c.routing_key, m.binding.c.pattern, m.binding.c.queue).where(
+                    select(m.binding.c.routing_key, m.binding.c.queue).where(
                         m.binding.c.exchange == exchange
                     )
                 ).all()

@@ -23,7 +23,6 @@ def upgrade() -> None:
     sa.Column('exchange', sa.String(length=256), nullable=False),
     sa.Column('queue', sa.String(length=256), nullable=False),
     sa.Column('routing_key', sa.String(length=256), nullable=False),
-    sa.Column('pattern', sa.String(length=1024), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_edge_kombu_binding'))
     )
     with op.batch_alter_table('edge_kombu_binding', schema=None) as batch_op:

@@ -6,7 +6,7 @@ the form ``edge+https://:TOKEN@host/prefix`` work in any Celery app.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from edge_kombu.protocol import VERSION as __version__  # noqa: F401 - the package version
 
 
 def _register_transport() -> None:

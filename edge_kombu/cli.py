@@ -162,6 +162,131 @@ def token_revoke(name, db_url) -> None:
     click.echo(f"revoked the token of {name}", err=True)
 
 
+def _registry(db_url: str | None):
+    from edge_kombu.server.config import DEFAULT_WORKER_TIMEOUT, _env_float
+    from edge_kombu.server.workers import WorkerRegistry
+
+    timeout = _env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT)
+    return WorkerRegistry(_store(db_url), worker_timeout=timeout)
+
+
+def _edge_call(func, *args, **kwargs):
+    from edge_kombu.errors import EdgeError
+
+    try:
+        return func(*args, **kwargs)
+    except EdgeError as exc:
+        _fail(exc.message)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(v)) for v in column) for column in zip(headers, *rows, strict=True)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True))
+             for row in [headers, *rows]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--state", "states", multiple=True, help="Only workers in this state (repeatable).")
+@_db_option
+def workers(as_json, states, db_url) -> None:
+    """List the edge workers with state, queues, slots and last heartbeat."""
+    rows = _registry(db_url).list(states=states)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(_table(
+        [[w["name"], w["state"], ",".join(w["queues"]), f"{w['slots_used']}/{w['slots_total']}",
+          len(w["running"]), f"{w['heartbeat_age']}s", w["maintenance_comment"] or "",
+          w["version_warning"] or ""] for w in rows],
+        ["NAME", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "MAINTENANCE", "WARNING"],
+    ))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_db_option
+def queues(as_json, db_url) -> None:
+    """List queues: depth, oldest message, slots demanded, consumers, tasks too big to run."""
+    from edge_kombu.server.workers import too_big
+
+    registry = _registry(db_url)
+    overview = registry.store.queue_overview()
+    capacity = registry.max_slots_by_queue()
+    problems = {p["queue"]: p for p in too_big(overview, capacity)}
+    for queue in overview:
+        queue["largest_worker_slots"] = capacity.get(queue["name"])
+        queue["too_big"] = queue["name"] in problems
+    if as_json:
+        click.echo(json.dumps(overview, indent=2))
+        return
+    click.echo(_table(
+        [[q["name"], q["ready"], q["leased"],
+          "" if q["oldest_age"] is None else f"{q['oldest_age']}s",
+          q["max_slots"] or "", q["largest_worker_slots"] or "", q["consumers"],
+          "TASK TOO BIG FOR EVERY WORKER" if q["too_big"] else ""] for q in overview],
+        ["QUEUE", "READY", "LEASED", "OLDEST", "MAX SLOTS", "WORKER SLOTS", "CONSUMERS", "WARNING"],
+    ))
+
+
+@main.group()
+def worker() -> None:
+    """Steer one edge worker; takes effect at its next heartbeat."""
+
+
+@worker.command("maintenance")
+@click.argument("name")
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.option("--comments", help="Why (required for on).")
+@_db_option
+def worker_maintenance(name, switch, comments, db_url) -> None:
+    """Put NAME into maintenance (stop taking tasks, finish running ones), or take it out."""
+    row = _edge_call(_registry(db_url).request_maintenance, name, switch == "on", comments)
+    click.echo(f"{name}: {row['state']}")
+
+
+@worker.command("shutdown")
+@click.argument("name")
+@_db_option
+def worker_shutdown(name, db_url) -> None:
+    """Ask NAME to finish its running tasks and exit."""
+    row = _edge_call(_registry(db_url).request_shutdown, name)
+    click.echo(f"{name}: {row['state']}")
+
+
+@worker.command("queues")
+@click.argument("name")
+@click.option("--add", multiple=True, help="Queue to consume as well (repeatable).")
+@click.option("--remove", multiple=True, help="Queue to stop consuming (repeatable).")
+@_db_option
+def worker_queues(name, add, remove, db_url) -> None:
+    """Change the queues NAME consumes."""
+    if not add and not remove:
+        _fail("give --add and/or --remove")
+    row = _edge_call(_registry(db_url).change_queues, name, add, remove)
+    click.echo(f"{name}: queues {','.join(row['desired_queues'])}")
+
+
+@worker.command("concurrency")
+@click.argument("name")
+@click.argument("slots", type=int)
+@_db_option
+def worker_concurrency(name, slots, db_url) -> None:
+    """Set NAME's slot budget (its concurrency)."""
+    _edge_call(_registry(db_url).set_concurrency, name, slots)
+    click.echo(f"{name}: concurrency {slots}")
+
+
+@worker.command("remove")
+@click.argument("name")
+@_db_option
+def worker_remove(name, db_url) -> None:
+    """Forget NAME (only when offline or unknown)."""
+    _edge_call(_registry(db_url).remove, name)
+    click.echo(f"removed {name}")
+
+
 @main.command()
 @_db_option
 def demo(db_url) -> None:

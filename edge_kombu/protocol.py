@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 
-#: Version of the wire protocol. Peers with the same major version interoperate.
-PROTOCOL_VERSION = "1.0"
+#: Version of edge-kombu, which is also the version of its wire protocol: peers with the
+#: same major version interoperate; a different minor or patch version is reported as a
+#: warning in the worker's status.
+VERSION = "1.0.0"
+PROTOCOL_VERSION = VERSION
 
 #: Request header carrying the client's protocol version.
 HEADER_PROTOCOL = "X-Edge-Kombu-Protocol"
@@ -47,6 +50,26 @@ MAX_WAIT_SECONDS = 60.0
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout")
 
+#: States a worker reports of itself (as Airflow's edge worker has them).
+WORKER_REPORTED_STATES = (
+    "starting",
+    "idle",
+    "running",
+    "maintenance pending",
+    "maintenance mode",
+    "terminating",
+)
+#: States only the server assigns: requests not yet acknowledged, and absence.
+WORKER_SERVER_STATES = (
+    "maintenance request",
+    "maintenance exit",
+    "shutdown request",
+    "offline",
+    "offline maintenance",
+    "unknown",
+)
+WORKER_STATES = WORKER_REPORTED_STATES + WORKER_SERVER_STATES
+
 #: Message header with the weight of a task in worker slots (integer >= 1).
 HEADER_POOL_SLOTS = "pool_slots"
 
@@ -54,6 +77,14 @@ HEADER_POOL_SLOTS = "pool_slots"
 def jwt_signing_key(secret: str) -> bytes:
     """The HS512 key derived from the shared secret (64 bytes, whatever the secret's length)."""
     return hashlib.sha512(b"edge-kombu jwt\x00" + secret.encode()).digest()
+
+
+def versions_differ(ours: str, theirs: str) -> str | None:
+    """A warning when two compatible versions differ (same major), else None."""
+    if ours == theirs:
+        return None
+    return (f"edge-kombu {theirs} differs from the server's {ours}: compatible (same major), "
+            "but align the versions when you can")
 
 
 def protocol_major(version: str) -> int:
@@ -146,6 +177,7 @@ REQUESTS: dict[str, dict] = {
     "consume": _obj(
         {
             "session": _SESSION,
+            "total_slots": {"type": ["integer", "null"], "minimum": 1},
             "queues": {
                 "type": "array",
                 "maxItems": 1000,
@@ -172,6 +204,29 @@ REQUESTS: dict[str, dict] = {
     "hello": _obj({}),
     "session/close": _obj({"session": _SESSION}, ("session",)),
     "session/wake": _obj({"session": _SESSION}, ("session",)),
+    "worker/heartbeat": _obj(
+        {
+            "name": _QUEUE_NAME,
+            "instance": {"type": "string", "minLength": 8, "maxLength": 64},
+            "state": {"enum": list(WORKER_REPORTED_STATES)},
+            "queues": {"type": "array", "items": _QUEUE_NAME, "maxItems": 256},
+            "slots_total": {"type": "integer", "minimum": 1},
+            "slots_used": {"type": "integer", "minimum": 0},
+            "running": {"type": "array", "maxItems": 10_000, "items": {"type": "object"}},
+            "sysinfo": {"type": "object"},
+            "versions": {"type": "object"},
+            "maintenance": {"type": "boolean"},
+            "maintenance_comment": {"type": ["string", "null"], "maxLength": 1024},
+            "maintenance_changed_at": {"type": ["number", "null"]},
+            "session": {"type": ["string", "null"], "maxLength": 64},
+        },
+        ("name", "instance", "state", "queues", "slots_total"),
+    ),
+    "worker/deregister": _obj(
+        {"name": _QUEUE_NAME, "instance": {"type": "string", "maxLength": 64},
+         "maintenance": {"type": "boolean"}},
+        ("name", "instance"),
+    ),
     "results/get": _obj({"key": _KEY}, ("key",)),
     "results/mget": _obj(
         {"keys": {"type": "array", "items": _KEY, "maxItems": MAX_MGET_KEYS}}, ("keys",)
@@ -208,6 +263,8 @@ SUMMARIES: dict[str, str] = {
     "hello": "Check credentials and protocol version; returns the server's limits.",
     "session/close": "End a consumer session; its leased messages are redelivered.",
     "session/wake": "Cut a waiting consume of this session short (its capacity changed).",
+    "worker/heartbeat": "Register or refresh a worker; returns what the admins asked of it.",
+    "worker/deregister": "A worker stopped cleanly (offline, or offline maintenance).",
     "results/get": "Read one result.",
     "results/mget": "Read many results in one request.",
     "results/set": "Write a result with an optional expiry in seconds.",

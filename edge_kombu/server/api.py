@@ -191,7 +191,8 @@ def consume(body: dict) -> dict:
         while True:
             waiter.event.clear()
             found = broker.store.claim(
-                session, queues, max_slots=max_slots, max_messages=max_messages
+                session, queues, max_slots=max_slots, max_messages=max_messages,
+                total_slots=body.get("total_slots"),
             )
             remaining = deadline - time.monotonic()
             if found or remaining <= 0:
@@ -237,6 +238,20 @@ def session_close(body: dict) -> dict:
 @route("session/wake")
 def session_wake(body: dict) -> dict:
     _broker().store.signal(sessions=[body["session"]])
+    return {}
+
+
+# -- workers -----------------------------------------------------------------------------
+
+
+@route("worker/heartbeat")
+def worker_heartbeat(body: dict) -> dict:
+    return _broker().workers.heartbeat(body)
+
+
+@route("worker/deregister")
+def worker_deregister(body: dict) -> dict:
+    _broker().workers.deregister(body["name"], body["instance"])
     return {}
 
 

@@ -23,6 +23,7 @@ from edge_kombu.server.wakeup import (
     Reaper,
     WaiterRegistry,
 )
+from edge_kombu.server.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Broker:
     registry: WaiterRegistry
     auth: Authenticator
     sessions: SessionTouches
+    workers: WorkerRegistry
     threads: list = field(default_factory=list)
 
     def start(self) -> None:
@@ -52,8 +54,10 @@ def build_broker(config: ServerConfig) -> Broker:
     registry = WaiterRegistry()
     postgres = engine.dialect.name == "postgresql"
     wakeup = PostgresWakeup(registry) if postgres else LocalWakeup(registry)
-    store = Store(engine, lease_timeout=config.lease_timeout, wakeup=wakeup)
-    threads = [Reaper(store, config.reap_interval)]
+    store = Store(engine, lease_timeout=config.lease_timeout, wakeup=wakeup,
+                  starvation_guard=config.starvation_guard)
+    workers = WorkerRegistry(store, worker_timeout=config.worker_timeout)
+    threads = [Reaper(store, workers, config.reap_interval)]
     if postgres:
         threads.append(PostgresListener(engine, registry))
     else:
@@ -64,6 +68,7 @@ def build_broker(config: ServerConfig) -> Broker:
         registry=registry,
         auth=Authenticator(store, config.secret_key, leeway=config.jwt_leeway),
         sessions=SessionTouches(store, interval=config.lease_timeout / 4),
+        workers=workers,
         threads=threads,
     )
 

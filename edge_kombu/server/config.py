@@ -17,6 +17,11 @@ DEFAULT_MAX_WAIT = 10.0
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 #: How often expired sessions, messages, queues and results are cleaned up.
 DEFAULT_REAP_INTERVAL = 1.0
+#: Seconds without a heartbeat after which a worker is "unknown" and its leases are freed.
+DEFAULT_WORKER_TIMEOUT = 30.0
+#: Seconds a task that needs more slots than a worker has free may wait before that
+#: worker stops taking smaller tasks from behind it (so big tasks are not starved).
+DEFAULT_STARVATION_GUARD = 2.0
 #: Without PostgreSQL NOTIFY: how often each process checks for messages published elsewhere.
 DEFAULT_WAKE_POLL_INTERVAL = 0.2
 
@@ -54,6 +59,8 @@ class ServerConfig:
     reap_interval: float = DEFAULT_REAP_INTERVAL
     wake_poll_interval: float = DEFAULT_WAKE_POLL_INTERVAL
     jwt_leeway: float = 10.0
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    starvation_guard: float = DEFAULT_STARVATION_GUARD
 
     def __post_init__(self) -> None:
         if self.secret_key is not None and len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -70,7 +77,7 @@ class ServerConfig:
             )
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
-        for name in ("reap_interval", "wake_poll_interval"):
+        for name in ("reap_interval", "wake_poll_interval", "worker_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds")
 
@@ -85,6 +92,10 @@ class ServerConfig:
             "reap_interval": _env_float("EDGE_KOMBU_REAP_INTERVAL", DEFAULT_REAP_INTERVAL),
             "wake_poll_interval": _env_float(
                 "EDGE_KOMBU_WAKE_POLL_INTERVAL", DEFAULT_WAKE_POLL_INTERVAL
+            ),
+            "worker_timeout": _env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT),
+            "starvation_guard": _env_float(
+                "EDGE_KOMBU_STARVATION_GUARD", DEFAULT_STARVATION_GUARD
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -126,3 +126,28 @@ token = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Double, nullable=False),
 )
+
+worker = Table(
+    "edge_kombu_worker",
+    metadata,
+    Column("name", _NAME, primary_key=True),
+    Column("instance", String(64), nullable=False),
+    Column("state", String(32), nullable=False, index=True),
+    Column("queues", Text, nullable=False),  # JSON list, as last reported
+    Column("slots_total", Integer, nullable=False, default=1),
+    Column("slots_used", Integer, nullable=False, default=0),
+    Column("running", _LONG_TEXT, nullable=False),  # JSON list of running tasks
+    Column("sysinfo", Text, nullable=False),  # JSON: CPU, memory, disk, load
+    Column("versions", Text, nullable=False),  # JSON: edge_kombu, celery, python, airflow
+    Column("version_warning", String(512), nullable=True),
+    Column("session", String(64), nullable=True),  # its consumer session (leases)
+    Column("first_online", Double, nullable=False),
+    Column("last_heartbeat", Double, nullable=False, index=True),
+    # What the admins (or the worker's own local command) asked for:
+    Column("maintenance", Boolean, nullable=False, default=False),
+    Column("maintenance_comment", String(1024), nullable=True),
+    Column("maintenance_changed_at", Double, nullable=True),
+    Column("shutdown_requested", Boolean, nullable=False, default=False),
+    Column("desired_queues", Text, nullable=True),  # JSON list; None = as the worker says
+    Column("desired_concurrency", Integer, nullable=True),
+)

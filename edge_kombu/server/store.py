@@ -131,6 +131,7 @@ class Store:
         engine: Engine,
         *,
         lease_timeout: float = 30.0,
+        starvation_guard: float = 2.0,
         wakeup: Wakeup | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -138,6 +139,7 @@ class Store:
             raise ValueError("lease_timeout must be > 0 seconds")
         self.engine = engine
         self.lease_timeout = lease_timeout
+        self.starvation_guard = starvation_guard
         self.wakeup = wakeup or Wakeup()
         self.clock = clock
         self.dialect = engine.dialect.name
@@ -189,6 +191,10 @@ class Store:
         else:
             stmt = mysql_insert(table).values(row).on_duplicate_key_update(**changes)
         conn.execute(stmt)
+
+    def _lock_row(self, stmt):
+        """Lock the selected rows until commit (SQLite's BEGIN IMMEDIATE does already)."""
+        return stmt if self.dialect == "sqlite" else stmt.with_for_update()
 
     def _lock(self, stmt):
         return stmt.with_for_update(skip_locked=True) if self._skip_locked else stmt
@@ -307,6 +313,48 @@ class Store:
 
     def _live_session(self, now: float):
         return (m.session.c.closed_at.is_(None), m.session.c.last_seen >= now - self.lease_timeout)
+
+    def queue_overview(self) -> list[dict]:
+        """Every queue: ready and leased messages, oldest ready age, largest slots asked."""
+        now = self.clock()
+        msg = m.message.c
+        ready = or_(msg.expires_at.is_(None), msg.expires_at > now)
+        with self.engine.connect() as conn:
+            names = list(conn.execute(select(m.queue.c.name).order_by(m.queue.c.name)).scalars())
+            stats = {
+                row.queue: row
+                for row in conn.execute(
+                    select(
+                        msg.queue,
+                        func.count().label("messages"),
+                        func.count(msg.session).label("leased"),
+                        func.min(msg.published_at).label("oldest"),
+                        func.max(msg.slots).label("max_slots"),
+                    )
+                    .where(ready)
+                    .group_by(msg.queue)
+                ).all()
+            }
+            consumers = dict(
+                conn.execute(
+                    select(m.consumer.c.queue, func.count())
+                    .join(m.session, m.session.c.id == m.consumer.c.session)
+                    .where(*self._live_session(now))
+                    .group_by(m.consumer.c.queue)
+                ).all()
+            )
+        overview = []
+        for name in names:
+            row = stats.get(name)
+            overview.append({
+                "name": name,
+                "ready": (row.messages - row.leased) if row else 0,
+                "leased": row.leased if row else 0,
+                "oldest_age": round(now - row.oldest, 1) if row else None,
+                "max_slots": row.max_slots if row else None,
+                "consumers": consumers.get(name, 0),
+            })
+        return overview
 
     def queue_info(self, name: str) -> QueueInfo:
         return self.declare_queue(name, passive=True)
@@ -490,6 +538,7 @@ class Store:
         *,
         max_slots: int | None = None,
         max_messages: int = 1,
+        total_slots: int | None = None,
     ) -> list[Delivery]:
         """Lease (or, for ``no_ack`` queues, take) up to ``max_messages`` ready messages.
 
@@ -498,6 +547,11 @@ class Store:
         acknowledged queues together (``no_ack`` queues carry remote control and
         events, which weigh nothing). Raises :class:`errors.SessionClosed` unless
         ``session`` is open (see :meth:`touch_session`).
+
+        No starvation: when the next message in line needs more than ``max_slots`` but
+        no more than the consumer's ``total_slots``, and has waited ``starvation_guard``
+        seconds, the consumer gets no smaller message from behind it; its slots free up
+        as its running tasks end, until the big one fits.
         """
         if not queues:
             return []
@@ -518,7 +572,14 @@ class Store:
         if max_slots is not None:
             fits = msg.slots <= max_slots
             stmt = stmt.where(or_(fits, msg.queue.in_(no_ack)) if no_ack else fits)
+        acked = [name for name in names if name not in no_ack]
         with self._tx() as tx:
+            if max_slots is not None and acked and self._big_one_waits(
+                tx.conn, acked, max_slots, total_slots, now
+            ):
+                if not no_ack:
+                    return []
+                stmt = stmt.where(msg.queue.in_(no_ack))
             # Lease only to an open session, and keep it open until this commits: leases of
             # a closed session would never be released.
             is_open = select(m.session.c.id).where(
@@ -561,6 +622,26 @@ class Store:
             props.setdefault("delivery_info", {})["redelivered"] = bool(row.redelivered)
             deliveries.append(Delivery(row.queue, message))
         return deliveries
+
+    def _big_one_waits(self, conn: Connection, queues: list[str], max_slots: int,
+                       total_slots: int | None, now: float) -> bool:
+        """Whether the next message in line is too big for now but not for later."""
+        msg = m.message.c
+        head = conn.execute(
+            select(msg.slots, msg.published_at)
+            .where(
+                msg.queue.in_(queues),
+                msg.session.is_(None),
+                or_(msg.expires_at.is_(None), msg.expires_at > now),
+            )
+            .order_by(msg.priority.desc(), msg.id)
+            .limit(1)
+        ).first()
+        return (
+            head is not None
+            and max_slots < head.slots <= (total_slots or head.slots)
+            and now - head.published_at >= self.starvation_guard
+        )
 
     def ready_min_slots(self, queues: Iterable[str]) -> dict[str, int]:
         """For each queue with ready messages, the smallest slot count among them."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -199,10 +200,23 @@ class ReadyPoller(_Loop):
 
 
 class Reaper(_Loop):
-    """Expires silent sessions (redelivering their leases), TTL'd messages and idle queues."""
+    """Expires silent workers and sessions (redelivering their leases), TTLs, idle queues."""
 
-    def __init__(self, store: Store, interval: float) -> None:
-        super().__init__("edge-kombu-reaper", interval, store.reap)
+    #: Seconds between checks for tasks too big for every worker of their queue.
+    TOO_BIG_INTERVAL = 30.0
+
+    def __init__(self, store: Store, workers, interval: float) -> None:
+        super().__init__("edge-kombu-reaper", interval, self._reap)
+        self.store = store
+        self.workers = workers
+        self._next_too_big = 0.0
+
+    def _reap(self) -> None:
+        self.workers.expire_silent()
+        self.store.reap()
+        if time.monotonic() >= self._next_too_big:
+            self._next_too_big = time.monotonic() + self.TOO_BIG_INTERVAL
+            self.workers.report_too_big()
 
 
 class PostgresListener(threading.Thread):

@@ -144,6 +144,7 @@ class SlotQoS(virtual.QoS):
 class ConsumeSpec:
     queues: dict  # name -> no_ack
     max_slots: int | None
+    total_slots: int | None = None
 
     def as_request(self, session: str, wait: float) -> dict:
         return {
@@ -151,6 +152,7 @@ class ConsumeSpec:
             "queues": [{"name": q, "no_ack": no_ack} for q, no_ack in self.queues.items()],
             "wait": wait,
             "max_slots": self.max_slots,
+            "total_slots": self.total_slots,
             "max_messages": min(MAX_BATCH, DEFAULT_BATCH + (self.max_slots or 0)),
         }
 
@@ -453,13 +455,14 @@ class Transport(virtual.Transport):
 
     def consume_spec(self) -> ConsumeSpec:
         queues: dict = {}
-        limits = []
+        limits, totals = [], []
         for channel in list(self.channels):
             channel_queues, free = channel.consume_spec()
             queues.update(channel_queues)
             if free is not None and any(not no_ack for no_ack in channel_queues.values()):
                 limits.append(free)
-        return ConsumeSpec(queues, min(limits) if limits else None)
+                totals.append(channel.qos.prefetch_count)
+        return ConsumeSpec(queues, min(limits) if limits else None, min(totals) if totals else None)
 
     def defer_settlement(self, verb: str, body: dict) -> None:
         self._deferred.append((verb, body))

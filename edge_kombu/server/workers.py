@@ -1,0 +1,340 @@
+"""Edge workers on the server: registration, heartbeats, admin requests, liveness.
+
+A worker reports its own state (``starting``, ``idle``, ``running``, ``maintenance
+pending``, ``maintenance mode``, ``terminating``) with every heartbeat. Admins ask
+for maintenance, a shutdown, other queues or another slot budget by writing the
+worker's row (``edge-kombu worker …``, the web UI); the worker learns it from the
+answer to its next heartbeat. Until the worker acknowledges a request, the row
+shows it as ``maintenance request``, ``maintenance exit`` or ``shutdown request``,
+as Airflow's edge executor does.
+
+Maintenance is a desired state with a time stamp: the side that changed it last
+wins, whether that is an admin here or the worker's local command while the API
+was unreachable. It survives a restart of the worker.
+
+A worker silent for ``worker_timeout`` becomes ``unknown`` (``offline maintenance``
+if it was in maintenance) and its consumer session is closed, so its leased
+messages are redelivered at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from edge_kombu import errors
+from edge_kombu.protocol import VERSION, versions_differ
+from edge_kombu.server import models as m
+from edge_kombu.server.store import Store
+
+log = logging.getLogger(__name__)
+
+#: States of a worker that is not running (no heartbeats expected).
+GONE = ("offline", "offline maintenance", "unknown")
+_IN_MAINTENANCE = ("maintenance pending", "maintenance mode")
+_STOPPING = ("terminating", "offline")
+
+DEFAULT_WORKER_TIMEOUT = 30.0
+
+
+def displayed_state(reported: str, *, maintenance: bool, shutdown: bool) -> str:
+    """Merge what the worker says with what was asked of it."""
+    if shutdown and reported not in _STOPPING:
+        return "shutdown request"
+    if maintenance and reported not in _IN_MAINTENANCE and reported not in _STOPPING:
+        return "maintenance request"
+    if not maintenance and reported in _IN_MAINTENANCE:
+        return "maintenance exit"
+    return reported
+
+
+def _loads(text: str | None, default):
+    return default if text is None else json.loads(text)
+
+
+class WorkerRegistry:
+    """Worker rows, on the same database and transactions as the broker store."""
+
+    def __init__(self, store: Store, *, worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+                 clock: Callable[[], float] | None = None) -> None:
+        self._reported: tuple = ()
+        self.store = store
+        self.worker_timeout = worker_timeout
+        self.clock = clock or store.clock
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    def heartbeat(self, beat: dict) -> dict:
+        """Record one heartbeat (the first registers the worker); return the admins' wishes."""
+        now = self.clock()
+        name, instance, reported = beat["name"], beat["instance"], beat["state"]
+        with self.store._tx() as tx:
+            conn = tx.conn
+            row = conn.execute(
+                self.store._lock_row(select(m.worker).where(m.worker.c.name == name))
+            ).mappings().first()
+            if row is not None and row["instance"] != instance and self._alive(row, now):
+                raise errors.Conflict(
+                    f"worker {name!r} is already online (another process, last heartbeat "
+                    f"{now - row['last_heartbeat']:.0f}s ago); give this one another name (-n)"
+                )
+            maintenance, comment, changed_at = self._merge_maintenance(row, beat)
+            shutdown = bool(row and row["shutdown_requested"] and row["instance"] == instance)
+            desired_queues = _loads(row["desired_queues"], None) if row else None
+            concurrency = row["desired_concurrency"] if row else None
+            version = (beat.get("versions") or {}).get("edge_kombu") or ""
+            warning = versions_differ(VERSION, version) if version else None
+            values = {
+                "instance": instance,
+                "state": displayed_state(reported, maintenance=maintenance, shutdown=shutdown),
+                "queues": json.dumps(beat["queues"]),
+                "slots_total": beat["slots_total"],
+                "slots_used": beat.get("slots_used", 0),
+                "running": json.dumps(beat.get("running") or []),
+                "sysinfo": json.dumps(beat.get("sysinfo") or {}),
+                "versions": json.dumps(beat.get("versions") or {}),
+                "version_warning": warning,
+                "session": beat.get("session"),
+                "last_heartbeat": now,
+                "maintenance": maintenance,
+                "maintenance_comment": comment,
+                "maintenance_changed_at": changed_at,
+                "shutdown_requested": shutdown,
+            }
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            m.worker.insert().values(name=name, first_online=now, **values)
+                        )
+                except IntegrityError:
+                    raise errors.Conflict(
+                        f"worker {name!r} registered twice at once; give each worker its own name"
+                    ) from None
+            else:
+                if row["instance"] != instance:
+                    values["first_online"] = now
+                conn.execute(update(m.worker).where(m.worker.c.name == name).values(**values))
+        return {
+            "state": values["state"],
+            "maintenance": maintenance,
+            "maintenance_comment": comment,
+            "shutdown": shutdown,
+            "queues": desired_queues if desired_queues is not None else beat["queues"],
+            "concurrency": concurrency,
+            "version_warning": warning,
+        }
+
+    def _alive(self, row, now: float) -> bool:
+        return row["state"] not in GONE and now - row["last_heartbeat"] < self.worker_timeout
+
+    @staticmethod
+    def _merge_maintenance(row, beat: dict) -> tuple[bool, str | None, float | None]:
+        """The newer of the admins' and the worker's own maintenance setting."""
+        local_at = beat.get("maintenance_changed_at")
+        if row is None or (
+            local_at is not None
+            and (row["maintenance_changed_at"] is None or local_at > row["maintenance_changed_at"])
+        ):
+            return bool(beat.get("maintenance")), beat.get("maintenance_comment"), local_at
+        return bool(row["maintenance"]), row["maintenance_comment"], row["maintenance_changed_at"]
+
+    def deregister(self, name: str, instance: str) -> None:
+        """A clean exit: offline, or offline maintenance (it comes back in maintenance)."""
+        with self.store._tx() as tx:
+            row = tx.conn.execute(
+                select(m.worker.c.instance, m.worker.c.maintenance).where(m.worker.c.name == name)
+            ).first()
+            if row is None or row.instance != instance:
+                return
+            tx.conn.execute(
+                update(m.worker)
+                .where(m.worker.c.name == name)
+                .values(
+                    state="offline maintenance" if row.maintenance else "offline",
+                    slots_used=0,
+                    running="[]",
+                    shutdown_requested=False,
+                )
+            )
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def expire_silent(self) -> list[str]:
+        """Mark workers without a heartbeat for ``worker_timeout`` unknown; free their leases."""
+        now = self.clock()
+        with self.store._tx() as tx:
+            conn = tx.conn
+            silent = conn.execute(
+                select(m.worker.c.name, m.worker.c.maintenance, m.worker.c.session).where(
+                    m.worker.c.state.not_in(GONE),
+                    m.worker.c.last_heartbeat < now - self.worker_timeout,
+                )
+            ).all()
+            for name, maintenance, _ in silent:
+                conn.execute(
+                    update(m.worker)
+                    .where(m.worker.c.name == name)
+                    .values(state="offline maintenance" if maintenance else "unknown",
+                            slots_used=0, running="[]")
+                )
+            sessions = [session for _, _, session in silent if session]
+            if sessions:
+                self.store._close_sessions(tx, sessions, now)
+        for name, _, _ in silent:
+            log.warning("worker %s missed its heartbeats for %.0fs: marked unknown, its "
+                        "messages are redelivered", name, self.worker_timeout)
+        return [name for name, _, _ in silent]
+
+    # -- the admins' side -----------------------------------------------------------------
+
+    def list(self, *, states: Iterable[str] = ()) -> list[dict]:
+        stmt = select(m.worker).order_by(m.worker.c.name)
+        states = list(states)
+        if states:
+            stmt = stmt.where(m.worker.c.state.in_(states))
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        now = self.clock()
+        return [self._public(row, now) for row in rows]
+
+    def get(self, name: str) -> dict:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(m.worker).where(m.worker.c.name == name)).mappings().first()
+        if row is None:
+            raise errors.NotFound(f"no worker named {name!r}")
+        return self._public(row, self.clock())
+
+    @staticmethod
+    def _public(row, now: float) -> dict:
+        queues = _loads(row["queues"], [])
+        return {
+            "name": row["name"],
+            "state": row["state"],
+            "queues": queues,
+            "desired_queues": _loads(row["desired_queues"], None),
+            "slots_total": row["slots_total"],
+            "slots_used": row["slots_used"],
+            "running": _loads(row["running"], []),
+            "sysinfo": _loads(row["sysinfo"], {}),
+            "versions": _loads(row["versions"], {}),
+            "version_warning": row["version_warning"],
+            "maintenance": bool(row["maintenance"]),
+            "maintenance_comment": row["maintenance_comment"],
+            "shutdown_requested": bool(row["shutdown_requested"]),
+            "desired_concurrency": row["desired_concurrency"],
+            "first_online": row["first_online"],
+            "last_heartbeat": row["last_heartbeat"],
+            "heartbeat_age": round(now - row["last_heartbeat"], 1),
+        }
+
+    def _change(self, name: str, **values) -> dict:
+        with self.store._tx() as tx:
+            row = tx.conn.execute(
+                self.store._lock_row(select(m.worker).where(m.worker.c.name == name))
+            ).mappings().first()
+            if row is None:
+                raise errors.NotFound(f"no worker named {name!r}")
+            if callable(values.get("desired_queues")):
+                values["desired_queues"] = values["desired_queues"](row)
+            if "maintenance" in values:
+                values["state"] = _state_after_request(row, values["maintenance"])
+            tx.conn.execute(update(m.worker).where(m.worker.c.name == name).values(**values))
+        return self.get(name)
+
+    def request_maintenance(self, name: str, on: bool, comment: str | None = None) -> dict:
+        values = {"maintenance": on, "maintenance_changed_at": self.clock()}
+        if on:
+            if not comment:
+                raise errors.InvalidRequest("maintenance on needs a comment (--comments)")
+            values["maintenance_comment"] = comment[:1024]
+        else:
+            values["maintenance_comment"] = None
+        return self._change(name, **values)
+
+    def request_shutdown(self, name: str) -> dict:
+        worker = self.get(name)
+        if worker["state"] in GONE:
+            raise errors.Conflict(f"worker {name!r} is {worker['state']}; nothing to shut down")
+        return self._change(name, shutdown_requested=True, state="shutdown request")
+
+    def change_queues(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> dict:
+        add, remove = list(add), set(remove)
+        for queue in add:
+            if not queue or len(queue) > 256:
+                raise errors.InvalidRequest(f"queue names must be 1 to 256 characters: {queue!r}")
+
+        def merged(row) -> str:
+            current = _loads(row["desired_queues"], None) or _loads(row["queues"], [])
+            queues = [q for q in current if q not in remove] + [q for q in add if q not in current]
+            if not queues:
+                raise errors.InvalidRequest("a worker must keep at least one queue")
+            return json.dumps(queues)
+
+        return self._change(name, desired_queues=merged)
+
+    def set_concurrency(self, name: str, concurrency: int) -> dict:
+        if concurrency < 1:
+            raise errors.InvalidRequest(f"concurrency must be >= 1, got {concurrency}")
+        return self._change(name, desired_concurrency=concurrency)
+
+    def remove(self, name: str) -> None:
+        worker = self.get(name)
+        if worker["state"] not in GONE:
+            raise errors.Conflict(
+                f"worker {name!r} is {worker['state']}; only offline or unknown workers can be "
+                "removed (shut it down first)"
+            )
+        with self.store._tx() as tx:
+            tx.conn.execute(delete(m.worker).where(m.worker.c.name == name))
+
+    def report_too_big(self) -> list[dict]:
+        """Log (once per change) the queues whose tasks no consuming worker can fit."""
+        found = too_big(self.store.queue_overview(), self.max_slots_by_queue())
+        key = tuple(sorted((f["queue"], f["slots"], f["largest_worker"]) for f in found))
+        if key != self._reported:
+            for f in found:
+                log.warning("queue %r holds a task needing %d slots, but its largest live worker "
+                            "has %d: it will not run until a bigger worker serves the queue",
+                            f["queue"], f["slots"], f["largest_worker"])
+            self._reported = key
+        return found
+
+    def max_slots_by_queue(self) -> dict[str, int]:
+        """For each queue, the largest slot budget among live workers consuming it."""
+        best: dict[str, int] = {}
+        for worker in self.list():
+            if worker["state"] in GONE:
+                continue
+            for queue in worker["desired_queues"] or worker["queues"]:
+                best[queue] = max(best.get(queue, 0), worker["slots_total"])
+        return best
+
+
+def too_big(queues: list[dict], capacity: dict[str, int]) -> list[dict]:
+    """Queues holding a task bigger than every live worker consuming the queue can run."""
+    return [
+        {"queue": q["name"], "slots": q["max_slots"], "largest_worker": capacity.get(q["name"], 0)}
+        for q in queues
+        if q["max_slots"] and q["ready"] and q["max_slots"] > capacity.get(q["name"], 0)
+        and capacity.get(q["name"])  # a queue nobody consumes is a different problem
+    ]
+
+
+def _state_after_request(row, maintenance: bool) -> str:
+    """The row's state right after an admin switched maintenance, before any heartbeat."""
+    state = row["state"]
+    if state in GONE:
+        if state == "unknown":
+            return state
+        return "offline maintenance" if maintenance else "offline"
+    # Behind a pending request, guess what the worker itself last was.
+    if state == "maintenance exit":
+        state = "maintenance mode"
+    elif state in ("maintenance request", "shutdown request"):
+        state = "running" if row["slots_used"] else "idle"
+    return displayed_state(state, maintenance=maintenance, shutdown=bool(row["shutdown_requested"]))

@@ -35,6 +35,8 @@ from edge_kombu.protocol import (
 )
 
 ENV_TOKEN = "EDGE_KOMBU_TOKEN"
+#: Report another edge-kombu version than the installed one (compatibility testing).
+ENV_REPORTED_VERSION = "EDGE_KOMBU_REPORTED_VERSION"
 ENV_SECRET = "AIRFLOW__CORE__INTERNAL_API_SECRET_KEY"
 
 #: Seconds to establish a TCP/TLS connection.
@@ -67,6 +69,11 @@ class Endpoint:
         base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         token = unquote(parts.password) if parts.password else None
         return cls(base, token)
+
+
+def reported_version() -> str:
+    """The edge-kombu version this process announces to the server."""
+    return os.environ.get(ENV_REPORTED_VERSION) or PROTOCOL_VERSION
 
 
 class EdgeClient:
@@ -125,7 +132,7 @@ class EdgeClient:
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
         self._headers = {
-            HEADER_PROTOCOL: PROTOCOL_VERSION,
+            HEADER_PROTOCOL: reported_version(),
             HEADER_CLIENT_NAME: self.client_name,
             "Content-Type": "application/json",
         }

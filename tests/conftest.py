@@ -39,16 +39,13 @@ def _reset(engine) -> None:
             conn.execute(table.delete())
 
 
-@pytest.fixture(scope="session")
-def server_db_url(tmp_path_factory) -> str:
-    url = os.environ.get("EDGE_KOMBU_TEST_DB", "sqlite")
-    if url == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'edge.db'}"
+def fresh_schema(url: str) -> str:
+    """Drop the edge tables of ``url`` and migrate them anew (skip/fail if unreachable)."""
     engine = create_db_engine(url, pool_size=2)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not here"
         engine.dispose()
         _unreachable(url, exc)
     with engine.begin() as conn:
@@ -58,6 +55,14 @@ def server_db_url(tmp_path_factory) -> str:
     migrate(engine)
     engine.dispose()
     return url
+
+
+@pytest.fixture(scope="session")
+def server_db_url(tmp_path_factory) -> str:
+    url = os.environ.get("EDGE_KOMBU_TEST_DB", "sqlite")
+    if url == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'edge.db'}"
+    return fresh_schema(url)
 
 
 @pytest.fixture

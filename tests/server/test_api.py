@@ -20,7 +20,6 @@ import jwt
 import pytest
 import requests
 from jsonschema import Draft202012Validator
-from sqlalchemy import text
 
 from edge_kombu import errors
 from edge_kombu.protocol import (
@@ -34,12 +33,11 @@ from edge_kombu.protocol import (
     REQUESTS,
     jwt_signing_key,
 )
-from edge_kombu.server import models
 from edge_kombu.server.config import ENV_SECRET
-from edge_kombu.server.db import create_db_engine, migrate, normalize_url
+from edge_kombu.server.db import create_db_engine, normalize_url
 from edge_kombu.server.store import Store
 from edge_kombu.transport.client import EdgeClient
-from tests.conftest import _reset, _unreachable
+from tests.conftest import _reset, fresh_schema
 from tests.helpers import BIN, ROOT, wait_for
 
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -562,20 +560,7 @@ def test_ack_wakes_the_same_sessions_waiting_consume(api, token, credentials, co
 @pytest.fixture(scope="session")
 def postgres_schema() -> str:
     """The edge tables, freshly migrated once per session, in the PostgreSQL test database."""
-    engine = create_db_engine(POSTGRES_URL, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not here"
-        engine.dispose()
-        _unreachable(POSTGRES_URL, exc)
-    with engine.begin() as conn:
-        for table in reversed(models.metadata.sorted_tables):
-            conn.execute(text(f"DROP TABLE IF EXISTS {table.name}"))
-        conn.execute(text(f"DROP TABLE IF EXISTS {models.VERSION_TABLE}"))
-    migrate(engine)
-    engine.dispose()
-    return POSTGRES_URL
+    return fresh_schema(POSTGRES_URL)
 
 
 @pytest.fixture

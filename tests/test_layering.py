@@ -13,6 +13,15 @@ WORKER_SIDE = [
     "edge_kombu.transport.client",
     "edge_kombu.transport.kombu",
     "edge_kombu.transport.backend",
+    "edge_kombu.celery",
+    "edge_kombu.worker",
+    "edge_kombu.worker.pool",
+    "edge_kombu.worker.settings",
+    "edge_kombu.worker.sysinfo",
+    "edge_kombu.worker.control",
+    "edge_kombu.worker.lifecycle",
+    "edge_kombu.worker.bootstep",
+    "edge_kombu.worker.cli",
 ]
 FORBIDDEN = ["flask", "werkzeug", "sqlalchemy", "alembic", "airflow", "gunicorn", "gevent",
              "edge_kombu.server"]

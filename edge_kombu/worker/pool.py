@@ -110,6 +110,42 @@ class SlotPool(prefork.TaskPool):
         for target, args, kwargs, options, slots in ready:
             self._start(target, args, kwargs, options, slots)
 
+    def on_start(self) -> None:
+        super().on_start()
+        # ``celery control pool_grow/pool_shrink`` change the slot budget, not just processes.
+        self.grow = lambda n=1: self.resize(self.slots_total + n)
+        self.shrink = lambda n=1: self.resize(self.slots_total - n)
+
+    @property
+    def num_processes(self) -> int:
+        # Celery derives the prefetch budget from this: keep it equal to the slot budget,
+        # also while a surplus busy process is kept after a shrink.
+        return self.slots_total
+
+    def resize(self, slots: int) -> None:
+        """Change the slot budget: grow or shrink the processes, start tasks that now fit.
+
+        Busy processes are not killed: a shrink retires idle processes only (the
+        running tasks finish; admission already counts the new budget).
+        """
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        with self._lock:
+            old, self.slots_total, self.limit = self.slots_total, slots, slots
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            processes = pool._processes
+            if slots > processes:
+                pool.grow(slots - processes)
+            elif slots < processes:
+                try:
+                    pool.shrink(processes - slots)
+                except ValueError:
+                    # Surplus processes stay idle: admission follows the slot budget.
+                    log.info("%d busy process(es) kept", pool._processes - slots)
+        log.info("slot budget changed from %d to %d", old, slots)
+        self._release(0)
+
     def _get_info(self) -> dict:
         info = super()._get_info()
         with self._lock:

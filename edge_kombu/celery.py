@@ -1,0 +1,80 @@
+"""The Celery app of edge workers: ``celery -A edge_kombu worker -Q remote [-c N] [-n NAME]``.
+
+Configured at import from Airflow's settings, without importing Airflow (see
+:mod:`edge_kombu.worker.settings` for the lookup order: environment, then airflow.cfg):
+
+===============================================  ======================================
+``[edge] api_url`` / ``AIRFLOW__EDGE__API_URL``  the edge API; broker and result backend
+                                                 are ``edge+<api_url>``
+``EDGE_KOMBU_TOKEN``                             a worker token, or
+``EDGE_KOMBU_TOKEN_FILE`` / ``[edge] token_file``  a file holding it, or else
+``[core] internal_api_secret_key``               the shared secret
+``[edge] heartbeat_interval``                    seconds between heartbeats (10)
+``[edge] ca_bundle``, ``client_cert``,           TLS: CA to verify the API, client
+``client_key``                                   certificate and key
+``[operators] default_queue``                    ``task_default_queue`` (``default``)
+``EDGE_KOMBU_INCLUDE``                           extra task modules, comma separated
+``EDGE_KOMBU_RUN_DIR``                           control sockets (``$AIRFLOW_HOME/
+                                                 edge_kombu/run``)
+===============================================  ======================================
+
+The credential travels in the transport options, never in a URL Celery prints.
+Anything missing is reported when a worker starts (one line, exit code 1), so
+``celery -A edge_kombu edge status`` and other commands work without it.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+import edge_kombu  # noqa: F401 - registers the edge transport
+from edge_kombu.worker import settings
+from edge_kombu.worker.bootstep import install
+
+POOL = "edge_kombu.worker.pool:SlotPool"
+
+
+def _tls() -> dict | None:
+    ca, cert, key = (settings.option("edge", k) for k in ("ca_bundle", "client_cert", "client_key"))
+    if not (ca or cert):
+        return None
+    options: dict = {}
+    if ca:
+        options["ca_certs"] = ca
+    if cert:
+        options["certfile"] = cert
+    if key:
+        options["keyfile"] = key
+    return options
+
+
+def configure(app: Celery) -> None:
+    url = settings.api_url()
+    edge_url = f"edge+{url}" if url else None
+    transport_options = settings.credential().transport_options()
+    tls = _tls()
+    app.conf.update(
+        broker_url=edge_url,
+        result_backend=edge_url,
+        broker_transport_options=dict(transport_options),
+        result_backend_transport_options=dict(transport_options),
+        broker_use_ssl=tls,
+        worker_pool=POOL,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_default_queue=settings.option("operators", "default_queue", "default"),
+        worker_send_task_events=False,
+        # An edge site's link may be down for a while: keep reconnecting, never give up.
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # A lost connection must not kill running tasks: their messages stay leased until
+        # the server hears from this worker again (or gives up on it).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        include=settings.includes(),
+    )
+
+
+app = Celery("edge_kombu")
+configure(app)
+install(app)

@@ -1,0 +1,1 @@
+"""Celery worker integration: SlotPool, the edge bootstep, local control, ``celery edge``."""

@@ -1,0 +1,179 @@
+"""Hooks an :class:`EdgeWorker` into a Celery worker: start-up checks and a consumer bootstep.
+
+``install(app)`` connects two things:
+
+- at ``worker_init`` (before the pool, the consumer and the banner): the start-up
+  checks (API URL, credential, queue names, the API answers ``hello``) and the first
+  heartbeat, which registers the worker. A failure ends the process with one line on
+  stderr and exit code 1. The first answer's slot budget sizes the pool.
+- a consumer bootstep that runs after the task consumer is built and before the
+  event loop consumes: it applies the registration's answer (maintenance, queues)
+  so no task is taken before it, starts the heartbeat thread, and at exit
+  deregisters and removes the control socket.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+
+from celery import bootsteps, signals
+
+from edge_kombu import errors
+from edge_kombu.protocol import MAX_NAME_LENGTH
+from edge_kombu.transport.client import EdgeClient
+from edge_kombu.transport.kombu import _tls_settings
+from edge_kombu.worker import control, settings
+from edge_kombu.worker.lifecycle import EdgeWorker
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message is the one line shown to the user."""
+
+
+def api_url_of(app) -> str | None:
+    url = app.conf.broker_url
+    if isinstance(url, str) and url.startswith("edge+"):
+        return url[len("edge+"):]
+    return None
+
+
+def _client(app, url: str, connect_retries: int) -> EdgeClient:
+    options = app.conf.broker_transport_options or {}
+    verify, cert = _tls_settings(app.conf.broker_use_ssl)
+    try:
+        return EdgeClient(url, token=options.get("token"), secret=options.get("secret"),
+                          client_name=options.get("client_name"), verify=verify, cert=cert,
+                          read_timeout=15.0, connect_retries=connect_retries)
+    except ValueError as exc:
+        raise StartupError(f"invalid edge API URL {url!r}: {exc}") from None
+    except errors.AuthenticationFailed as exc:
+        if not exc.message.startswith("no credential"):
+            raise StartupError(exc.message) from None
+        unusable = settings.credential().source
+        raise StartupError(
+            f"no credential for {url}"
+            + (f": {unusable} cannot be used" if unusable else "")
+            + f"; set {settings.ENV_TOKEN}, a token file ({settings.ENV_TOKEN_FILE} or [edge] "
+            "token_file) or the shared secret ([core] internal_api_secret_key)"
+        ) from None
+
+
+def _check_queues(names) -> None:
+    for name in names:
+        if not name:
+            raise StartupError("empty queue name in -Q")
+        if len(name) > MAX_NAME_LENGTH:
+            raise StartupError(
+                f"queue name {name[:40]!r}... is {len(name)} characters long; "
+                f"queue names are limited to {MAX_NAME_LENGTH} characters"
+            )
+
+
+def preflight(worker) -> EdgeWorker:
+    """Check the configuration and register with the API; raise StartupError."""
+    app = worker.app
+    url = api_url_of(app)
+    if not url:
+        raise StartupError(
+            f"no edge API URL: set [edge] api_url in {settings.config_path()} "
+            "or AIRFLOW__EDGE__API_URL"
+        )
+    queues = list(app.amqp.queues.consume_from)
+    _check_queues(queues)
+    client = _client(app, url, connect_retries=2)
+    try:
+        client.call("hello")
+    except errors.EdgeConnectionError as exc:
+        raise StartupError(exc.message) from None
+    except errors.AuthenticationFailed as exc:
+        source = settings.credential().source or "the configured credential"
+        raise StartupError(
+            f"the edge API at {client.base_url} rejected the credential ({source}): {exc.message}"
+        ) from None
+    except errors.EdgeError as exc:
+        raise StartupError(f"the edge API at {client.base_url} refused: {exc.message}") from None
+    client.close()
+    run_dir = settings.run_dir()
+    # Heartbeats retry on their own schedule: no quick retries (and their log lines) inside.
+    edge = EdgeWorker(
+        name=worker.hostname, queues=queues, concurrency=int(worker.concurrency),
+        client=_client(app, url, connect_retries=0),
+        interval=settings.heartbeat_interval(),
+        socket_path=control.socket_path(run_dir, worker.hostname),
+    )
+    try:
+        answer = edge.register()
+    except errors.EdgeError as exc:
+        raise StartupError(f"registration with the edge API failed: {exc.message}") from None
+    if answer.get("concurrency"):
+        worker.concurrency = edge.concurrency = int(answer["concurrency"])
+        edge._pending_concurrency = None  # the pool is built with it
+    return edge
+
+
+def _start_control(edge: EdgeWorker) -> control.ControlServer:
+    server = control.ControlServer(edge.socket_path, edge.handle)
+    try:
+        server.start()
+    except (control.ControlError, OSError) as exc:
+        raise StartupError(f"control socket: {exc}") from None
+    atexit.register(server.close)
+    return server
+
+
+class EdgeStep(bootsteps.StartStopStep):
+    """Consumer bootstep: the edge lifecycle around the task consumer."""
+
+    label = "Edge"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c, **kwargs) -> None:
+        super().__init__(c, **kwargs)
+        self.edge: EdgeWorker | None = getattr(c.controller, "edge_worker", None)
+
+    def start(self, c) -> None:
+        if self.edge is not None:
+            self.edge.attach(c)
+
+    def shutdown(self, c) -> None:
+        _close(c.controller)
+
+
+def _close(worker) -> None:
+    edge = getattr(worker, "edge_worker", None)
+    server = getattr(worker, "edge_control", None)
+    if server is not None:
+        server.close()
+    if edge is not None:
+        edge.close()
+
+
+def install(app) -> None:
+    """Give ``app``'s workers the edge lifecycle (heartbeats, maintenance, local control)."""
+    app.steps["consumer"].add(EdgeStep)
+
+    @signals.worker_init.connect(weak=False)
+    def edge_worker_init(sender=None, **kwargs) -> None:
+        if sender is None or sender.app is not app:
+            return
+        try:
+            edge = preflight(sender)
+            try:
+                sender.edge_control = _start_control(edge)
+            except StartupError:
+                edge.close()  # registered: say it went offline again
+                raise
+        except StartupError as exc:
+            raise SystemExit(f"edge-kombu worker {sender.hostname}: {exc}") from None
+        sender.edge_worker = edge
+        log.info("registered with the edge API at %s as %s (control socket %s)",
+                 edge.client.base_url, edge.name, edge.socket_path)
+
+    @signals.worker_shutdown.connect(weak=False)
+    def edge_worker_shutdown(sender=None, **kwargs) -> None:
+        if sender is not None and sender.app is app:
+            _close(sender)
+

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -318,7 +318,9 @@ class Store:
         """Every queue: ready and leased messages, oldest ready age, largest slots asked."""
         now = self.clock()
         msg = m.message.c
-        ready = or_(msg.expires_at.is_(None), msg.expires_at > now)
+        live = or_(msg.expires_at.is_(None), msg.expires_at > now)
+        # Age and size of the messages that wait, not of those already running.
+        waiting = msg.session.is_(None)
         with self.engine.connect() as conn:
             names = list(conn.execute(select(m.queue.c.name).order_by(m.queue.c.name)).scalars())
             stats = {
@@ -328,10 +330,10 @@ class Store:
                         msg.queue,
                         func.count().label("messages"),
                         func.count(msg.session).label("leased"),
-                        func.min(msg.published_at).label("oldest"),
-                        func.max(msg.slots).label("max_slots"),
+                        func.min(case((waiting, msg.published_at))).label("oldest"),
+                        func.max(case((waiting, msg.slots))).label("max_slots"),
                     )
-                    .where(ready)
+                    .where(live)
                     .group_by(msg.queue)
                 ).all()
             }
@@ -346,11 +348,12 @@ class Store:
         overview = []
         for name in names:
             row = stats.get(name)
+            oldest = row.oldest if row else None
             overview.append({
                 "name": name,
                 "ready": (row.messages - row.leased) if row else 0,
                 "leased": row.leased if row else 0,
-                "oldest_age": round(now - row.oldest, 1) if row else None,
+                "oldest_age": None if oldest is None else round(now - oldest, 1),
                 "max_slots": row.max_slots if row else None,
                 "consumers": consumers.get(name, 0),
             })
@@ -548,8 +551,8 @@ class Store:
         events, which weigh nothing). Raises :class:`errors.SessionClosed` unless
         ``session`` is open (see :meth:`touch_session`).
 
-        No starvation: when the next message in line needs more than ``max_slots`` but
-        no more than the consumer's ``total_slots``, and has waited ``starvation_guard``
+        No starvation: when the next message in line that fits the consumer's
+        ``total_slots`` needs more than ``max_slots`` and has waited ``starvation_guard``
         seconds, the consumer gets no smaller message from behind it; its slots free up
         as its running tasks end, until the big one fits.
         """
@@ -627,12 +630,15 @@ class Store:
                        total_slots: int | None, now: float) -> bool:
         """Whether the next message in line is too big for now but not for later."""
         msg = m.message.c
+        # Messages this consumer can never run are not in its line: bigger workers take them.
+        runnable = () if total_slots is None else (msg.slots <= total_slots,)
         head = conn.execute(
             select(msg.slots, msg.published_at)
             .where(
                 msg.queue.in_(queues),
                 msg.session.is_(None),
                 or_(msg.expires_at.is_(None), msg.expires_at > now),
+                *runnable,
             )
             .order_by(msg.priority.desc(), msg.id)
             .limit(1)

@@ -167,21 +167,27 @@ class WorkerRegistry:
     def expire_silent(self) -> list[str]:
         """Mark workers without a heartbeat for ``worker_timeout`` unknown; free their leases."""
         now = self.clock()
+        is_silent = (
+            m.worker.c.state.not_in(GONE),
+            m.worker.c.last_heartbeat < now - self.worker_timeout,
+        )
         with self.store._tx() as tx:
             conn = tx.conn
-            silent = conn.execute(
-                select(m.worker.c.name, m.worker.c.maintenance, m.worker.c.session).where(
-                    m.worker.c.state.not_in(GONE),
-                    m.worker.c.last_heartbeat < now - self.worker_timeout,
-                )
+            candidates = conn.execute(
+                select(m.worker.c.name, m.worker.c.maintenance, m.worker.c.session)
+                .where(*is_silent)
             ).all()
-            for name, maintenance, _ in silent:
-                conn.execute(
+            # Check again while writing: a heartbeat may have committed since the select.
+            silent = [
+                (name, maintenance, session)
+                for name, maintenance, session in candidates
+                if conn.execute(
                     update(m.worker)
-                    .where(m.worker.c.name == name)
+                    .where(m.worker.c.name == name, *is_silent)
                     .values(state="offline maintenance" if maintenance else "unknown",
                             slots_used=0, running="[]")
-                )
+                ).rowcount
+            ]
             sessions = [session for _, _, session in silent if session]
             if sessions:
                 self.store._close_sessions(tx, sessions, now)

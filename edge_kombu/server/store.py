@@ -629,9 +629,11 @@ class Store:
     def _big_one_waits(self, conn: Connection, queues: list[str], max_slots: int,
                        total_slots: int | None, now: float) -> bool:
         """Whether the next message in line is too big for now but not for later."""
+        if total_slots is None:
+            return False  # a consumer that does not say how big it is may never fit it
         msg = m.message.c
         # Messages this consumer can never run are not in its line: bigger workers take them.
-        runnable = () if total_slots is None else (msg.slots <= total_slots,)
+        runnable = (msg.slots <= total_slots,)
         head = conn.execute(
             select(msg.slots, msg.published_at)
             .where(
@@ -645,7 +647,7 @@ class Store:
         ).first()
         return (
             head is not None
-            and max_slots < head.slots <= (total_slots or head.slots)
+            and max_slots < head.slots <= total_slots
             and now - head.published_at >= self.starvation_guard
         )
 

@@ -155,3 +155,15 @@ class CeleryWorker(Process):
         if not self.alive():
             raise AssertionError(f"worker {self.name} exited:\n{self.log()}")
         return " ready." in self.log()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        # SIGTERM to the main process first: signalling the whole group also kills the
+        # prefork pool's processes, and one holding the pool's queue lock makes Celery hang
+        # at exit until it is killed.
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop(5.0)

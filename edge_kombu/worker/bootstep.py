@@ -138,6 +138,10 @@ class EdgeStep(bootsteps.StartStopStep):
         if self.edge is not None:
             self.edge.attach(c)
 
+    def stop(self, c) -> None:
+        if self.edge is not None:
+            self.edge.detach()
+
     def shutdown(self, c) -> None:
         _close(c.controller)
 

@@ -84,6 +84,7 @@ class EdgeWorker:
         self.api_error: str | None = None
         self.last_heartbeat: float | None = None
         self.consumer = None
+        self.attached = False  # the consumer is connected and follows the desired state
         self.consuming: list[str] = []
         self.applied_maintenance = False
         self._pending_concurrency: int | None = None
@@ -110,7 +111,9 @@ class EdgeWorker:
         if self.stopping:
             return "terminating"
         busy = self.busy()
-        if self.applied_maintenance:
+        # While the consumer reconnects it consumes nothing, and it applies the desired
+        # state before it consumes again: the local switch is already in force.
+        if self.applied_maintenance if self.attached else self.maintenance:
             return "maintenance pending" if busy else "maintenance mode"
         return "running" if busy else "idle"
 
@@ -146,6 +149,7 @@ class EdgeWorker:
             "maintenance": self.maintenance,
             "maintenance_comment": self.maintenance_comment,
             "stopping": self.stopping,
+            "connected": self.attached,
             "version_warning": self.version_warning,
             "api_url": self.client.base_url,
             "api_reachable": self.api_reachable,
@@ -267,6 +271,7 @@ class EdgeWorker:
         """The consumer (re)started: make it follow the desired state before it consumes."""
         self.consumer = consumer
         self._reconcile(consumer, pre_loop=True)
+        self.attached = True
         if self._thread is None:
             log.info("edge worker %s registered with %s (heartbeat every %gs, control socket %s)",
                      self.name, self.client.base_url, self.interval, self.socket_path)
@@ -276,6 +281,14 @@ class EdgeWorker:
             self._thread = threading.Thread(target=self._run, name="edge-kombu-heartbeat",
                                             daemon=True)
             self._thread.start()
+
+    def detach(self) -> None:
+        """The consumer stopped (connection lost, or exit): it consumes nothing now."""
+        with self._applied:
+            self.attached = False
+            self.consuming = []
+            self._applied.notify_all()
+        self._wake.set()
 
     def request_reconcile(self) -> None:
         consumer = self.consumer
@@ -363,7 +376,7 @@ class EdgeWorker:
         log.warning("maintenance %s (local command)%s", "on" if on else "off",
                     f": {comment}" if on and comment else "")
         self.request_reconcile()
-        self._wait_applied(lambda: self.applied_maintenance == on or self.consumer is None)
+        self._wait_applied(lambda: self.applied_maintenance == on or not self.attached)
 
     def _wait_applied(self, predicate) -> None:
         with self._applied:

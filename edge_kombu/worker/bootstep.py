@@ -29,6 +29,10 @@ from edge_kombu.worker.lifecycle import EdgeWorker
 log = logging.getLogger(__name__)
 
 
+#: The edge workers of this process (one, unless a test embeds several).
+_STARTED: list[EdgeWorker] = []
+
+
 class StartupError(Exception):
     """The worker cannot start; the message is the one line shown to the user."""
 
@@ -173,8 +177,17 @@ def install(app) -> None:
         except StartupError as exc:
             raise SystemExit(f"edge-kombu worker {sender.hostname}: {exc}") from None
         sender.edge_worker = edge
+        _STARTED.append(edge)
         log.info("registered with the edge API at %s as %s (control socket %s)",
                  edge.client.base_url, edge.name, edge.socket_path)
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def edge_worker_shutting_down(sender=None, **kwargs) -> None:
+        # Celery's own warm shutdown (SIGTERM, Ctrl-C, `celery control shutdown`): the
+        # heartbeats say "terminating" while the running tasks finish.
+        for edge in _STARTED:
+            if edge.name == sender:
+                edge.shutting_down()
 
     @signals.worker_shutdown.connect(weak=False)
     def edge_worker_shutdown(sender=None, **kwargs) -> None:

@@ -396,6 +396,14 @@ class EdgeWorker:
                     "" if drain_timeout is None else f" within {drain_timeout:g}s")
         self.request_reconcile()
 
+    def shutting_down(self) -> None:
+        """Celery began a warm shutdown by itself: report ``terminating`` from now on."""
+        with self._lock:
+            self.stopping = True
+            self.stop_reason = self.stop_reason or "warm shutdown"
+            self._exit_requested = True  # Celery drains and exits without our help
+        self._wake.set()
+
     def _watch_drain(self) -> None:
         consumer = self.consumer
         if not self.stopping or self._exit_requested or consumer is None:

@@ -119,3 +119,17 @@ def test_stop_drain_timeout_terminates_the_running_task(edge_workers, send, tmp_
     assert wait_for(lambda: result.state == "REVOKED",
                     message="terminated task reported revoked")
     assert queue_depth(store, "remote") == {"ready": 0, "leased": 0}
+
+
+def test_sigterm_reports_terminating_while_the_task_finishes(edge_workers, send, tmp_path,
+                                                             registry):
+    worker = edge_workers("st3")
+    result, started, release = held_task(send, tmp_path, "g")
+    wait_for(started.exists, message="task started")
+    worker.terminate()  # SIGTERM: Celery's own warm shutdown
+    wait_for(lambda: registry.get("st3@localhost")["state"] == "terminating",
+             message="server sees terminating")
+    release.touch()
+    assert worker.proc.wait(60) == 0
+    assert result.get(timeout=30) == "g.started"
+    wait_for(lambda: registry.get("st3@localhost")["state"] == "offline", message="offline")

@@ -162,23 +162,25 @@ class EdgeWorker:
     def _beat(self, state: str) -> dict:
         total, used = self.slots()
         connection = getattr(self.consumer, "connection", None)
-        session = getattr(connection.transport, "session_id", None) if connection else None
+        body = {
+            "name": self.name,
+            "instance": self.instance,
+            "state": state,
+            "slots_total": max(total, 1),
+            "slots_used": used,
+            "running": self.running(),
+            "sysinfo": sysinfo.sysinfo(),
+            "versions": sysinfo.versions(),
+            "session": getattr(connection.transport, "session_id", None) if connection else None,
+        }
         with self._lock:
-            return {
-                "name": self.name,
-                "instance": self.instance,
-                "state": state,
-                "queues": list(self.queues),
-                "slots_total": max(total, 1),
-                "slots_used": used,
-                "running": self.running(),
-                "sysinfo": sysinfo.sysinfo(),
-                "versions": sysinfo.versions(),
-                "maintenance": self.maintenance,
-                "maintenance_comment": self.maintenance_comment,
-                "maintenance_changed_at": self.maintenance_changed_at,
-                "session": session,
-            }
+            body.update(
+                queues=list(self.queues),
+                maintenance=self.maintenance,
+                maintenance_comment=self.maintenance_comment,
+                maintenance_changed_at=self.maintenance_changed_at,
+            )
+        return body
 
     def register(self) -> dict:
         """The first heartbeat (state ``starting``); raises what the API answers."""
@@ -199,8 +201,8 @@ class EdgeWorker:
         except errors.EdgeError as exc:
             self._heartbeat_failed(exc)
             return False
-        if self.api_reachable is False:
-            log.warning("edge API at %s answers again; heartbeats resumed", self.client.base_url)
+        if self.api_reachable is False or self.api_error:
+            log.warning("edge API at %s accepts heartbeats again", self.client.base_url)
         self.api_reachable, self.api_error = True, None
         self.last_heartbeat = time.time()
         self._apply_answer(answer, generation)
@@ -208,13 +210,14 @@ class EdgeWorker:
 
     def _heartbeat_failed(self, exc: errors.EdgeError) -> None:
         message = exc.message or type(exc).__name__
-        if isinstance(exc, errors.EdgeConnectionError | errors.ServiceUnavailable):
+        unreachable = isinstance(exc, errors.EdgeConnectionError | errors.ServiceUnavailable)
+        if unreachable:
             if self.api_reachable is not False:
                 log.warning("edge API unreachable, the worker carries on and retries its "
                             "heartbeat every %.0fs: %s", self.interval, message)
         elif self.api_error != message:
             log.error("heartbeat refused by the edge API: %s", message)
-        self.api_reachable, self.api_error = False, message
+        self.api_reachable, self.api_error = not unreachable, message
 
     def _apply_answer(self, answer: dict, generation: int) -> None:
         changed = False

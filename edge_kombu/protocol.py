@@ -247,6 +247,16 @@ REQUESTS: dict[str, dict] = {
     "results/expire": _obj({"key": _KEY, "expires": _SECONDS}, ("key", "expires")),
 }
 
+#: Routes that may be sent again when the connection broke before an answer came (a
+#: pooled keep-alive connection the server had closed): repeating them changes nothing.
+#: Not publish (a duplicate), consume (leases nobody would receive) or results/incr.
+IDEMPOTENT_ROUTES = frozenset({
+    "hello", "exchange/declare", "queue/declare", "queue/bind", "queue/unbind",
+    "ack", "reject", "session/close", "session/wake", "worker/heartbeat",
+    "worker/deregister", "results/get", "results/mget", "results/set", "results/delete",
+    "results/expire",
+})
+
 #: One line per route, for the OpenAPI document and the README.
 SUMMARIES: dict[str, str] = {
     "exchange/declare": "Declare an exchange (direct, topic or fanout); passive checks it exists.",

@@ -8,6 +8,7 @@ per-request state.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -25,6 +26,7 @@ from edge_kombu.protocol import (
     API_PATH,
     HEADER_CLIENT_NAME,
     HEADER_PROTOCOL,
+    IDEMPOTENT_ROUTES,
     JWT_ALGORITHM,
     JWT_AUDIENCE,
     JWT_LIFETIME,
@@ -74,6 +76,16 @@ class Endpoint:
 def reported_version() -> str:
     """The edge-kombu version this process announces to the server."""
     return os.environ.get(ENV_REPORTED_VERSION) or PROTOCOL_VERSION
+
+
+class _DropRetryWarnings(logging.Filter):
+    """urllib3 logs every connect retry as a warning; the client reports failures itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying (")
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_DropRetryWarnings())
 
 
 class EdgeClient:
@@ -131,6 +143,9 @@ class EdgeClient:
         adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
+        self._http_once = requests.Session()
+        self._http_once.verify, self._http_once.cert = verify, cert
+        self._http_once.trust_env = False
         self._headers = {
             HEADER_PROTOCOL: reported_version(),
             HEADER_CLIENT_NAME: self.client_name,
@@ -159,21 +174,36 @@ class EdgeClient:
             self._jwt_cache[route] = (token, now + JWT_LIFETIME)
             return f"Bearer {token}"
 
-    def call(self, route: str, body: dict | None = None, *, timeout: float | None = None) -> dict:
-        """POST ``body`` to ``route``; return the JSON answer or raise an EdgeError."""
+    def call(self, route: str, body: dict | None = None, *, timeout: float | None = None,
+             retry: bool = True) -> dict:
+        """POST ``body`` to ``route``; return the JSON answer or raise an EdgeError.
+
+        ``retry=False`` makes one attempt only (for calls on the way out, when the
+        server would clean up after us anyway).
+        """
         url = f"{self.base_url}{API_PATH}/{route}"
         headers = dict(self._headers, Authorization=self._authorization(route))
-        try:
-            response = self._http.post(
-                url,
-                json=body or {},
-                headers=headers,
-                timeout=(self.connect_timeout, timeout or self.read_timeout),
-            )
-        except requests.RequestException as exc:
-            raise errors.EdgeConnectionError(
-                f"cannot reach the edge API at {self.base_url} ({route}): {type(exc).__name__}"
-            ) from exc
+        http = self._http if retry else self._http_once
+        attempts = 2 if retry and route in IDEMPOTENT_ROUTES else 1
+        for attempt in range(attempts):
+            try:
+                response = http.post(
+                    url,
+                    json=body or {},
+                    headers=headers,
+                    timeout=(self.connect_timeout, timeout or self.read_timeout),
+                )
+                break
+            except requests.ConnectionError as exc:
+                if attempt + 1 < attempts:
+                    continue  # e.g. a pooled connection the server had closed meanwhile
+                raise errors.EdgeConnectionError(
+                    f"cannot reach the edge API at {self.base_url} ({route}): {type(exc).__name__}"
+                ) from exc
+            except requests.RequestException as exc:
+                raise errors.EdgeConnectionError(
+                    f"cannot reach the edge API at {self.base_url} ({route}): {type(exc).__name__}"
+                ) from exc
         try:
             payload = response.json()
         except ValueError:
@@ -205,3 +235,4 @@ class EdgeClient:
 
     def close(self) -> None:
         self._http.close()
+        self._http_once.close()

@@ -164,10 +164,12 @@ class Channel(virtual.Channel):
     def __init__(self, connection, **kwargs) -> None:
         super().__init__(connection, **kwargs)
         self._no_ack_queues: set[str] = set()
+        # kombu clears ``connection`` on close; a late ack from the pool still needs it.
+        self.transport = connection
 
     @property
     def api(self) -> EdgeClient:
-        return self.connection.api
+        return self.transport.api
 
     # -- declarations ------------------------------------------------------------------
 
@@ -229,26 +231,27 @@ class Channel(virtual.Channel):
         if no_ack:
             self._no_ack_queues.add(queue)
         super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
-        self.connection.consumers_changed()
+        self.transport.consumers_changed()
 
     def basic_cancel(self, consumer_tag):
         queue = self._tag_to_queue.get(consumer_tag)
         super().basic_cancel(consumer_tag)
         if queue is not None and queue not in self._active_queues:
             self._no_ack_queues.discard(queue)
+        self.transport.consumers_changed()
 
     def basic_qos(self, prefetch_size=0, prefetch_count=0, apply_global=False):
         grew = prefetch_count == 0 or prefetch_count > (self.qos.prefetch_count or 0)
         super().basic_qos(prefetch_size, prefetch_count, apply_global)
         if grew:
-            self.connection.consumers_changed()
+            self.transport.consumers_changed()
 
     def basic_get(self, queue, no_ack=False, **kwargs):
         free = None if no_ack else self.qos.free_slots()
         if free == 0:
             return None
         answer = self.api.call("consume", {
-            "session": self.connection.session_id, "queues": [{"name": queue, "no_ack": no_ack}],
+            "session": self.transport.session_id, "queues": [{"name": queue, "no_ack": no_ack}],
             "wait": 0, "max_slots": None if no_ack else free, "max_messages": 1,
         })
         if not answer["messages"]:
@@ -259,17 +262,18 @@ class Channel(virtual.Channel):
         return message
 
     def settle(self, verb: str, tags: list, requeue: bool = False) -> None:
-        body = {"session": self.connection.session_id, "delivery_tags": tags}
+        transport = self.transport
+        body = {"session": transport.session_id, "delivery_tags": tags}
         if verb == "reject":
             body["requeue"] = requeue
         try:
-            self.api.call(verb, body)
+            self.api.call(verb, body, retry=not transport.closing)
         except errors.NotFound as exc:
             log.warning("%s of %d message(s) had no effect: %s", verb, len(tags), exc.message)
         except errors.EdgeConnectionError as exc:
             # Keep the settlement: the poller sends it again before its next consume, so
             # a message whose task finished is not left leased to this session forever.
-            self.connection.defer_settlement(verb, body)
+            transport.defer_settlement(verb, body)
             log.warning("%s of %d message(s) deferred until the edge API answers again: %s",
                         verb, len(tags), exc.message)
 
@@ -430,6 +434,7 @@ class Transport(virtual.Transport):
         self._poller: LongPoller | None = None
         self._poller_lock = threading.Lock()
         self._deferred: deque[tuple[str, dict]] = deque()
+        self.closing = False
 
     @cached_property
     def api(self) -> EdgeClient:
@@ -523,9 +528,10 @@ class Transport(virtual.Transport):
 
     def close_connection(self, connection):
         self._stop_poller()
+        self.closing = True  # one attempt per call from here: the server expires the rest
         try:
             super().close_connection(connection)
-            self.api.call("session/close", {"session": self.session_id})
+            self.api.call("session/close", {"session": self.session_id}, retry=False, timeout=5)
         except (errors.EdgeError, OSError) as exc:
             log.info("closing edge session: %s (the server expires it)", exc)
         finally:

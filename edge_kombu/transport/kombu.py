@@ -368,16 +368,19 @@ class LongPoller(threading.Thread):
     def run(self) -> None:
         transport = self.transport
         while not self.stopped.is_set():
+            self.changed.clear()  # before reading the spec: a change after it is seen below
             spec = transport.consume_spec()
             if not spec.queues:
                 self.changed.wait(transport.polling_max_wait)
-                self.changed.clear()
                 continue
-            self.changed.clear()
             wait = transport.polling_max_wait
             try:
                 transport.flush_deferred_settlements()
                 self.in_flight = True
+                if self.changed.is_set():
+                    # Consumers changed since the spec was read, and consumers_changed()
+                    # saw no poll in flight to wake: read the spec again.
+                    continue
                 answer = transport.api.call(
                     "consume", spec.as_request(transport.session_id, wait),
                     timeout=wait + transport.api.read_timeout,

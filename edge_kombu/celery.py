@@ -28,6 +28,7 @@ from __future__ import annotations
 from celery import Celery
 
 import edge_kombu  # noqa: F401 - registers the edge transport
+from edge_kombu.airflow.worker import register as register_airflow_tasks
 from edge_kombu.worker import settings
 from edge_kombu.worker.bootstep import install
 
@@ -78,3 +79,4 @@ def configure(app: Celery) -> None:
 app = Celery("edge_kombu")
 configure(app)
 install(app)
+register_airflow_tasks(app)  # execute_workload, when Airflow is installed

@@ -1,0 +1,101 @@
+"""The Celery app of the EdgeExecutor, built from Airflow's configuration.
+
+Broker and result backend are ``edge+<[edge] api_url>``. The credential, in this order:
+``EDGE_KOMBU_TOKEN``, a token in ``[edge] token_file``, the shared secret
+``[core] internal_api_secret_key``. TLS: ``[edge] ca_bundle``, ``client_cert``,
+``client_key``. It travels in the transport options, never in a URL Celery prints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+import edge_kombu  # noqa: F401 - registers the edge transport
+
+ENV_TOKEN = "EDGE_KOMBU_TOKEN"
+APP_NAME = "edge_kombu.airflow"
+
+
+class EdgeConfigError(ValueError):
+    """The ``[edge]`` configuration cannot work; the message says what to set."""
+
+
+def _get(conf: Any, section: str, key: str) -> str | None:
+    value = conf.get(section, key, fallback=None)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def api_url(conf: Any) -> str:
+    url = _get(conf, "edge", "api_url")
+    if not url:
+        raise EdgeConfigError(
+            "[edge] api_url is not set (AIRFLOW__EDGE__API_URL): the EdgeExecutor publishes "
+            "to the edge API there, e.g. https://airflow.example.com/edge/"
+        )
+    if not url.startswith(("http://", "https://")):
+        raise EdgeConfigError(f"[edge] api_url must start with http:// or https://, got {url!r}")
+    return url.rstrip("/")
+
+
+def credential_options(conf: Any) -> dict[str, str]:
+    """``{"token": ...}`` or ``{"secret": ...}`` for the transport and the result backend."""
+    token = os.environ.get(ENV_TOKEN, "").strip()
+    if token:
+        return {"token": token}
+    token_file = _get(conf, "edge", "token_file")
+    if token_file:
+        path = Path(token_file).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise EdgeConfigError(f"[edge] token_file {path}: {exc.strerror}") from None
+        if not token:
+            raise EdgeConfigError(f"[edge] token_file {path} is empty")
+        return {"token": token}
+    secret = _get(conf, "core", "internal_api_secret_key")
+    if secret:
+        return {"secret": secret}
+    raise EdgeConfigError(
+        "no credential for the edge API: set [core] internal_api_secret_key (shared with the "
+        f"edge API), [edge] token_file or {ENV_TOKEN}"
+    )
+
+
+def tls_options(conf: Any) -> dict[str, str] | None:
+    ca, cert, key = (_get(conf, "edge", k) for k in ("ca_bundle", "client_cert", "client_key"))
+    options = {name: value for name, value in
+               (("ca_certs", ca), ("certfile", cert), ("keyfile", key)) if value}
+    return options or None
+
+
+def celery_config(conf: Any) -> dict[str, Any]:
+    """Celery settings of the executor's app (the same task settings as the workers')."""
+    url = f"edge+{api_url(conf)}"
+    credential = credential_options(conf)
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": dict(credential),
+        "result_backend_transport_options": dict(credential),
+        "broker_use_ssl": tls_options(conf),
+        "broker_connection_retry_on_startup": True,
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_track_started": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": _get(conf, "operators", "default_queue") or "default",
+    }
+
+
+def create_celery_app(conf: Any) -> Celery:
+    """A Celery app publishing to and reading results from the edge API."""
+    app = Celery(APP_NAME, set_as_current=False)
+    app.conf.update(celery_config(conf))
+    return app

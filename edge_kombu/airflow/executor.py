@@ -1,0 +1,130 @@
+"""EdgeExecutor: Airflow's CeleryExecutor over the edge API.
+
+Each workload is published, in the scheduler process, as the Celery task
+``execute_workload`` to the task's queue (``[operators] default_queue`` unless the task
+sets one), with
+
+* the ``pool_slots`` header: the task's ``pool_slots``, its weight on the edge worker;
+* the message priority: the task's ``priority_weight`` clamped to 0..255 (higher first);
+* the Celery task id Airflow pre-assigned (``external_executor_id``), so a restarted
+  scheduler adopts its tasks.
+
+Task states are read with one ``mget`` per sync through the edge result backend;
+``revoke_task`` broadcasts a Celery revoke to the edge workers. Configuration:
+:mod:`edge_kombu.airflow.celery_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from airflow.exceptions import AirflowConfigException
+from airflow.providers.common.compat.sdk import AirflowTaskTimeout, timeout
+from celery import _state as _celery_state
+
+from edge_kombu.airflow.celery_app import EdgeConfigError, create_celery_app
+from edge_kombu.airflow.provider import TASK_NAME
+from edge_kombu.protocol import HEADER_POOL_SLOTS
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+
+@contextmanager
+def _quiet_default_celery_config() -> Iterator[None]:
+    """Silence the CeleryExecutor's advice about its own (Redis) broker, which we do not use."""
+    logger = logging.getLogger("airflow.providers.celery.executors.default_celery")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+with _quiet_default_celery_config():
+    from airflow.providers.celery.executors.celery_executor import CeleryExecutor
+    from airflow.providers.celery.executors.celery_executor_utils import (
+        OPERATION_TIMEOUT,
+        ExceptionWithTraceback,
+    )
+
+#: Highest message priority the edge API stores; larger weights are clamped to it.
+MAX_PRIORITY = 255
+
+
+def message_priority(priority_weight: int | None) -> int:
+    """Airflow's ``priority_weight`` as a message priority (0..255, higher first)."""
+    if priority_weight is None:
+        return 0
+    return max(0, min(int(priority_weight), MAX_PRIORITY))
+
+
+def publish_options(workload: Any) -> dict[str, Any]:
+    """Headers, priority and task id of one workload's message."""
+    ti = getattr(workload, "ti", None)
+    if ti is None:  # a callback: weight 1, default priority, a fresh task id
+        return {"headers": {HEADER_POOL_SLOTS: 1}}
+    return {
+        "headers": {HEADER_POOL_SLOTS: max(1, int(ti.pool_slots or 1))},
+        "priority": message_priority(ti.priority_weight),
+        "task_id": ti.external_executor_id,
+    }
+
+
+def send_workload(app: Celery, workload_tuple: tuple) -> tuple:
+    """Publish one workload; the CeleryExecutor's ``(key, args, result)`` shape.
+
+    ``result`` is an ``AsyncResult``, or an ``ExceptionWithTraceback`` (a timeout there
+    makes the CeleryExecutor retry the publish on its next heartbeat).
+    """
+    key, workload, queue, _team_name = workload_tuple
+    args = (workload.model_dump_json(),)
+    try:
+        with timeout(seconds=OPERATION_TIMEOUT):
+            result = app.send_task(TASK_NAME, args=args, queue=queue or None,
+                                   **publish_options(workload))
+    except (Exception, AirflowTaskTimeout) as exc:
+        result = ExceptionWithTraceback(exc, f"Celery Task ID: {key}\n{traceback.format_exc()}")
+    return key, args, result
+
+
+class EdgeExecutor(CeleryExecutor):
+    """Runs Airflow workloads on Celery workers that reach the edge API over HTTP(S)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        with _quiet_default_celery_config():
+            super().__init__(*args, **kwargs)
+        try:
+            self.celery_app = create_celery_app(self.conf)
+        except EdgeConfigError as exc:
+            raise AirflowConfigException(str(exc)) from None
+        self.bulk_state_fetcher.celery_app = self.celery_app
+
+    def _send_workloads_to_celery(self, workload_tuples_to_send: Sequence[tuple]) -> list[tuple]:
+        # In this process, one request per workload once its queue is declared: publishing
+        # is cheap over HTTP, so none of the CeleryExecutor's publisher subprocesses.
+        return [send_workload(self.celery_app, item) for item in workload_tuples_to_send]
+
+    def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
+        # The CeleryExecutor builds AsyncResults without an app, i.e. on the current app:
+        # make that ours (thread-local) so adopted tasks read the edge result backend.
+        previous = _celery_state.get_current_app()
+        self.celery_app.set_current()
+        try:
+            return super().try_adopt_task_instances(tis)
+        finally:
+            _celery_state._set_current_app(previous)
+
+    def end(self, synchronous: bool = False) -> None:
+        super().end(synchronous=synchronous)
+        self.celery_app.close()
+
+    @staticmethod
+    def get_cli_commands() -> list:
+        # Workers are `celery -A edge_kombu worker`, not `airflow celery worker`.
+        return []

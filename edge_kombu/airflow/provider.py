@@ -1,0 +1,96 @@
+"""Provider metadata for Airflow's ``apache_airflow_provider`` entry point (stdlib only).
+
+The ``[edge]`` options are the ones users of Airflow's edge executor know; Airflow shows
+them with their defaults in ``airflow config list`` once the provider is installed.
+"""
+
+from __future__ import annotations
+
+from edge_kombu.protocol import VERSION
+
+#: The Celery task that runs an Airflow workload (the CeleryExecutor's name for it).
+TASK_NAME = "execute_workload"
+#: Path under which ``airflow api-server`` serves the edge API when ``[edge] api_enabled``.
+API_PREFIX = "/edge"
+#: Default size of the thread pool running the edge API inside each api-server process.
+DEFAULT_API_THREADS = 64
+
+
+def _option(description: str, *, type: str = "string", default: str | None = None,
+            example: str | None = None, sensitive: bool = False) -> dict:
+    option = {
+        "description": description,
+        "version_added": "1.0.0",
+        "type": type,
+        "example": example,
+        "default": default,
+    }
+    if sensitive:
+        option["sensitive"] = True
+    return option
+
+
+EDGE_OPTIONS = {
+    "api_enabled": _option(
+        "Serve the edge API from ``airflow api-server`` under ``/edge`` on the Airflow\n"
+        "metadata database. Off: run ``edge-kombu api`` as a separate server instead.\n",
+        type="boolean", default="False",
+    ),
+    "api_url": _option(
+        "URL of the edge API, used by the EdgeExecutor to publish and read results and by\n"
+        "edge workers to consume. With ``api_enabled`` it is the api-server's address plus\n"
+        "``/edge``. The credential is ``[core] internal_api_secret_key`` (shared secret) or\n"
+        "a per-worker token (``token_file``).\n",
+        example="https://airflow.example.com/edge/",
+    ),
+    "token_file": _option(
+        "File holding a per-worker token issued by ``edge-kombu token create --worker NAME``.\n"
+        "Unset: the shared secret ``[core] internal_api_secret_key`` is used.\n",
+        example="/etc/edge-kombu/token",
+    ),
+    "heartbeat_interval": _option(
+        "Seconds between two heartbeats of an edge worker.\n",
+        type="integer", default="10",
+    ),
+    "ca_bundle": _option(
+        "CA bundle to verify the edge API's TLS certificate (default: the system's).\n",
+        example="/etc/ssl/certs/central-ca.pem",
+    ),
+    "client_cert": _option(
+        "Client certificate presented to the edge API (mutual TLS).\n",
+    ),
+    "client_key": _option(
+        "Private key of ``client_cert``.\n",
+    ),
+    "api_threads": _option(
+        "Threads running the edge API in each api-server process (``api_enabled``). Every\n"
+        "connected edge worker keeps one busy with its long-poll, so allow the number of\n"
+        "workers plus some headroom; for large fleets run ``edge-kombu api`` instead.\n",
+        type="integer", default=str(DEFAULT_API_THREADS),
+    ),
+}
+
+
+def get_cli_commands() -> list:
+    """No ``airflow`` subcommands: workers are ``celery -A edge_kombu worker``, the rest is
+    ``edge-kombu ...`` (the provider declares this so Airflow does not look elsewhere)."""
+    return []
+
+
+def get_provider_info() -> dict:
+    """What ``airflow providers list`` and Airflow's provider discovery read."""
+    return {
+        "package-name": "edge-kombu",
+        "name": "Edge (Celery over HTTPS)",
+        "description": "Airflow tasks on Celery workers at remote sites, over HTTP(S) only.",
+        "versions": [VERSION],
+        "executors": ["edge_kombu.airflow.EdgeExecutor"],
+        "db-managers": ["edge_kombu.airflow.db_manager.EdgeDBManager"],
+        "cli": ["edge_kombu.airflow.provider.get_cli_commands"],
+        "config": {
+            "edge": {
+                "description": "The edge-kombu executor, its API and its workers.\n",
+                "options": EDGE_OPTIONS,
+            },
+        },
+    }

@@ -1,0 +1,188 @@
+"""The EdgeExecutor against a real edge API: loading, publishing, state sync, revoke."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from edge_kombu.server import models
+from tests.airflow.site import stop_celery_worker
+from tests.helpers import BIN, Process, wait_for
+
+
+def test_executor_loads_alone_beside_others_and_by_class_name(site):
+    code = textwrap.dedent("""
+        import json
+        from airflow.executors.executor_loader import ExecutorLoader
+        loaded = ExecutorLoader.init_executors()
+        by_class = ExecutorLoader.load_executor("EdgeExecutor")
+        print("RESULT", json.dumps([[type(e).__name__ for e in loaded], type(by_class).__module__,
+                                    by_class.celery_app.conf.broker_url]))
+    """)
+
+    def run(**overrides) -> list:
+        lines = site.python(code, **overrides).splitlines()
+        return json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
+
+    broker = f"edge+{site.edge_url}"
+    assert run(AIRFLOW__CORE__EXECUTOR="LocalExecutor,edge_kombu.airflow.EdgeExecutor") == [
+        ["LocalExecutor", "EdgeExecutor"], "edge_kombu.airflow.executor", broker]
+    assert run() == [["EdgeExecutor"], "edge_kombu.airflow.executor", broker]
+
+
+@pytest.fixture
+def edge_env(airflow_in_process, monkeypatch, api_factory, token):
+    """The in-process Airflow configured for an edge API (with an access log) and a token."""
+    api = api_factory(extra=["--access-log"])
+    monkeypatch.setenv("AIRFLOW__EDGE__API_URL", api.url)
+    monkeypatch.setenv("EDGE_KOMBU_TOKEN", token)
+    return api
+
+
+@pytest.fixture
+def executor(edge_env):
+    from edge_kombu.airflow import EdgeExecutor
+
+    executor = EdgeExecutor()
+    executor.start()
+    yield executor
+    executor.end()
+
+
+def _workload(*, queue: str = "default", pool_slots: int = 1, priority_weight: int = 1):
+    from airflow.executors.workloads import BundleInfo, ExecuteTask, TaskInstanceDTO
+
+    ti = TaskInstanceDTO(
+        id=uuid.uuid4(), dag_version_id=uuid.uuid4(), dag_id="edge_dag",
+        task_id=f"t_{uuid.uuid4().hex[:8]}", run_id="manual_1", try_number=1, queue=queue,
+        pool_slots=pool_slots, priority_weight=priority_weight,
+        external_executor_id=str(uuid.uuid4()),
+    )
+    return ExecuteTask(ti=ti, dag_rel_path=Path("edge_dag.py"), token="t", log_path=None,
+                       bundle_info=BundleInfo(name="dags-folder"))
+
+
+def _messages(store) -> dict[str, dict]:
+    """Messages in the edge database by Celery task id."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(models.message)).mappings().all()
+    found = {}
+    for row in rows:
+        payload = json.loads(row["payload"])
+        found[payload["headers"]["id"]] = dict(row, headers=payload["headers"],
+                                               properties=payload["properties"])
+    return found
+
+
+def test_missing_api_url_is_a_configuration_error(airflow_in_process, monkeypatch):
+    from airflow.exceptions import AirflowConfigException
+
+    from edge_kombu.airflow import EdgeExecutor
+
+    monkeypatch.delenv("AIRFLOW__EDGE__API_URL", raising=False)
+    with pytest.raises(AirflowConfigException, match=r"\[edge\] api_url is not set"):
+        EdgeExecutor()
+
+
+def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, edge_env, store):
+    from airflow.utils.state import TaskInstanceState
+
+    big = _workload(queue="remote", pool_slots=3, priority_weight=1000)
+    small = _workload(priority_weight=7)
+    negative = _workload(priority_weight=-5)
+    for workload in (big, small, negative):
+        executor.queue_workload(workload, session=None)
+    executor.heartbeat()  # publishes, then syncs once
+
+    messages = _messages(store)
+    assert set(messages) == {w.ti.external_executor_id for w in (big, small, negative)}
+    by_ti = {w.ti.key: messages[w.ti.external_executor_id] for w in (big, small, negative)}
+    assert (by_ti[big.ti.key]["queue"], by_ti[big.ti.key]["slots"],
+            by_ti[big.ti.key]["priority"]) == ("remote", 3, 255)
+    assert by_ti[big.ti.key]["headers"]["pool_slots"] == 3
+    assert (by_ti[small.ti.key]["queue"], by_ti[small.ti.key]["slots"],
+            by_ti[small.ti.key]["priority"]) == ("default", 1, 7)
+    assert by_ti[negative.ti.key]["priority"] == 0
+    assert by_ti[small.ti.key]["headers"]["task"] == "execute_workload"
+    assert executor.event_buffer[small.ti.key] == (TaskInstanceState.QUEUED,
+                                                   small.ti.external_executor_id)
+
+    backend = executor.celery_app.backend  # what a worker would write
+    backend.store_result(big.ti.external_executor_id, None, "SUCCESS")
+    backend.store_result(small.ti.external_executor_id, RuntimeError("boom"), "FAILURE")
+    executor.sync()
+    assert executor.event_buffer[big.ti.key][0] == TaskInstanceState.SUCCESS
+    assert executor.event_buffer[small.ti.key][0] == TaskInstanceState.FAILED
+    assert set(executor.workloads) == {negative.ti.key}
+    mgets = wait_for(lambda: edge_env.log().count("/api/v1/results/mget") >= 2 and
+                     edge_env.log().count("/api/v1/results/mget"), message="access log")
+    assert mgets == 2  # one request per sync
+
+
+def test_revoke_reaches_the_edge_worker(executor, edge_env, token, store, tmp_path):
+    """A revoked workload is discarded by the worker that receives it (REVOKED, acked)."""
+    from celery.result import AsyncResult
+
+    run_dir = tempfile.mkdtemp(prefix="edge-run-")  # AF_UNIX paths must stay short
+    worker = Process(
+        [str(BIN / "celery"), "-A", "edge_kombu", "worker", "-Q", "remote", "-c", "1",
+         "-n", "revoker@localhost", "-l", "info"],
+        tmp_path / "worker-revoker.log",
+        env={"AIRFLOW_HOME": str(tmp_path / "worker_home"), "EDGE_KOMBU_TOKEN": token,
+             "AIRFLOW__EDGE__API_URL": edge_env.url, "EDGE_KOMBU_RUN_DIR": run_dir},
+    ).start()
+    try:
+        wait_for(lambda: " ready." in worker.log() or not worker.alive(), timeout=60,
+                 message="edge worker ready")
+        assert worker.alive(), worker.log()
+        control = executor.celery_app.control
+        hostname = ["revoker@localhost"]
+        assert control.cancel_consumer("remote", destination=hostname, reply=True)
+
+        workload = _workload(queue="remote")
+        task_id = workload.ti.external_executor_id
+        executor.queue_workload(workload, session=None)
+        executor.heartbeat()
+        executor.revoke_task(ti=workload.ti)
+        assert workload.ti.key not in executor.running
+        wait_for(lambda: task_id in (control.inspect(hostname).revoked() or {}).get(
+            hostname[0], []), timeout=30, message="the worker knows the revoke")
+
+        assert control.add_consumer("remote", destination=hostname, reply=True)
+        result = AsyncResult(task_id, app=executor.celery_app)
+        wait_for(lambda: result.state == "REVOKED", timeout=30, message="REVOKED")
+        wait_for(lambda: not _messages(store), timeout=30, message="message acknowledged")
+        assert "Discarding revoked task" in worker.log()
+        assert "Executing Airflow workload" not in worker.log()
+    finally:
+        stop_celery_worker(worker)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+
+def test_a_restarted_scheduler_adopts_its_tasks_from_the_edge_backend(executor, edge_env):
+    """Adoption reads the results a previous scheduler's tasks left in the edge API."""
+    from airflow.utils.state import TaskInstanceState
+
+    from edge_kombu.airflow import EdgeExecutor
+    from edge_kombu.transport.backend import EdgeBackend
+
+    done, running = _workload(), _workload()
+    for workload in (done, running):
+        executor.queue_workload(workload, session=None)
+    executor.heartbeat()
+    executor.celery_app.backend.store_result(done.ti.external_executor_id, None, "SUCCESS")
+
+    restarted = EdgeExecutor()
+    assert restarted.try_adopt_task_instances([done.ti, running.ti]) == []
+    assert restarted.event_buffer[done.ti.key][0] == TaskInstanceState.SUCCESS
+    assert set(restarted.workloads) == {running.ti.key}
+    assert isinstance(restarted.workloads[running.ti.key].backend, EdgeBackend)
+    restarted.end()

@@ -52,9 +52,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _healthy(port: int) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).ok
+    except requests.RequestException:
+        return False
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
@@ -101,7 +105,7 @@ def run_demo(db_url: str | None) -> None:
     with ExitStack() as stack:
         api = _start(stack, [str(bin_dir / "edge-kombu"), "api", "--db", url,
                              "--bind", f"127.0.0.1:{port}"], env, logs / "api.log")
-        _wait(lambda: _listening(port), 30, "the edge API", api, logs / "api.log")
+        _wait(lambda: _healthy(port), 30, "the edge API", api, logs / "api.log")
         click.echo(f"edge API:  http://127.0.0.1:{port}/api/v1/health (log {logs / 'api.log'})")
         worker_log = logs / "worker.log"
         worker = _start(stack, [str(bin_dir / "celery"), "-A", "edge_kombu.demo", "worker",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from gunicorn.app.base import BaseApplication
+from sqlalchemy.engine import make_url
 
 from edge_kombu.server.config import ServerConfig
 
@@ -73,9 +74,10 @@ class APIServer(BaseApplication):
 
     def load(self):
         # gunicorn's gevent worker has monkey-patched by now; make psycopg2 cooperative too.
-        from psycogreen.gevent import patch_psycopg
+        if make_url(self.config_obj.db_url).get_backend_name() == "postgresql":
+            from psycogreen.gevent import patch_psycopg
 
-        patch_psycopg()
+            patch_psycopg()
         from edge_kombu.server.app import create_app
 
         self.app = create_app(self.config_obj)

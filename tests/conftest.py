@@ -2,15 +2,20 @@
 servers, worker tokens and real Celery workers.
 
 ``EDGE_KOMBU_TEST_DB`` picks the database: ``sqlite`` (default) or a SQLAlchemy URL.
-A database server that cannot be reached skips the tests locally and fails them in CI.
+On a server database every test session works in a scratch database of its own, created
+next to the one the URL names and dropped at the end, so several sessions (CI, developers,
+benchmarks) can share one server. A database server that cannot be reached skips the
+tests locally and fails them in CI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from edge_kombu.server import models
 from edge_kombu.server.db import create_db_engine, migrate
@@ -57,12 +62,38 @@ def fresh_schema(url: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def scratch_database(server_url: str):
+    """Yield the URL of a new, empty database on the server of ``server_url``; drop it after."""
+    base = make_url(server_url)
+    name = f"ek_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    engine = create_db_engine(server_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+            autocommit.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not here"
+        engine.dispose()
+        _unreachable(server_url, exc)
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        force = " WITH (FORCE)" if base.get_backend_name() == "postgresql" else ""
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text(f"DROP DATABASE IF EXISTS {name}{force}")
+            )
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def server_db_url(tmp_path_factory) -> str:
+def server_db_url(tmp_path_factory):
     url = os.environ.get("EDGE_KOMBU_TEST_DB", "sqlite")
     if url == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'edge.db'}"
-    return fresh_schema(url)
+        yield fresh_schema(f"sqlite:///{tmp_path_factory.mktemp('db') / 'edge.db'}")
+        return
+    with scratch_database(url) as scratch:
+        yield fresh_schema(scratch)
 
 
 @pytest.fixture

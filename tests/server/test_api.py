@@ -20,6 +20,7 @@ import jwt
 import pytest
 import requests
 from jsonschema import Draft202012Validator
+from sqlalchemy import make_url
 
 from edge_kombu import errors
 from edge_kombu.protocol import (
@@ -34,10 +35,10 @@ from edge_kombu.protocol import (
     jwt_signing_key,
 )
 from edge_kombu.server.config import ENV_SECRET
-from edge_kombu.server.db import create_db_engine, normalize_url
+from edge_kombu.server.db import create_db_engine
 from edge_kombu.server.store import Store
 from edge_kombu.transport.client import EdgeClient
-from tests.conftest import _reset, fresh_schema
+from tests.conftest import _reset, fresh_schema, scratch_database
 from tests.helpers import BIN, ROOT, wait_for
 
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -558,15 +559,16 @@ def test_ack_wakes_the_same_sessions_waiting_consume(api, token, credentials, co
 
 
 @pytest.fixture(scope="session")
-def postgres_schema() -> str:
-    """The edge tables, freshly migrated once per session, in the PostgreSQL test database."""
-    return fresh_schema(POSTGRES_URL)
+def postgres_schema():
+    """The edge tables, migrated once per session, in a scratch PostgreSQL database."""
+    with scratch_database(POSTGRES_URL) as url:
+        yield fresh_schema(url)
 
 
 @pytest.fixture
 def postgres_url(request, db_url) -> str:
     """An empty PostgreSQL database, whichever database the other tests run on."""
-    if normalize_url(db_url) == normalize_url(POSTGRES_URL):
+    if make_url(db_url).get_backend_name() == "postgresql":
         return db_url  # migrated and emptied by the db_url fixture
     url = request.getfixturevalue("postgres_schema")
     engine = create_db_engine(url, pool_size=1)

@@ -47,6 +47,13 @@ MAX_MGET_KEYS = 10_000
 MAX_BATCH = 1_000
 #: Longest a consume may wait on the server, in seconds.
 MAX_WAIT_SECONDS = 60.0
+#: Longest dag_id, task_id or run_id (Airflow's ``ID_LEN``).
+MAX_ID_LENGTH = 250
+#: Largest log chunk one ``logs/push`` may carry, in characters (the worker's
+#: ``[edge] push_log_chunk_size`` is capped to it).
+MAX_LOG_CHUNK = 1_048_576
+#: Most characters one ``logs/read`` returns.
+MAX_LOG_READ = 8 * MAX_LOG_CHUNK
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout")
 

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-from edge_kombu.protocol import MAX_KEY_LENGTH, MAX_NAME_LENGTH
+from edge_kombu.protocol import MAX_ID_LENGTH, MAX_KEY_LENGTH, MAX_NAME_LENGTH
 
 metadata = MetaData(
     naming_convention={
@@ -150,4 +150,30 @@ worker = Table(
     Column("shutdown_requested", Boolean, nullable=False, default=False),
     Column("desired_queues", Text, nullable=True),  # JSON list; None = as the worker says
     Column("desired_concurrency", Integer, nullable=True),
+)
+
+# Task logs pushed by edge workers while their tasks run (no shared disk needed): one row
+# per log (a task instance try) holding its length, and its text in chunks by byte offset.
+task_log = Table(
+    "edge_kombu_task_log",
+    metadata,
+    # sha1 of the task instance try's coordinates: a short unique key, also for MySQL.
+    Column("key", String(40), primary_key=True),
+    Column("dag_id", String(MAX_ID_LENGTH), nullable=False),
+    Column("task_id", String(MAX_ID_LENGTH), nullable=False),
+    Column("run_id", String(MAX_ID_LENGTH), nullable=False),
+    Column("map_index", Integer, nullable=False),
+    Column("try_number", Integer, nullable=False),
+    Column("ti_id", String(36), nullable=True),
+    Column("length", BigInteger, nullable=False, default=0),  # UTF-8 bytes stored so far
+    Column("updated_at", Double, nullable=False, index=True),
+)
+
+task_log_chunk = Table(
+    "edge_kombu_task_log_chunk",
+    metadata,
+    Column("key", String(40), primary_key=True),
+    Column("start", BigInteger, primary_key=True, autoincrement=False),  # its byte offset
+    Column("length", Integer, nullable=False),  # UTF-8 bytes of data
+    Column("data", _LONG_TEXT, nullable=False),
 )

@@ -42,7 +42,7 @@ def upgrade() -> None:
         sa.Column("length", sa.Integer(), nullable=False),
         sa.Column(
             "data",
-            sa.Text().with_variant(mysql.LONGTEXT(), "mariadb").with_variant(mysql.LONGTEXT(), "mysql"),
+            sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"),
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("key", "start", name=op.f("pk_edge_kombu_task_log_chunk")),

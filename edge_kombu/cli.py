@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC
+from pathlib import Path
 
 import click
 
@@ -288,12 +289,35 @@ def worker_remove(name, db_url) -> None:
 
 
 @main.command()
+@click.option("--celery", "plain_celery", is_flag=True,
+              help="Run the plain Celery demo even where Airflow is installed.")
+@click.option("--once", is_flag=True,
+              help="Airflow demo: stop everything once the DAG run ends (default: wait for "
+              "Ctrl-C, so the UI stays up).")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path),
+              help="Airflow demo: its AIRFLOW_HOME (default $EDGE_KOMBU_DEMO_HOME, else "
+              "~/airflow-edge-demo).")
 @_db_option
-def demo(db_url) -> None:
-    """Run the API on the embedded default database, one worker and a few tasks."""
-    from edge_kombu.demo import run_demo
+def demo(plain_celery, once, home, db_url) -> None:
+    """Show edge-kombu working, on SQLite, and stop everything it started at the end.
 
-    run_demo(db_url)
+    With Airflow installed: Airflow (api-server with the edge API, scheduler,
+    dag-processor) and one edge worker run the edge_demo DAG. Without Airflow, or with
+    --celery: the edge API, one Celery worker and a few tasks (--db applies here).
+    """
+    import importlib.util
+
+    if plain_celery or importlib.util.find_spec("airflow") is None:
+        from edge_kombu.demo import run_demo
+
+        if not plain_celery:
+            click.echo("Airflow is not installed: running the plain Celery demo "
+                       "(pip install 'edge-kombu[airflow]' for the Airflow one)")
+        run_demo(db_url)
+        return
+    from edge_kombu.airflow.demo import default_home, run_airflow_demo
+
+    run_airflow_demo((home or default_home()).resolve(), once)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,7 @@ import click
 from celery import Celery, chord, group
 
 import edge_kombu  # noqa: F401 - registers the edge transport
+from edge_kombu.children import free_port, start_child, wait_until
 
 app = Celery("edge_kombu_demo")
 app.conf.update(
@@ -46,12 +45,6 @@ def where(self) -> str:
     return f"{self.request.hostname} (pid {os.getpid()})"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _healthy(port: int) -> bool:
     import requests
 
@@ -61,57 +54,29 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException(f"{what} exited early; its log:\n{log.read_text()[-3000:]}")
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise click.ClickException(f"{what} did not come up in {timeout}s; see {log}")
-
-
-def _start(stack: ExitStack, args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    out = stack.enter_context(open(log, "wb"))
-    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-
-    stack.callback(stop)
-    return proc
-
-
 def run_demo(db_url: str | None) -> None:
     from edge_kombu.server.db import create_db_engine, describe, migrate, resolve_db_url
 
     url = resolve_db_url(db_url)
     click.echo(f"database: {describe(url)}")
     migrate(create_db_engine(url, pool_size=1))
-    port = _free_port()
+    port = free_port()
     secret = secrets.token_urlsafe(32)
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, AIRFLOW__CORE__INTERNAL_API_SECRET_KEY=secret,
                EDGE_KOMBU_DEMO_URL=f"edge+http://127.0.0.1:{port}")
     logs = Path(tempfile.mkdtemp(prefix="edge-kombu-demo-"))
     with ExitStack() as stack:
-        api = _start(stack, [str(bin_dir / "edge-kombu"), "api", "--db", url,
-                             "--bind", f"127.0.0.1:{port}"], env, logs / "api.log")
-        _wait(lambda: _healthy(port), 30, "the edge API", api, logs / "api.log")
+        api = start_child(stack, [str(bin_dir / "edge-kombu"), "api", "--db", url,
+                                  "--bind", f"127.0.0.1:{port}"], env, logs / "api.log")
+        wait_until(lambda: _healthy(port), 30, "the edge API", api, logs / "api.log")
         click.echo(f"edge API:  http://127.0.0.1:{port}/api/v1/health (log {logs / 'api.log'})")
         worker_log = logs / "worker.log"
-        worker = _start(stack, [str(bin_dir / "celery"), "-A", "edge_kombu.demo", "worker",
-                                "-n", "demo@%h", "-c", "2", "-P", "threads", "-l", "info"],
-                        env, worker_log)
-        _wait(lambda: " ready." in worker_log.read_text(), 60, "the worker", worker, worker_log)
+        worker = start_child(stack, [str(bin_dir / "celery"), "-A", "edge_kombu.demo", "worker",
+                                     "-n", "demo@%h", "-c", "2", "-P", "threads", "-l", "info"],
+                             env, worker_log)
+        wait_until(lambda: " ready." in worker_log.read_text(), 60, "the worker", worker,
+                   worker_log)
         click.echo(f"worker:    demo@{socket.gethostname()} (log {worker_log})")
         app.conf.update(
             broker_url=env["EDGE_KOMBU_DEMO_URL"],

@@ -8,20 +8,25 @@ execution_api_server_url``) over HTTP(S) with the workload's token. The worker n
 the DAG files and Airflow, never the metadata database.
 
 A message delivered again while its task instance already runs elsewhere is ignored
-(no result is stored), as with the CeleryExecutor.
+(no result is stored), as with the CeleryExecutor. The task process finds the edge
+worker's Celery node name in ``EDGE_KOMBU_WORKER``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from functools import cache
 
-from celery import Celery, signals
+from celery import Celery, current_task, signals
 
 from edge_kombu.airflow.provider import TASK_NAME
 
 log = logging.getLogger(__name__)
+
+#: The variable that tells a task process which edge worker runs it.
+WORKER_ENV = "EDGE_KOMBU_WORKER"
 
 #: Imported once in the worker's main process, so pool processes do not each pay for it.
 PRELOAD = (
@@ -51,6 +56,7 @@ def execute_workload(workload_json: str) -> None:
     from celery.exceptions import Ignore
 
     workload = _workload_adapter().validate_json(workload_json)
+    os.environ[WORKER_ENV] = current_task.request.hostname or ""
     log.info("executing Airflow workload %s", workload.display_name)
     title = _proctitle()
     try:

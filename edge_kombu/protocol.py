@@ -114,6 +114,19 @@ _ARGUMENTS = {"type": ["object", "null"]}
 _SECONDS = {"type": ["number", "null"], "minimum": 0}
 
 
+#: A task instance try, by its Airflow coordinates (the TI's uuid is informational).
+_TASK_INSTANCE = {
+    "dag_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+    "task_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+    "run_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+    "map_index": {"type": "integer", "minimum": -1},
+    "try_number": {"type": "integer", "minimum": 0},
+    "ti_id": {"type": ["string", "null"], "maxLength": 36},
+}
+_TASK_INSTANCE_REQUIRED = ("dag_id", "task_id", "run_id", "map_index", "try_number")
+_LOG_OFFSET = {"type": "integer", "minimum": 0}
+
+
 def _obj(properties: dict, required: tuple = ()) -> dict:
     return {
         "type": "object",
@@ -252,6 +265,22 @@ REQUESTS: dict[str, dict] = {
         {"key": _KEY, "amount": {"type": "integer"}, "expires": _SECONDS}, ("key",)
     ),
     "results/expire": _obj({"key": _KEY, "expires": _SECONDS}, ("key", "expires")),
+    "logs/push": _obj(
+        {
+            **_TASK_INSTANCE,
+            "offset": _LOG_OFFSET,
+            "data": {"type": "string", "maxLength": MAX_LOG_CHUNK},
+        },
+        (*_TASK_INSTANCE_REQUIRED, "offset", "data"),
+    ),
+    "logs/read": _obj(
+        {
+            **_TASK_INSTANCE,
+            "offset": _LOG_OFFSET,
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_READ},
+        },
+        _TASK_INSTANCE_REQUIRED,
+    ),
 }
 
 #: Routes that may be sent again when the connection broke before an answer came (a
@@ -261,7 +290,7 @@ IDEMPOTENT_ROUTES = frozenset({
     "hello", "exchange/declare", "queue/declare", "queue/bind", "queue/unbind",
     "ack", "reject", "session/close", "session/wake", "worker/heartbeat",
     "worker/deregister", "results/get", "results/mget", "results/set", "results/delete",
-    "results/expire",
+    "results/expire", "logs/push", "logs/read",
 })
 
 #: One line per route, for the OpenAPI document and the README.
@@ -288,6 +317,9 @@ SUMMARIES: dict[str, str] = {
     "results/delete": "Delete a result.",
     "results/incr": "Atomically add to an integer result (chord counters).",
     "results/expire": "Set the expiry of a result.",
+    "logs/push": "Append a chunk to a task's log at a UTF-8 byte offset; a repeated chunk is "
+                 "ignored. Returns the stored length.",
+    "logs/read": "Read a task's log from a byte offset (at most `limit` bytes).",
 }
 
 assert set(SUMMARIES) == set(REQUESTS)

@@ -15,10 +15,12 @@ from edge_kombu import __version__, errors
 from edge_kombu.protocol import (
     API_PATH,
     HEADER_PROTOCOL,
+    MAX_LOG_READ,
     PROTOCOL_VERSION,
     REQUESTS,
     protocol_major,
 )
+from edge_kombu.server.logs import TaskInstanceTry
 from edge_kombu.server.openapi import openapi_document
 from edge_kombu.server.validation import validate
 
@@ -309,6 +311,27 @@ def results_incr(body: dict) -> dict:
 @route("results/expire")
 def results_expire(body: dict) -> dict:
     return {"found": _broker().store.expire_result(body["key"], body.get("expires"))}
+
+
+# -- task logs ---------------------------------------------------------------------------
+
+
+@route("logs/push")
+def logs_push(body: dict) -> dict:
+    length = _broker().logs.append(
+        TaskInstanceTry.from_request(body), body["offset"], body["data"], ti_id=body.get("ti_id")
+    )
+    return {"length": length}
+
+
+@route("logs/read")
+def logs_read(body: dict) -> dict:
+    got = _broker().logs.read(
+        TaskInstanceTry.from_request(body), body.get("offset", 0),
+        body.get("limit", MAX_LOG_READ),
+    )
+    return {"found": got.found, "data": got.data, "offset": got.offset,
+            "next_offset": got.next_offset, "length": got.length}
 
 
 class SessionTouches:

@@ -14,6 +14,7 @@ from edge_kombu.server.api import SessionTouches, bp
 from edge_kombu.server.auth import Authenticator
 from edge_kombu.server.config import ServerConfig
 from edge_kombu.server.db import create_db_engine, describe
+from edge_kombu.server.logs import TaskLogs
 from edge_kombu.server.store import Store
 from edge_kombu.server.wakeup import (
     LocalWakeup,
@@ -38,6 +39,7 @@ class Broker:
     auth: Authenticator
     sessions: SessionTouches
     workers: WorkerRegistry
+    logs: TaskLogs
     threads: list = field(default_factory=list)
 
     def start(self) -> None:
@@ -57,7 +59,8 @@ def build_broker(config: ServerConfig) -> Broker:
     store = Store(engine, lease_timeout=config.lease_timeout, wakeup=wakeup,
                   starvation_guard=config.starvation_guard)
     workers = WorkerRegistry(store, worker_timeout=config.worker_timeout)
-    threads = [Reaper(store, workers, config.reap_interval)]
+    logs = TaskLogs(store, retention_days=config.log_retention_days)
+    threads = [Reaper(store, workers, config.reap_interval, logs=logs)]
     if postgres:
         threads.append(PostgresListener(engine, registry))
     else:
@@ -69,6 +72,7 @@ def build_broker(config: ServerConfig) -> Broker:
         auth=Authenticator(store, config.secret_key, leeway=config.jwt_leeway),
         sessions=SessionTouches(store, interval=config.lease_timeout / 4),
         workers=workers,
+        logs=logs,
         threads=threads,
     )
 

@@ -22,6 +22,8 @@ DEFAULT_WORKER_TIMEOUT = 30.0
 #: Seconds a task that needs more slots than a worker has free may wait before that
 #: worker stops taking smaller tasks from behind it (so big tasks are not starved).
 DEFAULT_STARVATION_GUARD = 2.0
+#: Days a task log pushed by edge workers is kept after its last chunk.
+DEFAULT_LOG_RETENTION_DAYS = 30.0
 #: Without PostgreSQL NOTIFY: how often each process checks for messages published elsewhere.
 DEFAULT_WAKE_POLL_INTERVAL = 0.2
 
@@ -49,6 +51,18 @@ def shared_secret_from_environment() -> str | None:
     return conf.get("core", "internal_api_secret_key", fallback=None) or None
 
 
+def log_retention_days_default() -> float:
+    """``[edge] log_retention_days`` when Airflow is configured, else the default."""
+    from edge_kombu.server.db import airflow_conf
+
+    conf = airflow_conf()
+    raw = conf.get("edge", "log_retention_days", fallback=None) if conf is not None else None
+    try:
+        return float(raw) if raw else DEFAULT_LOG_RETENTION_DAYS
+    except ValueError:
+        raise ValueError(f"[edge] log_retention_days must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     db_url: str
@@ -61,6 +75,7 @@ class ServerConfig:
     jwt_leeway: float = 10.0
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
     starvation_guard: float = DEFAULT_STARVATION_GUARD
+    log_retention_days: float = DEFAULT_LOG_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         if self.secret_key is not None and len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -80,6 +95,8 @@ class ServerConfig:
         for name in ("reap_interval", "wake_poll_interval", "worker_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds")
+        if self.log_retention_days <= 0:
+            raise ValueError("log_retention_days must be > 0 days")
 
     @classmethod
     def from_environment(cls, db_url: str, **overrides) -> ServerConfig:
@@ -96,6 +113,9 @@ class ServerConfig:
             "worker_timeout": _env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT),
             "starvation_guard": _env_float(
                 "EDGE_KOMBU_STARVATION_GUARD", DEFAULT_STARVATION_GUARD
+            ),
+            "log_retention_days": _env_float(
+                "EDGE_KOMBU_LOG_RETENTION_DAYS", log_retention_days_default()
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

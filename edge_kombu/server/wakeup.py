@@ -200,16 +200,21 @@ class ReadyPoller(_Loop):
 
 
 class Reaper(_Loop):
-    """Expires silent workers and sessions (redelivering their leases), TTLs, idle queues."""
+    """Expires silent workers and sessions (redelivering their leases), TTLs, idle queues,
+    and task logs past their retention."""
 
     #: Seconds between checks for tasks too big for every worker of their queue.
     TOO_BIG_INTERVAL = 30.0
+    #: Seconds between two purges of old task logs.
+    LOG_PURGE_INTERVAL = 300.0
 
-    def __init__(self, store: Store, workers, interval: float) -> None:
+    def __init__(self, store: Store, workers, interval: float, *, logs=None) -> None:
         super().__init__("edge-kombu-reaper", interval, self._reap)
         self.store = store
         self.workers = workers
+        self.logs = logs
         self._next_too_big = 0.0
+        self._next_log_purge = 0.0
 
     def _reap(self) -> None:
         self.workers.expire_silent()
@@ -217,6 +222,11 @@ class Reaper(_Loop):
         if time.monotonic() >= self._next_too_big:
             self._next_too_big = time.monotonic() + self.TOO_BIG_INTERVAL
             self.workers.report_too_big()
+        if self.logs is not None and time.monotonic() >= self._next_log_purge:
+            self._next_log_purge = time.monotonic() + self.LOG_PURGE_INTERVAL
+            purged = self.logs.purge()
+            if purged:
+                log.info("purged %d task logs older than their retention", purged)
 
 
 class PostgresListener(threading.Thread):

@@ -20,6 +20,7 @@ from edge_kombu.protocol import (
     REQUESTS,
     protocol_major,
 )
+from edge_kombu.server import metrics
 from edge_kombu.server.logs import TaskInstanceTry
 from edge_kombu.server.openapi import openapi_document
 from edge_kombu.server.validation import validate
@@ -175,6 +176,7 @@ def publish(body: dict) -> dict:
         body["message"],
         mandatory=body.get("mandatory", False),
     )
+    metrics.PUBLISHED.inc(len(queues))
     return {"routed": len(queues)}
 
 
@@ -202,18 +204,24 @@ def consume(body: dict) -> dict:
             if not waiter.wait(remaining) or waiter.by_session:
                 # Timed out, or this session's capacity changed: let the client ask again.
                 break
+    metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}
 
 
 @route("ack")
 def ack(body: dict) -> dict:
-    return _settle("ack", body, lambda s, t: _broker().store.ack(s, t))
+    answer = _settle("ack", body, lambda s, t: _broker().store.ack(s, t))
+    metrics.ACKED.inc(answer["settled"])
+    return answer
 
 
 @route("reject")
 def reject(body: dict) -> dict:
     requeue = body.get("requeue", False)
-    return _settle("reject", body, lambda s, t: _broker().store.reject(s, t, requeue=requeue))
+    answer = _settle("reject", body,
+                     lambda s, t: _broker().store.reject(s, t, requeue=requeue))
+    metrics.REJECTED.labels(str(requeue).lower()).inc(answer["settled"])
+    return answer
 
 
 def _settle(verb: str, body: dict, apply) -> dict:

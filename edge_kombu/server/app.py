@@ -10,6 +10,7 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from edge_kombu import errors
+from edge_kombu.server import metrics
 from edge_kombu.server.api import SessionTouches, bp
 from edge_kombu.server.auth import Authenticator
 from edge_kombu.server.config import ServerConfig
@@ -24,6 +25,8 @@ from edge_kombu.server.wakeup import (
     Reaper,
     WaiterRegistry,
 )
+from edge_kombu.server.web.access import BasicAccess, NotSignedIn
+from edge_kombu.server.web.views import bp as web_bp
 from edge_kombu.server.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,8 @@ def build_broker(config: ServerConfig) -> Broker:
                   starvation_guard=config.starvation_guard)
     workers = WorkerRegistry(store, worker_timeout=config.worker_timeout)
     logs = TaskLogs(store, retention_days=config.log_retention_days)
-    threads = [Reaper(store, workers, config.reap_interval, logs=logs)]
+    threads = [Reaper(store, workers, config.reap_interval, logs=logs,
+                      job_retention=config.job_retention)]
     if postgres:
         threads.append(PostgresListener(engine, registry))
     else:
@@ -77,14 +81,21 @@ def build_broker(config: ServerConfig) -> Broker:
     )
 
 
-def create_app(config: ServerConfig, *, start_background: bool = True) -> Flask:
-    """Create the API app; ``start_background`` starts the reaper and wake-up threads."""
+def create_app(config: ServerConfig, *, start_background: bool = True,
+               access=None) -> Flask:
+    """Create the API app; ``start_background`` starts the reaper and wake-up threads.
+
+    ``access`` decides who sees the web pages (default: the configured admin/viewer).
+    """
     app = Flask("edge_kombu")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     broker = build_broker(config)
     app.extensions["edge_kombu"] = broker
+    app.extensions["edge_kombu_access"] = access or BasicAccess(config.ui_admin, config.ui_viewer)
     app.register_blueprint(bp)
+    app.register_blueprint(web_bp)
+    metrics.install(app, broker)
     _register_error_handlers(app, config)
     if start_background:
         broker.start()
@@ -93,6 +104,11 @@ def create_app(config: ServerConfig, *, start_background: bool = True) -> Flask:
 
 
 def _register_error_handlers(app: Flask, config: ServerConfig) -> None:
+    @app.errorhandler(NotSignedIn)
+    def not_signed_in(exc: NotSignedIn):
+        return jsonify({"error": "unauthorized" if exc.status == 401 else "forbidden",
+                        "message": exc.message}), exc.status, exc.headers
+
     @app.errorhandler(errors.EdgeError)
     def edge_error(exc: errors.EdgeError):
         return jsonify(exc.to_json()), exc.status

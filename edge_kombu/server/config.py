@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edge_kombu.protocol import MAX_WAIT_SECONDS, MIN_SECRET_LENGTH
 
@@ -26,6 +26,10 @@ DEFAULT_STARVATION_GUARD = 2.0
 DEFAULT_LOG_RETENTION_DAYS = 30.0
 #: Without PostgreSQL NOTIFY: how often each process checks for messages published elsewhere.
 DEFAULT_WAKE_POLL_INTERVAL = 0.2
+#: Seconds a finished job stays in the jobs history (the Jobs page).
+DEFAULT_JOB_RETENTION = 7 * 24 * 3600.0
+#: Who may read ``/metrics``: "basic" (the web pages' users) or "none" (anyone).
+METRICS_AUTH_CHOICES = ("basic", "none")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -75,6 +79,11 @@ class ServerConfig:
     jwt_leeway: float = 10.0
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
     starvation_guard: float = DEFAULT_STARVATION_GUARD
+    # Web pages: "user:password" of an admin (may act) and of a viewer (may look).
+    ui_admin: str | None = field(default=None, repr=False)
+    ui_viewer: str | None = field(default=None, repr=False)
+    metrics_auth: str = "basic"
+    job_retention: float = DEFAULT_JOB_RETENTION
     log_retention_days: float = DEFAULT_LOG_RETENTION_DAYS
 
     def __post_init__(self) -> None:
@@ -92,7 +101,14 @@ class ServerConfig:
             )
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
-        for name in ("reap_interval", "wake_poll_interval", "worker_timeout"):
+        for role, credential in (("ADMIN", self.ui_admin), ("VIEWER", self.ui_viewer)):
+            user, sep, password = (credential or "").partition(":")
+            if credential is not None and not (user and sep and password):
+                raise ValueError(f"EDGE_KOMBU_UI_{role} must be user:password (both non-empty)")
+        if self.metrics_auth not in METRICS_AUTH_CHOICES:
+            raise ValueError(f"metrics_auth must be one of {', '.join(METRICS_AUTH_CHOICES)}, "
+                             f"got {self.metrics_auth!r}")
+        for name in ("reap_interval", "wake_poll_interval", "worker_timeout", "job_retention"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds")
         if self.log_retention_days <= 0:
@@ -114,6 +130,10 @@ class ServerConfig:
             "starvation_guard": _env_float(
                 "EDGE_KOMBU_STARVATION_GUARD", DEFAULT_STARVATION_GUARD
             ),
+            "ui_admin": os.environ.get("EDGE_KOMBU_UI_ADMIN") or None,
+            "ui_viewer": os.environ.get("EDGE_KOMBU_UI_VIEWER") or None,
+            "metrics_auth": os.environ.get("EDGE_KOMBU_METRICS_AUTH") or "basic",
+            "job_retention": _env_float("EDGE_KOMBU_JOB_RETENTION", DEFAULT_JOB_RETENTION),
             "log_retention_days": _env_float(
                 "EDGE_KOMBU_LOG_RETENTION_DAYS", log_retention_days_default()
             ),

@@ -151,6 +151,8 @@ worker = Table(
     Column("desired_queues", Text, nullable=True),  # JSON list; None = as the worker says
     Column("desired_concurrency", Integer, nullable=True),
 )
+# Claims name the worker of a consumer session (jobs history).
+Index("ix_edge_kombu_worker_session", worker.c.session)
 
 # Task logs pushed by edge workers while their tasks run (no shared disk needed): one row
 # per log (a task instance try) holding its length, and its text in chunks by byte offset.
@@ -176,4 +178,42 @@ task_log_chunk = Table(
     Column("start", BigInteger, primary_key=True, autoincrement=False),  # its byte offset
     Column("length", Integer, nullable=False),  # UTF-8 bytes of data
     Column("data", _LONG_TEXT, nullable=False),
+)
+
+job = Table(
+    "edge_kombu_job",
+    metadata,
+    # Keyset pagination runs on seq (newest first); task ids are not ordered.
+    Column("seq", _ID, primary_key=True, autoincrement=True),
+    Column("task_id", String(MAX_KEY_LENGTH), nullable=False, unique=True),
+    Column("name", _NAME, nullable=False),
+    Column("queue", _NAME, nullable=False),
+    Column("slots", Integer, nullable=False, default=1),
+    Column("state", String(16), nullable=False),
+    Column("worker", _NAME, nullable=True),
+    Column("message_id", BigInteger, nullable=True, index=True),  # to settle on ack
+    Column("queued_at", Double, nullable=False),
+    Column("received_at", Double, nullable=True),
+    Column("started_at", Double, nullable=True),
+    Column("finished_at", Double, nullable=True, index=True),
+    # Airflow workloads: the task instance the workload runs.
+    Column("dag_id", String(250), nullable=True),
+    Column("ti_task_id", String(250), nullable=True),
+    Column("run_id", String(250), nullable=True),
+    Column("map_index", Integer, nullable=True),
+    Column("try_number", Integer, nullable=True),
+    Index("ix_edge_kombu_job_state_seq", "state", "seq"),
+    Index("ix_edge_kombu_job_queue_seq", "queue", "seq"),
+    Index("ix_edge_kombu_job_worker_seq", "worker", "seq"),
+)
+
+queue_sample = Table(
+    "edge_kombu_queue_sample",
+    metadata,
+    # One row per queue and minute: the queue page's depth chart over the last hour.
+    Column("queue", _NAME, primary_key=True),
+    Column("minute", BigInteger, primary_key=True),  # epoch seconds // 60
+    Column("ready", Integer, nullable=False),
+    Column("oldest_age", Double, nullable=True),
+    Index("ix_edge_kombu_queue_sample_minute", "minute"),
 )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.engine import make_url
@@ -32,6 +34,10 @@ class APIServer(BaseApplication):
         access_log: bool = False,
     ) -> None:
         self.config_obj = config
+        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Counters of all processes in one /metrics: prometheus-client's multiprocess
+            # mode, set before the workers fork and import it.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="edge-kombu-prom-")
         self.options = {
             "bind": bind,
             "workers": workers,
@@ -58,6 +64,7 @@ class APIServer(BaseApplication):
             if value is not None:
                 self.cfg.set(key, value)
         self.cfg.set("post_worker_init", self._post_worker_init)
+        self.cfg.set("child_exit", _forget_metrics_of)
 
     def _post_worker_init(self, worker) -> None:
         """On a graceful stop, answer waiting long-polls at once instead of after their wait."""
@@ -82,3 +89,11 @@ class APIServer(BaseApplication):
 
         self.app = create_app(self.config_obj)
         return self.app
+
+
+def _forget_metrics_of(_server, worker) -> None:
+    """Drop an exited process's live gauges from the multiprocess metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from edge_kombu import errors
 from edge_kombu.protocol import HEADER_POOL_SLOTS
 from edge_kombu.server import models as m
+from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.routing import binding_id, route
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class Store:
         self.clock = clock
         self.dialect = engine.dialect.name
         self._skip_locked = self.dialect in ("postgresql", "mysql", "mariadb")
+        self.jobs = JobHistory(self)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -486,6 +488,7 @@ class Store:
                     }
                 )
             conn.execute(m.message.insert(), rows)
+            self.jobs.published(conn, targets, message, slots, now)
             tx.queues.update(targets)
             return targets
 
@@ -611,15 +614,19 @@ class Store:
             leased = [r.id for r in chosen if r.queue not in no_ack]
             if taken:
                 tx.conn.execute(delete(m.message).where(msg.id.in_(taken)))
+            messages = [json.loads(row.payload) for row in chosen]
             if leased:
                 tx.conn.execute(
                     update(m.message)
                     .where(msg.id.in_(leased))
                     .values(session=session, lease_nonce=nonce, leased_at=now)
                 )
+                self.jobs.claimed(tx.conn, session, [
+                    (row.id, message) for row, message in zip(chosen, messages, strict=True)
+                    if row.queue not in no_ack
+                ], now)
         deliveries = []
-        for row in chosen:
-            message = json.loads(row.payload)
+        for row, message in zip(chosen, messages, strict=True):
             props = message["properties"]
             props["delivery_tag"] = f"{row.id}.{nonce}"
             props.setdefault("delivery_info", {})["redelivered"] = bool(row.redelivered)
@@ -701,6 +708,7 @@ class Store:
             ids, _, unknown = self._leased(tx.conn, session, tags)
             if ids:
                 tx.conn.execute(delete(m.message).where(m.message.c.id.in_(ids)))
+                self.jobs.acked(tx.conn, ids, self.clock())
                 tx.sessions.add(session)
         return len(ids), unknown
 
@@ -850,6 +858,7 @@ class Store:
         }
         with self._tx() as tx:
             self._upsert(tx.conn, m.result, row, ["key"])
+            self.jobs.result_stored(tx.conn, key, value, now)
 
     def delete_result(self, key: str) -> None:
         with self._tx() as tx:

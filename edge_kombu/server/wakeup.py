@@ -208,17 +208,33 @@ class Reaper(_Loop):
     #: Seconds between two purges of old task logs.
     LOG_PURGE_INTERVAL = 300.0
 
-    def __init__(self, store: Store, workers, interval: float, *, logs=None) -> None:
+    #: Seconds between samples of the queues' depth (the queue page's charts).
+    SAMPLE_INTERVAL = 60.0
+    #: Seconds between deletions of old jobs from the jobs history.
+    JOB_PURGE_INTERVAL = 3600.0
+
+    def __init__(self, store: Store, workers, interval: float, *, logs=None,
+                 job_retention: float = 7 * 24 * 3600.0) -> None:
         super().__init__("edge-kombu-reaper", interval, self._reap)
         self.store = store
         self.workers = workers
         self.logs = logs
+        self.job_retention = job_retention
         self._next_too_big = 0.0
         self._next_log_purge = 0.0
+        self._next_sample = self._next_job_purge = 0.0
 
     def _reap(self) -> None:
+        from edge_kombu.server.metrics import record_reap
+
         self.workers.expire_silent()
-        self.store.reap()
+        record_reap(self.store.reap())
+        if time.monotonic() >= self._next_sample:
+            self._next_sample = time.monotonic() + self.SAMPLE_INTERVAL
+            self.store.jobs.sample_queues(self.store.queue_overview())
+        if time.monotonic() >= self._next_job_purge:
+            self._next_job_purge = time.monotonic() + self.JOB_PURGE_INTERVAL
+            self.store.jobs.purge(self.job_retention)
         if time.monotonic() >= self._next_too_big:
             self._next_too_big = time.monotonic() + self.TOO_BIG_INTERVAL
             self.workers.report_too_big()

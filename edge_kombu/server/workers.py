@@ -119,6 +119,7 @@ class WorkerRegistry:
                 if row["instance"] != instance:
                     values["first_online"] = now
                 conn.execute(update(m.worker).where(m.worker.c.name == name).values(**values))
+            self.store.jobs.running(conn, name, beat.get("running") or [], now)
         return {
             "state": values["state"],
             "maintenance": maintenance,

@@ -1,0 +1,1 @@
+"""The monitoring pages of the edge API: worker hosts, jobs, queues (Flask + Jinja)."""

@@ -1,0 +1,185 @@
+"""Routes of the monitoring pages and their actions (``/ui/...``).
+
+Pages render on the server; a small script refreshes the live part every few seconds
+by asking for the same URL with ``X-Partial: 1``. Times are sent as ISO 8601 UTC and
+shown in the browser's timezone. Actions call the same
+:class:`~edge_kombu.server.workers.WorkerRegistry` methods as ``edge-kombu worker …``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
+
+from edge_kombu import __version__, errors
+from edge_kombu.server.jobs import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, STATES
+from edge_kombu.server.web.access import ADMIN, current_user, require_admin
+from edge_kombu.server.workers import GONE, too_big
+
+bp = Blueprint("edge_ui", __name__, url_prefix="/ui", template_folder="templates")
+
+#: Seconds between refreshes of a page's live part.
+REFRESH_SECONDS = 5
+#: Queues Celery makes for itself (remote control, events, replies): hidden unless asked.
+_INTERNAL_QUEUE_MARKS = (".pidbox", "celeryev.", ".reply.celery.")
+
+
+def _broker():
+    return current_app.extensions["edge_kombu"]
+
+
+@bp.app_template_filter("iso")
+def iso(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+@bp.app_template_filter("age")
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+@bp.app_template_filter("bytes")
+def human_bytes(value) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def spark(values: list, width: int = 180, height: int = 36) -> str:
+    """SVG polyline points of a series (gaps skipped), scaled to its own maximum."""
+    top = max([v for v in values if v is not None] + [1])
+    step = width / max(len(values) - 1, 1)
+    return " ".join(
+        f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}"
+        for i, v in enumerate(values) if v is not None
+    )
+
+
+def _render(page: str, **context):
+    user = current_user()
+    context.update(user=user, is_admin=user.role == ADMIN, page=page, version=__version__,
+                   refresh=REFRESH_SECONDS, now=_broker().store.clock())
+    if request.headers.get("X-Partial"):
+        return render_template(f"edge_kombu/_{page}.html", **context)
+    return render_template(f"edge_kombu/{page}.html", **context)
+
+
+@bp.get("/")
+def index():
+    current_user()
+    return redirect(url_for("edge_ui.workers"))
+
+
+@bp.get("/workers")
+def workers():
+    fleet = _broker().workers.list()
+    versions = {w["versions"].get("edge_kombu") for w in fleet if w["state"] not in GONE}
+    versions.discard(None)
+    return _render("workers", workers=fleet, gone=GONE, server_version=__version__,
+                   mixed_versions=len(versions) > 1)
+
+
+@bp.get("/jobs")
+def jobs():
+    args = request.args
+    state = args.get("state") or None
+    if state is not None and state not in STATES:
+        raise errors.InvalidRequest(f"state must be one of {', '.join(STATES)}, got {state!r}")
+    try:
+        before = int(args["before"]) if args.get("before") else None
+        limit = int(args.get("limit") or DEFAULT_PAGE_SIZE)
+    except ValueError:
+        raise errors.InvalidRequest("before and limit must be integers") from None
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise errors.InvalidRequest(f"limit must be 1 to {MAX_PAGE_SIZE}, got {limit}")
+    filters = {"state": state, "queue": args.get("queue") or None,
+               "worker": args.get("worker") or None, "text": args.get("q") or None}
+    history = _broker().store.jobs
+    result = history.page(before=before, limit=limit, **filters)
+    return _render("jobs", result=result, filters=filters, facets=history.facets(),
+                   before=before, limit=limit)
+
+
+@bp.get("/queues")
+def queues():
+    broker = _broker()
+    show_all = bool(request.args.get("all"))
+    overview = broker.store.queue_overview()
+    fleet = [w for w in broker.workers.list() if w["state"] not in GONE]
+    serving: dict[str, list[str]] = {}
+    capacity: dict[str, int] = {}
+    for w in fleet:
+        for name in w["desired_queues"] or w["queues"]:
+            serving.setdefault(name, []).append(w["name"])
+            capacity[name] = max(capacity.get(name, 0), w["slots_total"])
+    warnings = {f["queue"]: f for f in too_big(overview, capacity)}
+    history = broker.store.jobs.history()
+    rows = []
+    for q in overview:
+        internal = any(mark in q["name"] for mark in _INTERNAL_QUEUE_MARKS)
+        if internal and not show_all:
+            continue
+        series = history["queues"].get(q["name"], {"ready": [None] * 60, "done": [0] * 60})
+        rows.append(dict(
+            q, workers=serving.get(q["name"], []), too_big=warnings.get(q["name"]),
+            unserved=q["ready"] > 0 and not serving.get(q["name"]),
+            depth_points=spark(series["ready"]), done_points=spark(series["done"]),
+            depth_max=max([v for v in series["ready"] if v is not None] + [0]),
+            done_last_hour=sum(series["done"]),
+        ))
+    return _render("queues", queues=rows, show_all=show_all)
+
+
+# -- actions (admins only) -----------------------------------------------------------------
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("send a JSON object (Content-Type: application/json)")
+    return body
+
+
+@bp.post("/actions/workers/<name>/<action>")
+def worker_action(name: str, action: str):
+    require_admin()
+    registry = _broker().workers
+    body = _body()
+    if action == "maintenance":
+        on = body.get("on")
+        if not isinstance(on, bool):
+            raise errors.InvalidRequest("on: must be true or false")
+        worker = registry.request_maintenance(name, on, body.get("comment"))
+    elif action == "shutdown":
+        worker = registry.request_shutdown(name)
+    elif action == "remove":
+        registry.remove(name)
+        return jsonify(removed=name)
+    elif action == "queues":
+        add, remove = body.get("add") or [], body.get("remove") or []
+        if not all(isinstance(q, str) for q in [*add, *remove]):
+            raise errors.InvalidRequest("add, remove: lists of queue names")
+        worker = registry.change_queues(name, add=add, remove=remove)
+    elif action == "concurrency":
+        value = body.get("concurrency")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise errors.InvalidRequest("concurrency: an integer >= 1")
+        worker = registry.set_concurrency(name, value)
+    else:
+        raise errors.NotFound(
+            f"no action {action!r}; one of maintenance, shutdown, remove, queues, concurrency")
+    return jsonify(worker=worker)

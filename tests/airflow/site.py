@@ -50,7 +50,7 @@ class AirflowSite:
     """One AIRFLOW_HOME, the environment of its processes, and helpers to drive it."""
 
     def __init__(self, tmp: Path, *, executor: str = "edge_kombu.airflow.EdgeExecutor",
-                 api_enabled: bool = True) -> None:
+                 api_enabled: bool = True, db_url: str | None = None) -> None:
         self.tmp = tmp
         self.home = tmp / "airflow"
         self.dags = tmp / "dags"
@@ -73,7 +73,8 @@ class AirflowSite:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API__BASE_URL": self.base_url,
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            # SQLite in AIRFLOW_HOME unless given (e.g. a scratch PostgreSQL database).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url or f"sqlite:///{self.db_path}",
             "AIRFLOW__EDGE__API_ENABLED": str(api_enabled),
             "AIRFLOW__EDGE__API_URL": self.edge_url,
             # Speed, not semantics: the supervisor waits up to this long after a task ends.

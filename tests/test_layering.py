@@ -22,6 +22,7 @@ WORKER_SIDE = [
     "edge_kombu.worker.lifecycle",
     "edge_kombu.worker.bootstep",
     "edge_kombu.worker.cli",
+    "edge_kombu.worker.logpush",
     "edge_kombu.airflow",  # the provider package: Airflow only on use
     "edge_kombu.airflow.provider",
     "edge_kombu.airflow.worker",

@@ -18,10 +18,18 @@ import importlib.util
 import logging
 import os
 from functools import cache
+from pathlib import Path
 
 from celery import Celery, current_task, signals
 
 from edge_kombu.airflow.provider import TASK_NAME
+from edge_kombu.worker.logpush import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_INTERVAL,
+    LogPusher,
+    PushSettings,
+    client_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ def execute_workload(workload_json: str) -> None:
     os.environ[WORKER_ENV] = current_task.request.hostname or ""
     log.info("executing Airflow workload %s", workload.display_name)
     title = _proctitle()
+    pusher = _start_log_pusher(workload, conf)
     try:
         BaseExecutor.run_workload(
             workload,
@@ -72,6 +81,47 @@ def execute_workload(workload_json: str) -> None:
         raise Ignore() from None
     finally:
         _proctitle(title)  # run_workload titles the pool process after the workload
+        if pusher is not None and not pusher.finish():
+            log.warning("the end of the log of %s is not pushed yet; still trying in the "
+                        "background", workload.display_name)
+
+
+def push_settings(conf) -> PushSettings:
+    """``[edge] push_logs``, ``log_push_interval``, ``push_log_chunk_size`` from Airflow."""
+    return PushSettings(
+        enabled=conf.getboolean("edge", "push_logs", fallback=True),
+        interval=conf.getfloat("edge", "log_push_interval", fallback=DEFAULT_INTERVAL),
+        chunk_size=conf.getint("edge", "push_log_chunk_size", fallback=DEFAULT_CHUNK_SIZE),
+    )
+
+
+@cache
+def _log_client():
+    return client_for(current_task.app)
+
+
+def _start_log_pusher(workload, conf) -> LogPusher | None:
+    """Tail the task's log file to the edge API while it runs (``[edge] push_logs``)."""
+    ti, log_path = getattr(workload, "ti", None), getattr(workload, "log_path", None)
+    if ti is None or not log_path:
+        return None
+    try:
+        settings = push_settings(conf)
+        if not settings.enabled:
+            return None
+        client = _log_client()
+    except Exception as exc:  # noqa: BLE001 - the task runs anyway; its log stays local
+        log.warning("task logs are not pushed (%s: %s); they stay in [logging] "
+                    "base_log_folder on this worker", type(exc).__name__, exc)
+        return None
+    if client is None:
+        return None
+    task = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
+            "map_index": ti.map_index, "try_number": ti.try_number, "ti_id": str(ti.id)}
+    path = Path(conf.get("logging", "base_log_folder")).expanduser() / log_path
+    pusher = LogPusher(client, path, task, settings)
+    pusher.start()
+    return pusher
 
 
 def _proctitle(title: str | None = None) -> str | None:

@@ -134,6 +134,7 @@ def queues():
         if internal and not show_all:
             continue
         series = history["queues"].get(q["name"], {"ready": [None] * 60, "done": [0] * 60})
+        series["ready"][-1] = q["ready"]  # this minute: now, not the last sample
         rows.append(dict(
             q, workers=serving.get(q["name"], []), too_big=warnings.get(q["name"]),
             unserved=q["ready"] > 0 and not serving.get(q["name"]),

@@ -50,8 +50,10 @@ class AirflowSite:
     """One AIRFLOW_HOME, the environment of its processes, and helpers to drive it."""
 
     def __init__(self, tmp: Path, *, executor: str = "edge_kombu.airflow.EdgeExecutor",
-                 api_enabled: bool = True, db_url: str | None = None) -> None:
+                 api_enabled: bool = True, db_url: str | None = None,
+                 bin_dir: Path = BIN) -> None:
         self.tmp = tmp
+        self.bin = bin_dir  # the virtualenv whose Airflow runs the site (benchmarks: others)
         self.home = tmp / "airflow"
         self.dags = tmp / "dags"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,8 @@ class AirflowSite:
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
             "EDGE_KOMBU_RUN_DIR": str(self.run_dir),
         }
+        # What the api-server answers once ready (another executor's site drops /edge).
+        self.ready_paths = ["/api/v2/version", "/edge/api/v1/health", "/execution/health"]
         self.processes: list[Process] = []
         self._token: str | None = None
 
@@ -93,7 +97,7 @@ class AirflowSite:
     def airflow(self, *args: str, timeout: float = 120, check: bool = True,
                 **overrides: str) -> subprocess.CompletedProcess:
         """Run ``airflow ARGS`` in this site; on failure the output is in the assertion."""
-        done = subprocess.run([str(BIN / "airflow"), *args], capture_output=True, text=True,
+        done = subprocess.run([str(self.bin / "airflow"), *args], capture_output=True, text=True,
                               timeout=timeout, env=self.environ(**overrides), cwd=self.tmp)
         if check:
             assert done.returncode == 0, (
@@ -103,8 +107,9 @@ class AirflowSite:
 
     def python(self, code: str, *, timeout: float = 120, **overrides: str) -> str:
         """Run ``code`` in a fresh interpreter of this site; return its stdout."""
-        done = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True,
-                              timeout=timeout, env=self.environ(**overrides), cwd=self.tmp)
+        done = subprocess.run([str(self.bin / "python"), "-c", code], capture_output=True,
+                              text=True, timeout=timeout, env=self.environ(**overrides),
+                              cwd=self.tmp)
         assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -113,15 +118,15 @@ class AirflowSite:
 
     # -- processes -------------------------------------------------------------------------
 
-    def _start(self, name: str, args: list[str], **overrides: str) -> Process:
+    def start_process(self, name: str, args: list[str], **overrides: str) -> Process:
         process = Process(args, self.tmp / f"{name}.log", cwd=self.tmp)
         process.env = self.environ(**overrides)
         self.processes.append(process)
         return process.start()
 
     def start_api_server(self) -> Process:
-        process = self._start("api-server", [str(BIN / "airflow"), "api-server", "--port",
-                                             str(self.port), "--workers", "1"])
+        process = self.start_process("api-server", [str(self.bin / "airflow"), "api-server",
+                                                    "--port", str(self.port), "--workers", "1"])
 
         def ready() -> bool:
             if not process.alive():
@@ -129,24 +134,23 @@ class AirflowSite:
             return all(requests.get(f"{self.base_url}{path}", timeout=10).status_code == 200
                        # The Execution API builds its versioned routes on its first request
                        # (seconds of CPU); pay that here, not in the first task.
-                       for path in ("/api/v2/version", "/edge/api/v1/health",
-                                    "/execution/health"))
+                       for path in self.ready_paths)
 
         wait_for(ready, timeout=90, interval=0.2, message="api-server ready")
         return process
 
     def start_scheduler(self) -> Process:
-        return self._start("scheduler", [str(BIN / "airflow"), "scheduler"])
+        return self.start_process("scheduler", [str(self.bin / "airflow"), "scheduler"])
 
     def start_dag_processor(self) -> Process:
-        return self._start("dag-processor", [str(BIN / "airflow"), "dag-processor"])
+        return self.start_process("dag-processor", [str(self.bin / "airflow"), "dag-processor"])
 
     def start_edge_worker(self, name: str, queues: str = "default", concurrency: int = 2,
                           wait_ready: bool = True, **overrides: str) -> Process:
         """``celery -A edge_kombu worker``, with no usable database URL."""
-        process = self._start(
+        process = self.start_process(
             f"worker-{name}",
-            [str(BIN / "celery"), "-A", "edge_kombu", "worker", "-Q", queues,
+            [str(self.bin / "celery"), "-A", "edge_kombu", "worker", "-Q", queues,
              "-c", str(concurrency), "-n", f"{name}@localhost", "-l", "info"],
             **{"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": NO_DATABASE, **overrides},
         )

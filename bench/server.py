@@ -1,0 +1,85 @@
+"""The edge API as ``edge-kombu api`` serves it, plus a count of what it served.
+
+    python -m bench.server --bind 127.0.0.1:PORT --db URL
+
+A WSGI middleware counts requests and bytes (request line, headers and body each way)
+per route; ``GET /bench/stats`` returns the counts as JSON and is not counted itself.
+Benchmarks only: one gunicorn gevent process, as the default server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections import defaultdict
+
+from edge_kombu.server.config import ServerConfig
+from edge_kombu.server.serve import APIServer
+
+STATS_PATH = "/bench/stats"
+
+
+class Counter:
+    """WSGI middleware: requests, bytes in and bytes out per path."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == STATS_PATH:
+            with self.lock:
+                body = json.dumps({p: {"requests": c[0], "bytes_in": c[1], "bytes_out": c[2]}
+                                   for p, c in self.counts.items()}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        return self._counted(environ, start_response, path)
+
+    def _counted(self, environ, start_response, path):
+        size_in = (len(environ.get("REQUEST_METHOD", "")) + len(path) + 12
+                   + int(environ.get("CONTENT_LENGTH") or 0)
+                   + sum(len(k) - 5 + len(str(v)) + 4 for k, v in environ.items()
+                         if k.startswith("HTTP_")))
+        head = [0]
+
+        def counting_start_response(status, headers, exc_info=None):
+            head[0] = 13 + len(status) + sum(len(k) + len(v) + 4 for k, v in headers)
+            return start_response(status, headers, exc_info)
+
+        chunks = self.app(environ, counting_start_response)
+        body_out = 0
+        try:
+            for chunk in chunks:
+                body_out += len(chunk)
+                yield chunk
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+            with self.lock:
+                count = self.counts[path]
+                count[0] += 1
+                count[1] += size_in
+                count[2] += head[0] + body_out
+
+
+class CountingAPIServer(APIServer):
+    def load(self):
+        app = super().load()
+        app.wsgi_app = Counter(app.wsgi_app)
+        return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--db", required=True)
+    args = parser.parse_args()
+    CountingAPIServer(ServerConfig.from_environment(args.db), bind=args.bind).run()
+
+
+if __name__ == "__main__":
+    main()

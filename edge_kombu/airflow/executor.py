@@ -124,6 +124,13 @@ class EdgeExecutor(CeleryExecutor):
         super().end(synchronous=synchronous)
         self.celery_app.close()
 
+    def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
+        # A running edge task's log comes from the database the worker pushed it to, never
+        # from a log server on the worker (which the api-server may not reach).
+        from edge_kombu.airflow.logs import running_task_log
+
+        return running_task_log(ti, try_number)
+
     @staticmethod
     def get_cli_commands() -> list:
         # Workers are `celery -A edge_kombu worker`, not `airflow celery worker`.

@@ -62,6 +62,27 @@ EDGE_OPTIONS = {
     "client_key": _option(
         "Private key of ``client_cert``.\n",
     ),
+    "push_logs": _option(
+        "Edge workers push each task's log to the edge API while the task runs, so Airflow's\n"
+        "UI and REST API show it from the database (with ``[logging] logging_config_class =\n"
+        "edge_kombu.airflow.logging_config.LOGGING_CONFIG``). False keeps logs on the\n"
+        "workers only.\n",
+        type="boolean", default="True",
+    ),
+    "log_push_interval": _option(
+        "Seconds between two reads of a running task's log file by its edge worker; what\n"
+        "the file gained is pushed then.\n",
+        type="float", default="1.0",
+    ),
+    "push_log_chunk_size": _option(
+        "Largest piece of a task log one push sends, in bytes (1024 to 1048576).\n",
+        type="integer", default="524288",
+    ),
+    "log_retention_days": _option(
+        "Days a pushed task log stays in the edge tables after its last chunk; the edge API\n"
+        "purges older ones (``EDGE_KOMBU_LOG_RETENTION_DAYS`` overrides it).\n",
+        type="float", default="30",
+    ),
     "api_threads": _option(
         "Threads running the edge API in each api-server process (``api_enabled``). Every\n"
         "connected edge worker keeps one busy with its long-poll, so allow the number of\n"

@@ -11,16 +11,20 @@ logs a marker, then waits for a file the test creates once it has read the marke
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.airflow.site import AirflowSite
+from tests.conftest import scratch_database
 from tests.helpers import BIN, Process, free_port, wait_for
 
 DAG_ID = "edge_log_tail"
 RUN_ID = "logs_1"
 MARKER = "EDGE-LOG-MARKER"
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 WAITING_DAG = '''
 from __future__ import annotations
@@ -105,8 +109,18 @@ def marked(content: list[dict]) -> list[str]:
     return [event for event in events(content) if MARKER in event]
 
 
-def test_log_of_a_running_edge_task_from_two_api_servers_without_shared_disk(tmp_path):
-    site = AirflowSite(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def site(request, tmp_path):
+    with ExitStack() as stack:
+        db_url = None
+        if request.param == "postgres":
+            db_url = stack.enter_context(scratch_database(POSTGRES_URL))
+        airflow_site = AirflowSite(tmp_path, db_url=db_url)
+        stack.callback(airflow_site.stop)
+        yield airflow_site
+
+
+def test_log_of_a_running_edge_task_from_two_api_servers_without_shared_disk(site, tmp_path):
     site.env.update({
         "AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS":
             "edge_kombu.airflow.logging_config.LOGGING_CONFIG",
@@ -159,5 +173,3 @@ def test_log_of_a_running_edge_task_from_two_api_servers_without_shared_disk(tmp
             assert not list(folders[name].rglob("*.log")), f"{name} has log files"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{site.logs()}") from None
-    finally:
-        site.stop()

@@ -53,7 +53,13 @@ def edge_log_tail():
         for n in range(3):
             log.info("EDGE-LOG-MARKER after release %d", n)
 
+    @task(retries=0)
+    def fails():
+        log.info("EDGE-LOG-MARKER before failing")
+        raise ValueError("edge task failed on purpose")
+
     wait_for_release()
+    fails()
 
 
 edge_log_tail()
@@ -149,11 +155,14 @@ def test_log_of_a_running_edge_task_from_two_api_servers_without_shared_disk(sit
                                timeout=90, interval=0.3, message=f"marker via {server.url}")
             assert marked(content) == [f"{MARKER} before release: ünïcode ✓"]
             assert "edge worker log of try 1" in json.dumps(content)
-        [ti] = site.task_instances(DAG_ID, RUN_ID)
-        assert ti["state"] == "running"
+        running = [ti for ti in site.task_instances(DAG_ID, RUN_ID)
+                   if ti["task_id"] == "wait_for_release"]
+        assert running[0]["state"] == "running"
 
         release.touch()
-        assert site.wait_for_dag_run(DAG_ID, RUN_ID) == "success"
+        assert site.wait_for_dag_run(DAG_ID, RUN_ID) == "failed"  # the task meant to fail
+        states = {ti["task_id"]: ti["state"] for ti in site.task_instances(DAG_ID, RUN_ID)}
+        assert states == {"wait_for_release": "success", "fails": "failed"}
         expected = [f"{MARKER} before release: ünïcode ✓"] + [
             f"{MARKER} after release {n}" for n in range(3)]
         for server in (second, first):
@@ -165,10 +174,16 @@ def test_log_of_a_running_edge_task_from_two_api_servers_without_shared_disk(sit
             assert any(line.get("logger") == "task" or line.get("level") for line in content)
             assert not any("Could not read served logs" in e for e in events(content)), content
 
-        # Nothing was shared on disk: the log file exists on the worker only.
+        # A failed task's log is complete too, with the error.
+        failed = wait_for(lambda: (c := second.task_log("fails")) and
+                          "edge task failed on purpose" in json.dumps(c) and c,
+                          timeout=30, interval=0.3, message="the failed task's log")
+        assert marked(failed) == [f"{MARKER} before failing"]
+
+        # Nothing was shared on disk: the log files exist on the worker only.
         worker_logs = list(folders["worker"].rglob("attempt=1.log"))
-        assert len(worker_logs) == 1, worker_logs
-        assert MARKER in worker_logs[0].read_text(encoding="utf-8")
+        assert len(worker_logs) == 2, worker_logs
+        assert all(MARKER in path.read_text(encoding="utf-8") for path in worker_logs)
         for name in ("api1", "api2"):
             assert not list(folders[name].rglob("*.log")), f"{name} has log files"
     except AssertionError as exc:

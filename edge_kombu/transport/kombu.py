@@ -54,6 +54,7 @@ from kombu.utils.objects import cached_property
 from edge_kombu import errors
 from edge_kombu.protocol import HEADER_POOL_SLOTS, MAX_BATCH
 from edge_kombu.transport.client import EdgeClient
+from edge_kombu.transport.flower import install_if_flower
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +432,7 @@ class Transport(virtual.Transport):
     def __init__(self, client, **kwargs) -> None:
         super().__init__(client, **kwargs)
         _LIVE_TRANSPORTS.add(self)
+        install_if_flower()  # in a Flower process: its Broker page reads the edge API
         self.session_id = uuid.uuid4().hex
         options = client.transport_options or {}
         self.polling_max_wait = float(options.get("polling_max_wait", DEFAULT_POLLING_MAX_WAIT))

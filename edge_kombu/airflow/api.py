@@ -35,13 +35,15 @@ class EdgeASGI:
     def start(self) -> None:
         from a2wsgi import WSGIMiddleware
 
+        from edge_kombu.airflow.access import AirflowAccess
         from edge_kombu.server.app import create_app
         from edge_kombu.server.config import ServerConfig
 
         with self._lock:
             if self._wsgi is not None:
                 return
-            self._flask = create_app(ServerConfig.from_environment(self.db_url))
+            self._flask = create_app(ServerConfig.from_environment(self.db_url),
+                                     access=AirflowAccess())
             self._wsgi = WSGIMiddleware(self._flask, workers=self.threads)
 
     def stop(self) -> None:

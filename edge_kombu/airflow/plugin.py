@@ -6,6 +6,10 @@ EdgeExecutor then use ``[edge] api_url = https://<api-server>/edge``. Registered
 the ``airflow.plugins`` entry point; the mounted app is only built where Airflow asks
 for FastAPI apps (the api-server), so other Airflow processes pay nothing for it.
 ``edge-kombu api`` remains available as a separate server.
+
+Its monitoring pages (Edge Worker Hosts, Edge Worker Jobs, Edge Queues, at ``/edge/ui/``)
+appear in Airflow's Admin menu; Airflow's auth manager decides who sees them and who
+acts (:mod:`edge_kombu.airflow.access`).
 """
 
 from __future__ import annotations
@@ -22,10 +26,30 @@ def api_enabled() -> bool:
     return conf.getboolean("edge", "api_enabled", fallback=False)
 
 
+#: The monitoring pages in Airflow's Admin menu, embedded in its UI.
+PAGES = (
+    ("Edge Worker Hosts", "workers"),
+    ("Edge Worker Jobs", "jobs"),
+    ("Edge Queues", "queues"),
+)
+
+
 class EdgeKombuPlugin(AirflowPlugin):
-    """Mounts the edge API in the api-server when ``[edge] api_enabled``."""
+    """Mounts the edge API and its pages in the api-server when ``[edge] api_enabled``."""
 
     name = "edge_kombu"
+
+    @cached_property
+    def external_views(self) -> list[dict]:
+        if not api_enabled():
+            return []
+        return [{
+            "name": title,
+            "href": f"{API_PREFIX}/ui/{page}",
+            "url_route": f"edge_{page}",
+            "destination": "nav",
+            "category": "admin",
+        } for title, page in PAGES]
 
     @cached_property
     def fastapi_apps(self) -> list[dict]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from edge_kombu import __version__
+from edge_kombu.server.jobs import STATES as JOB_STATES
 
 
 def _db_option(func):
@@ -229,6 +230,43 @@ def queues(as_json, db_url) -> None:
           "TASK TOO BIG FOR EVERY WORKER" if q["too_big"] else ""] for q in overview],
         ["QUEUE", "READY", "LEASED", "OLDEST", "MAX SLOTS", "WORKER SLOTS", "CONSUMERS", "WARNING"],
     ))
+
+
+@main.command()
+@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
+@click.option("--queue", help="Only jobs of this queue.")
+@click.option("--worker", "worker_name", help="Only jobs of this worker.")
+@click.option("--search", help="Text in the task id, name, DAG, task or run id.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--before", type=int, help="Page cursor: the NEXT value of the previous page.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_db_option
+def jobs(state, queue, worker_name, search, limit, before, as_json, db_url) -> None:
+    """List tasks, newest first: state, queue, slots, worker, times (the Jobs page)."""
+    from datetime import datetime
+
+    page = _store(db_url).jobs.page(state=state, queue=queue, worker=worker_name, text=search,
+                                    before=before, limit=limit)
+    if as_json:
+        click.echo(json.dumps(page, indent=2))
+        return
+
+    def when(ts):
+        return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%m-%d %H:%M:%S")
+
+    def airflow(job):
+        ti = job.get("airflow")
+        return f"{ti['dag_id']}.{ti['task_id']} {ti['run_id']}" if ti else ""
+
+    click.echo(_table(
+        [[j["task_id"], j["name"], airflow(j), j["queue"], j["slots"], j["state"],
+          j["worker"] or "", when(j["queued_at"]), when(j["started_at"] or j["received_at"]),
+          when(j["finished_at"])] for j in page["jobs"]],
+        ["TASK ID", "NAME", "AIRFLOW", "QUEUE", "SLOTS", "STATE", "WORKER", "QUEUED (UTC)",
+         "STARTED", "FINISHED"],
+    ))
+    if page["next"] is not None:
+        click.echo(f"more: --before {page['next']}")
 
 
 @main.group()

@@ -134,3 +134,25 @@ def test_paging_100k_jobs_reads_an_index(store):
             (filters, plan)
         uses = ("index", "scan edge_kombu_job", "primary", "ix_edge_kombu_job")
         assert any(word in plan for word in uses), (filters, plan)
+
+
+def test_jobs_command_pages_and_filters(store, db_url):
+    import subprocess
+
+    from tests.helpers import BIN
+
+    for i in range(3):
+        store.publish("", "cli", task_message(f"cli-{i}"))
+    store.publish("", "default", airflow_message("cli-af"))
+
+    def run(*args: str) -> str:
+        done = subprocess.run([str(BIN / "edge-kombu"), "jobs", "--db", db_url, *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = run("--limit", "2")
+    assert "cli-af" in first and "etl.load manual__1" in first and "cli-2" in first
+    cursor = first.strip().splitlines()[-1].split()[-1]
+    assert "cli-1" in run("--limit", "2", "--before", cursor)
+    assert json.loads(run("--queue", "cli", "--json"))["jobs"][0]["task_id"] == "cli-2"

@@ -90,20 +90,24 @@ class APIServer:
         wait_for(ready, timeout=90, interval=0.2, message=f"api-server {self.url} ready")
         return self
 
-    def task_log(self, task_id: str, try_number: int = 1) -> list[dict]:
-        """The log's lines as the REST API gives them (full content, JSON)."""
+    def task_log(self, task_id: str, try_number: int = 1, *, stream: bool = False
+                 ) -> list[dict]:
+        """The log's lines as the REST API gives them: JSON, or the UI's NDJSON stream."""
         if self._token is None:
             answer = requests.get(f"{self.url}/auth/token", timeout=10)
             answer.raise_for_status()
             self._token = answer.json()["access_token"]
+        accept = "application/x-ndjson" if stream else "application/json"
         answer = requests.get(
             f"{self.url}/api/v2/dags/{DAG_ID}/dagRuns/{RUN_ID}/taskInstances/{task_id}/logs/"
             f"{try_number}", params={"full_content": "true"}, timeout=30,
-            headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
+            headers={"Authorization": f"Bearer {self._token}", "Accept": accept},
         )
         if answer.status_code == 404:  # the try is not scheduled yet
             return []
         assert answer.status_code == 200, answer.text
+        if stream:
+            return [json.loads(line) for line in answer.text.splitlines() if line.strip()]
         return answer.json()["content"]
 
 
@@ -173,6 +177,7 @@ def test_log_of_a_running_edge_task_from_two_api_servers_without_shared_disk(sit
             # The supervisor's own lines came along, parsed as structured log lines.
             assert any(line.get("logger") == "task" or line.get("level") for line in content)
             assert not any("Could not read served logs" in e for e in events(content)), content
+            assert marked(server.task_log("wait_for_release", stream=True)) == expected
 
         # A failed task's log is complete too, with the error.
         failed = wait_for(lambda: (c := second.task_log("fails")) and

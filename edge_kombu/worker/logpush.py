@@ -138,6 +138,11 @@ class LogPusher(threading.Thread):
                             self._describe(), exc, self.settings.interval)
             self._outage = True
             return True
+        except Exception:  # noqa: BLE001 - never let the task see it; the log stays local
+            log.exception("pushing the log of %s failed; it stays in %s only",
+                          self._describe(), self.path)
+            self._refused = True
+            return False
 
     def _sync(self) -> None:
         """Learn the server's length (a try resumed after deferral continues its log)."""

@@ -45,6 +45,9 @@ DEFAULT_RETENTION = 7 * 24 * 3600.0
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
+#: Queues Celery makes for itself (remote control, events, replies).
+_INTERNAL_QUEUE_MARKS = (".pidbox", "celeryev.", ".reply.celery.")
+
 STATES = ("queued", "received", "running", "retry", "success", "failed", "revoked", "done")
 FINAL = ("success", "failed", "revoked", "done")
 _UNFINISHED = ("queued", "received", "running", "retry")
@@ -248,7 +251,8 @@ class JobHistory:
         with self.store.engine.connect() as conn:
             queues = conn.execute(select(m.queue.c.name).order_by(m.queue.c.name)).scalars()
             workers = conn.execute(select(m.worker.c.name).order_by(m.worker.c.name)).scalars()
-            return {"states": list(STATES), "queues": list(queues), "workers": list(workers)}
+            return {"states": list(STATES), "workers": list(workers),
+                    "queues": [q for q in queues if not is_internal_queue(q)]}
 
     def history(self, *, minutes: int = 60) -> dict[str, dict]:
         """Per queue and minute of the last ``minutes``: depth and finished jobs."""
@@ -275,6 +279,11 @@ class JobHistory:
                 if 0 <= index < minutes:
                     of(queue)["done"][index] = count
         return {"first_minute": first, "queues": series}
+
+
+def is_internal_queue(name: str) -> bool:
+    """Whether Celery made the queue for itself (remote control, events, replies)."""
+    return any(mark in name for mark in _INTERNAL_QUEUE_MARKS)
 
 
 def _escape_like(text: str) -> str:

@@ -1,12 +1,15 @@
 """The Worker hosts, Jobs and Queues pages in real headless Chromium, on a live API server
-and a live edge worker; screenshots land in docs/img/ for the README.
+and a live edge worker, with a screenshot of each page (the README shows them from docs/img/).
 
 Debian's ``chromium`` is handed to Playwright as its executable (no browser download).
-Without it the test skips locally and fails in CI.
+Without it the test skips locally and fails in CI. Screenshots go to the test's temporary
+directory; ``EDGE_KOMBU_SCREENSHOTS=docs/img`` writes the README's images instead.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +24,6 @@ pytestmark = pytest.mark.timeout(240)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN, VIEWER = ("admin", "admin-secret-1"), ("viewer", "viewer-secret-1")
-SCREENSHOTS = ROOT / "docs" / "img"
 
 
 @pytest.fixture
@@ -55,7 +57,8 @@ def signed_in(browser, api, user: tuple[str, str]):
 
 
 def test_pages_show_live_data_and_admin_actions_reach_the_worker(
-        browser, api, edge_workers, send, sender, tmp_path):
+        browser, api, edge_workers, send, celery_client, tmp_path):
+    screenshots = ROOT / os.environ.get("EDGE_KOMBU_SCREENSHOTS", tmp_path / "screenshots")
     worker = edge_workers("pages1", queues="remote,reports", concurrency=3)
     name = worker.hostname
     for i in range(3):
@@ -64,6 +67,10 @@ def test_pages_show_live_data_and_admin_actions_reach_the_worker(
     wait_for(started.exists, message="held task running")
     send("touch", str(tmp_path / "never"), queue="nightly")  # a queue nobody serves
     send("touch", str(tmp_path / "big"), queue="reports", slots=8)  # bigger than any worker
+    workload = {"ti": {"dag_id": "nightly_etl", "task_id": "load", "run_id": "scheduled__1",
+                       "map_index": 4, "try_number": 2}}  # as the EdgeExecutor publishes it
+    celery_client.send_task("execute_workload", args=[json.dumps(workload)], queue="airflow",
+                            headers={"pool_slots": 2})
 
     admin = signed_in(browser, api, ADMIN)
     # Worker hosts: live state, slots, the running task, system metrics, versions.
@@ -72,20 +79,22 @@ def test_pages_show_live_data_and_admin_actions_reach_the_worker(
     wait_for(lambda: "tests.edge_tasks.hold" in row.inner_text(), message="running task shown")
     text = row.inner_text()
     assert "running" in text and "1/3" in text and "edge_kombu" in text and "%" in text
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    admin.screenshot(path=SCREENSHOTS / "workers.png", full_page=True)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    admin.screenshot(path=screenshots / "workers.png", full_page=True)
 
     # Jobs: the finished tasks with their worker, the running one, times in local time.
     admin.goto("/ui/jobs")
     jobs = admin.locator("#jobs tbody tr")
-    wait_for(lambda: jobs.count() == 6, message="six jobs listed")
+    wait_for(lambda: jobs.count() == 7, message="seven jobs listed")
+    assert "nightly_etl.load[4]" in jobs.first.inner_text()
+    assert "scheduled__1 · try 2" in jobs.first.inner_text()
     assert admin.locator('span[data-state="success"]').count() == 3
     assert admin.locator('span[data-state="running"]').count() == 1
     assert name in admin.locator("#jobs").inner_text()
     first_time = admin.locator("#jobs time").first
     assert first_time.get_attribute("datetime").endswith("+00:00")
     assert "+00:00" not in first_time.inner_text()  # shown in the browser's timezone
-    admin.screenshot(path=SCREENSHOTS / "jobs.png", full_page=True)
+    admin.screenshot(path=screenshots / "jobs.png", full_page=True)
     admin.select_option("select[name=state]", "success")
     admin.click("form.filters button")
     wait_for(lambda: jobs.count() == 3, message="filtered to the three successes")
@@ -98,7 +107,7 @@ def test_pages_show_live_data_and_admin_actions_reach_the_worker(
     reports = admin.locator('tr[data-queue="reports"]')
     assert "needs 8 slots" in reports.inner_text() and name in reports.inner_text()
     assert name in admin.locator('tr[data-queue="remote"]').inner_text()
-    admin.screenshot(path=SCREENSHOTS / "queues.png", full_page=True)
+    admin.screenshot(path=screenshots / "queues.png", full_page=True)
 
     # Maintenance from the page reaches the live worker at its next heartbeat.
     release.touch()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from edge_kombu import __version__, errors
-from edge_kombu.server.jobs import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, STATES
+from edge_kombu.server.jobs import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, STATES, is_internal_queue
 from edge_kombu.server.web.access import ADMIN, current_user, require_admin
 from edge_kombu.server.workers import GONE, too_big
 
@@ -21,8 +21,6 @@ bp = Blueprint("edge_ui", __name__, url_prefix="/ui", template_folder="templates
 
 #: Seconds between refreshes of a page's live part.
 REFRESH_SECONDS = 5
-#: Queues Celery makes for itself (remote control, events, replies): hidden unless asked.
-_INTERNAL_QUEUE_MARKS = (".pidbox", "celeryev.", ".reply.celery.")
 
 
 def _broker():
@@ -130,8 +128,7 @@ def queues():
     history = broker.store.jobs.history()
     rows = []
     for q in overview:
-        internal = any(mark in q["name"] for mark in _INTERNAL_QUEUE_MARKS)
-        if internal and not show_all:
+        if is_internal_queue(q["name"]) and not show_all:
             continue
         series = history["queues"].get(q["name"], {"ready": [None] * 60, "done": [0] * 60})
         series["ready"][-1] = q["ready"]  # this minute: now, not the last sample

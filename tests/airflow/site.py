@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -39,6 +40,21 @@ def stop_celery_worker(process: Process, timeout: float = 30) -> None:
     process.stop()
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def stop_airflow_process(process: Process, timeout: float = 30, every: float = 5) -> None:
+    """SIGTERM to the process group, repeated every ``every`` seconds, then SIGKILL.
+
+    Airflow's SIGTERM handler raises SystemExit; when the signal lands in a garbage
+    collector callback, Python only prints "Exception ignored" and the process runs on
+    (seen with the scheduler): a second SIGTERM ends it.
+    """
+    deadline = time.monotonic() + timeout
+    while process.alive() and time.monotonic() < deadline:
+        process.kill(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            process.proc.wait(every)
+    process.stop()
 
 
 def _clean_environ() -> dict[str, str]:
@@ -170,7 +186,7 @@ class AirflowSite:
             if "worker" in process.log_path.name:
                 stop_celery_worker(process)
             else:
-                process.stop(timeout=30)
+                stop_airflow_process(process)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def logs(self) -> str:

@@ -3,10 +3,16 @@ auth manager, showing an Airflow task run by an edge worker with its DAG, task a
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 import requests
 
 from tests.airflow.site import AirflowSite
-from tests.helpers import wait_for
+from tests.conftest import IN_CI
+from tests.helpers import ROOT, wait_for
+from tests.worker.test_monitoring_pages import CHROMIUM
 
 DAG = '''
 from __future__ import annotations
@@ -68,5 +74,34 @@ def test_pages_in_airflow_show_airflow_tasks_to_airflow_users_only(tmp_path):
         refused = requests.get(f"{site.base_url}/edge/ui/workers", timeout=30,
                                headers={"Authorization": f"Bearer {worker_token}"})
         assert refused.status_code == 401, refused.text
+
+        in_airflow_ui(site, token, hostname, tmp_path)
     finally:
         site.stop()
+
+
+def in_airflow_ui(site: AirflowSite, token: str, hostname: str, tmp_path: Path) -> None:
+    """Admin menu -> Edge Worker Hosts shows the page, embedded in Airflow's UI."""
+    if not Path(CHROMIUM).exists():
+        if IN_CI:
+            pytest.fail(f"chromium not found at {CHROMIUM}")
+        return
+    from playwright.sync_api import sync_playwright
+
+    screenshots = ROOT / os.environ.get("EDGE_KOMBU_SCREENSHOTS", tmp_path / "screenshots")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 700})
+            context.add_cookies([{"name": "_token", "value": token, "url": site.base_url}])
+            page = context.new_page()
+            page.goto(f"{site.base_url}/")
+            page.get_by_role("button", name="Admin").click()
+            page.get_by_role("menuitem", name="Edge Worker Hosts").click()
+            row = page.frame_locator("iframe").locator(f'tr[data-worker="{hostname}"]')
+            row.wait_for(timeout=30_000)
+            assert "idle" in row.inner_text() or "running" in row.inner_text()
+            screenshots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=screenshots / "airflow-worker-hosts.png")
+        finally:
+            browser.close()

@@ -1,8 +1,9 @@
 """The DAG suite of the edge executor docs, end to end through edge workers, on SQLite and
 on PostgreSQL (Airflow's metadata database, which also holds the edge tables).
 
-One Airflow site per database: api-server (with the edge API), scheduler, dag-processor
-and three edge workers without database access. Every DAG of tests/airflow/dags is
+One Airflow site per database: api-server (with the edge API), scheduler (EdgeExecutor
+first, LocalExecutor beside it), dag-processor and three edge workers without database
+access. Every DAG of tests/airflow/dags is
 triggered once when the site is up, so they run side by side; each test then checks one
 run. The killed-worker test comes last and runs alone, since it kills a worker.
 """
@@ -126,7 +127,8 @@ def suite(request, tmp_path_factory):
         db_url = None
         if request.param == "postgres":
             db_url = stack.enter_context(scratch_database(POSTGRES_URL))
-        site = AirflowSite(tmp_path_factory.mktemp(f"suite-{request.param}"), db_url=db_url)
+        site = AirflowSite(tmp_path_factory.mktemp(f"suite-{request.param}"), db_url=db_url,
+                           executor="edge_kombu.airflow.EdgeExecutor,LocalExecutor")
         stack.callback(site.stop)
         try:
             started = _start(site)
@@ -149,10 +151,12 @@ def test_operators_and_decorators(suite):
     assert _states(tis) == {
         "bash_operator": "success", "python_operator": "success", "decorated": "success",
         "branch": "success", "chosen": "success", "not_chosen": "skipped",
-        "in_virtualenv": "success", "bash_decorated": "success",
+        "in_virtualenv": "success", "bash_decorated": "success", "central": "success",
     }
     for (task_id, _), ti in tis.items():
-        if ti["state"] == "success":
+        if task_id == "central":
+            assert ti["hostname"] not in WORKERS, ti["hostname"]
+        elif ti["state"] == "success":
             assert ti["hostname"] in SERVES["remote"], (task_id, ti["hostname"])
     xcom = {task_id: suite.xcom("suite_operators", task_id) for task_id in (
         "bash_operator", "python_operator", "decorated", "chosen", "bash_decorated")}

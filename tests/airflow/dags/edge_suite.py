@@ -58,7 +58,12 @@ with DAG(dag_id="suite_operators", **DAG_ARGS):
     def bash_decorated() -> str:
         return "echo bash decorator $((2 * 21))"
 
+    @task(executor="LocalExecutor")
+    def central() -> str:
+        return "ran by the LocalExecutor beside the EdgeExecutor"
+
     decorated()
+    central()
     branch() >> [chosen(), not_chosen()]
     in_virtualenv()
     bash_decorated()

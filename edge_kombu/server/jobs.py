@@ -197,14 +197,20 @@ class JobHistory:
             ).rowcount
 
     def sample_queues(self, overview: list[dict]) -> None:
-        """Record each queue's depth for this minute (idempotent across API processes)."""
+        """Record each queue's depth for this minute (idempotent across API processes).
+
+        Celery's own queues (one per worker for remote control) are left out; samples are
+        kept two hours (the charts show one).
+        """
         minute = int(self.store.clock() // 60)
         with self.store._tx() as tx:
             for q in overview:
+                if is_internal_queue(q["name"]):
+                    continue
                 row = {"queue": q["name"], "minute": minute, "ready": q["ready"],
                        "oldest_age": q["oldest_age"]}
                 self.store._upsert(tx.conn, m.queue_sample, row, ["queue", "minute"])
-            old = m.queue_sample.c.minute < minute - 24 * 60
+            old = m.queue_sample.c.minute < minute - 120
             tx.conn.execute(delete(m.queue_sample).where(old))
 
     # -- reads ----------------------------------------------------------------------------

@@ -156,3 +156,17 @@ def test_jobs_command_pages_and_filters(store, db_url):
     cursor = first.strip().splitlines()[-1].split()[-1]
     assert "cli-1" in run("--limit", "2", "--before", cursor)
     assert json.loads(run("--queue", "cli", "--json"))["jobs"][0]["task_id"] == "cli-2"
+
+
+def test_queue_charts_sample_depth_and_count_finished_jobs(store):
+    store.publish("", "charts", task_message("c-1"))
+    store.publish("", "charts", task_message("c-2"))
+    store.declare_queue("w1@host.celery.pidbox")
+    store.jobs.sample_queues(store.queue_overview())
+    store.set_result("celery-task-meta-c-1", json.dumps({"status": "SUCCESS"}).encode())
+    history = store.jobs.history(minutes=60)
+    series = history["queues"]["charts"]
+    # This minute's sample (the previous one, should the minute have turned meanwhile).
+    assert [v for v in series["ready"] if v is not None] == [2]
+    assert 2 in series["ready"][-2:] and sum(series["done"]) == 1
+    assert "w1@host.celery.pidbox" not in history["queues"]

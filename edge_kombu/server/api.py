@@ -204,6 +204,10 @@ def consume(body: dict) -> dict:
             if not waiter.wait(remaining) or waiter.by_session:
                 # Timed out, or this session's capacity changed: let the client ask again.
                 break
+    if waiter.event.is_set() and not waiter.by_session:
+        # Woken for one message that this consume did not claim (it had its answer, or its
+        # wait ran out): a publish wakes one waiter per message, so hand the wake-up on.
+        broker.registry.wake_some({queue: (1, None) for queue in waiter.queues})
     metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}
 

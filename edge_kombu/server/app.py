@@ -66,7 +66,7 @@ def build_broker(config: ServerConfig) -> Broker:
     threads = [Reaper(store, workers, config.reap_interval, logs=logs,
                       job_retention=config.job_retention)]
     if postgres:
-        threads.append(PostgresListener(engine, registry))
+        threads.append(PostgresListener(engine, registry, origin=wakeup.origin))
     else:
         threads.append(ReadyPoller(store, registry, config.wake_poll_interval))
     return Broker(

@@ -46,8 +46,13 @@ class Wakeup:
     def in_transaction(self, conn: Connection, queues: set[str], sessions: set[str]) -> None:
         """Called inside the transaction that made messages available."""
 
-    def after_commit(self, queues: set[str], sessions: set[str]) -> None:
-        """Called once that transaction committed."""
+    def after_commit(self, queues: set[str], sessions: set[str],
+                     fresh: dict[str, tuple[int, int]] | None = None) -> None:
+        """Called once that transaction committed.
+
+        ``fresh``: of ``queues``, those that just got new messages, as queue →
+        (how many, fewest slots): one waiting consumer per message will do.
+        """
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class Store:
             if tx.queues or tx.sessions:
                 self.wakeup.in_transaction(conn, tx.queues, tx.sessions)
         if tx.queues or tx.sessions:
-            self.wakeup.after_commit(tx.queues, tx.sessions)
+            self.wakeup.after_commit(tx.queues, tx.sessions, fresh=tx.fresh)
 
     def _insert_ignore(self, conn: Connection, table, rows: list[dict]) -> int:
         if not rows:
@@ -490,6 +495,7 @@ class Store:
             conn.execute(m.message.insert(), rows)
             self.jobs.published(conn, targets, message, slots, now)
             tx.queues.update(targets)
+            tx.fresh.update((queue, (1, slots)) for queue in targets)
             return targets
 
     # -- consuming ----------------------------------------------------------------------
@@ -946,9 +952,10 @@ class Store:
 class _Tx:
     """One transaction's connection plus the wake-ups it owes after commit."""
 
-    __slots__ = ("conn", "queues", "sessions")
+    __slots__ = ("conn", "queues", "sessions", "fresh")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
         self.queues: set[str] = set()
         self.sessions: set[str] = set()
+        self.fresh: dict[str, tuple[int, int]] = {}

@@ -16,9 +16,11 @@ Works under threads and under gevent (whose monkey-patching makes the
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -103,6 +105,21 @@ class WaiterRegistry:
                         woken += 1
         return woken
 
+    def wake_some(self, fresh: dict[str, tuple[int, int]]) -> None:
+        """Wake one waiter a message fits per new message (queue → (messages, fewest slots)).
+
+        Waking every waiter on a queue for each message makes N consumers race for it:
+        N claim transactions per message with N workers on one queue.
+        """
+        with self._lock:
+            for queue, (count, min_slots) in fresh.items():
+                for waiter in self._by_queue.get(queue, ()):
+                    if count <= 0:
+                        break
+                    if waiter.fits(min_slots) and not waiter.event.is_set():
+                        waiter.event.set()
+                        count -= 1
+
     def wake_sessions(self, sessions: Iterable[str]) -> None:
         with self._lock:
             for session in sessions:
@@ -132,21 +149,34 @@ class LocalWakeup(Wakeup):
     def __init__(self, registry: WaiterRegistry) -> None:
         self.registry = registry
 
-    def after_commit(self, queues: set[str], sessions: set[str]) -> None:
-        if queues:
-            self.registry.wake_queues(queues)
+    def after_commit(self, queues: set[str], sessions: set[str],
+                     fresh: dict[str, tuple[int, int]] | None = None) -> None:
+        fresh = fresh or {}
+        if fresh:
+            self.registry.wake_some(fresh)
+        if queues - fresh.keys():
+            self.registry.wake_queues(queues - fresh.keys())
         if sessions:
             self.registry.wake_sessions(sessions)
 
 
 class PostgresWakeup(LocalWakeup):
-    """Also tells every other API process, through ``NOTIFY`` in the same transaction."""
+    """Also tells every other API process, through ``NOTIFY`` in the same transaction.
+
+    Each notification starts with ``p:<origin>``: this process's listener skips its own,
+    whose waiters :meth:`after_commit` woke already (one per new message, not all).
+    """
+
+    def __init__(self, registry: WaiterRegistry) -> None:
+        super().__init__(registry)
+        self.origin = f"p:{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
     def in_transaction(self, conn, queues: set[str], sessions: set[str]) -> None:
         items = [f"q:{q}" for q in sorted(queues)] + [f"s:{s}" for s in sorted(sessions)]
-        for payload in _chunks(items, _NOTIFY_LIMIT):
+        for payload in _chunks(items, _NOTIFY_LIMIT - len(self.origin) - 1):
             conn.exec_driver_sql("SELECT pg_notify(%(channel)s, %(payload)s)",
-                                 {"channel": NOTIFY_CHANNEL, "payload": payload})
+                                 {"channel": NOTIFY_CHANNEL,
+                                  "payload": f"{self.origin}\n{payload}"})
 
 
 def _chunks(items: list[str], limit: int) -> Iterator[str]:
@@ -248,10 +278,12 @@ class Reaper(_Loop):
 class PostgresListener(threading.Thread):
     """``LISTEN`` on a dedicated connection and wake local waiters on each notification."""
 
-    def __init__(self, engine, registry: WaiterRegistry, *, retry_interval: float = 1.0) -> None:
+    def __init__(self, engine, registry: WaiterRegistry, *, retry_interval: float = 1.0,
+                 origin: str | None = None) -> None:
         super().__init__(name="edge-kombu-pg-listener", daemon=True)
         self.engine = engine
         self.registry = registry
+        self.origin = origin  # notifications this process sent itself: already handled
         self.retry_interval = retry_interval
         self.stopped = threading.Event()
         self.listening = threading.Event()
@@ -286,10 +318,13 @@ class PostgresListener(threading.Thread):
                 queues: set[str] = set()
                 sessions: set[str] = set()
                 while conn.notifies:
-                    note = conn.notifies.pop(0)
-                    for item in note.payload.split("\n"):
+                    items = conn.notifies.pop(0).payload.split("\n")
+                    if items[0] == self.origin:
+                        continue
+                    for item in items:
                         kind, _, name = item.partition(":")
-                        (queues if kind == "q" else sessions).add(name)
+                        if kind in ("q", "s"):
+                            (queues if kind == "q" else sessions).add(name)
                 if queues:
                     self.registry.wake_queues(queues)
                 if sessions:

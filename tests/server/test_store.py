@@ -862,7 +862,7 @@ class RecordingWakeup(Wakeup):
     def in_transaction(self, conn, queues, sessions) -> None:
         self.in_tx.append((set(queues), set(sessions)))
 
-    def after_commit(self, queues, sessions) -> None:
+    def after_commit(self, queues, sessions, fresh=None) -> None:
         with self.engine.connect() as conn:
             ready = conn.execute(
                 select(func.count())

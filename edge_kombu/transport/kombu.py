@@ -40,6 +40,7 @@ import queue as queue_mod
 import socket
 import ssl
 import threading
+import time
 import uuid
 import weakref
 from collections import deque
@@ -53,6 +54,7 @@ from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
 from edge_kombu.protocol import HEADER_POOL_SLOTS, MAX_BATCH
+from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient
 from edge_kombu.transport.flower import install_if_flower
 
@@ -65,6 +67,13 @@ DEFAULT_POLLING_MAX_WAIT = 10.0
 DRAIN_SLICE = 0.1
 #: Most no_ack messages (remote control, events) one consume returns.
 DEFAULT_BATCH = 100
+#: Longest a closing channel waits for its queued acks to be sent.
+ACK_FLUSH_TIMEOUT = 15.0
+#: Seconds a transient message that reached no queue of a direct or topic exchange keeps
+#: further transient ones with the same exchange and routing key from being sent. Every
+#: Celery worker publishes a ``worker-heartbeat`` event each 2 s, bound to nothing unless
+#: a monitor runs; a monitor that starts misses at most this long of such events.
+UNROUTED_TTL = 10.0
 
 
 def message_slots(headers: dict | None) -> int:
@@ -85,6 +94,7 @@ class SlotQoS(virtual.QoS):
         self._weights: dict[str, int] = {}
         self._used = 0
         self._lock = threading.Lock()
+        self._acks = AckSender(lambda tags: channel.settle("ack", tags), MAX_BATCH)
 
     def append(self, message, delivery_tag) -> None:
         super().append(message, delivery_tag)
@@ -116,7 +126,14 @@ class SlotQoS(virtual.QoS):
     def ack(self, delivery_tag) -> None:
         self._release(delivery_tag)
         super().ack(delivery_tag)
-        self.channel.settle("ack", [delivery_tag])
+        self._acks.add(delivery_tag)  # sent in the background, batched (see acks.py)
+
+    def restore_unacked_once(self, stderr=None):
+        # Queued acks go out before the rest is requeued and the session is closed: a
+        # finished task must not be delivered again.
+        if self.restore_at_shutdown:
+            self._acks.flush(ACK_FLUSH_TIMEOUT)
+        return super().restore_unacked_once(stderr)
 
     def reject(self, delivery_tag, requeue: bool = False) -> None:
         self._release(delivery_tag)
@@ -176,6 +193,8 @@ class Channel(virtual.Channel):
 
     def exchange_declare(self, exchange=None, type="direct", durable=False, auto_delete=False,
                          arguments=None, nowait=False, passive=False):
+        if exchange and not passive:
+            self.transport.exchange_types[exchange] = type or "direct"
         self.api.call("exchange/declare", {
             "name": exchange or "", "type": type or "direct", "durable": bool(durable),
             "auto_delete": bool(auto_delete), "arguments": arguments or None,
@@ -223,10 +242,20 @@ class Channel(virtual.Channel):
 
     def basic_publish(self, message, exchange, routing_key, **kwargs):
         self._inplace_augment_message(message, exchange, routing_key)
-        self.api.call("publish", {
+        mandatory = bool(kwargs.get("mandatory"))
+        # Not for fanout (remote control broadcasts): a worker may bind its queue any time.
+        droppable = (not mandatory and message["properties"].get("delivery_mode") == 1
+                     and self.transport.exchange_types.get(exchange) in ("direct", "topic"))
+        unrouted = self.transport.unrouted
+        key = (exchange, routing_key)
+        if droppable and unrouted.get(key, 0.0) > time.monotonic():
+            return  # a transient message nobody would receive: what a broker does with it
+        answer = self.api.call("publish", {
             "exchange": exchange or "", "routing_key": routing_key or "", "message": message,
-            "mandatory": bool(kwargs.get("mandatory")),
+            "mandatory": mandatory,
         })
+        if droppable and not answer.get("routed"):
+            unrouted[key] = time.monotonic() + UNROUTED_TTL
 
     def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
         if no_ack:
@@ -386,6 +415,11 @@ class LongPoller(threading.Thread):
                     "consume", spec.as_request(transport.session_id, wait),
                     timeout=wait + transport.api.read_timeout,
                 )
+            except errors.SessionClosed as exc:
+                if transport.renew_session():
+                    continue
+                self.results.put(exc)
+                return
             except BaseException as exc:  # handed to the draining thread, which raises it
                 self.results.put(exc)
                 return
@@ -440,6 +474,8 @@ class Transport(virtual.Transport):
         self._poller_lock = threading.Lock()
         self._deferred: deque[tuple[str, dict]] = deque()
         self.closing = False
+        self.exchange_types: dict[str, str] = {}  # as declared through this connection
+        self.unrouted: dict[tuple[str, str], float] = {}  # (exchange, key) -> skip until
 
     @cached_property
     def api(self) -> EdgeClient:
@@ -473,6 +509,23 @@ class Transport(virtual.Transport):
                 limits.append(free)
                 totals.append(channel.qos.prefetch_count)
         return ConsumeSpec(queues, min(limits) if limits else None, min(totals) if totals else None)
+
+    def renew_session(self) -> bool:
+        """Open a new session after the server expired ours, if it held no leases.
+
+        A publisher that consumed once (a ``ping`` reply) and then only published for
+        longer than the lease timeout finds its session expired; nothing was lost, so
+        it carries on. With leases the error stands: the connection must be renewed.
+        """
+        for channel in list(self.channels):
+            qos = channel._qos
+            if qos is not None:
+                qos._flush()  # acked tags leave ``_delivered`` lazily
+                if qos._delivered:
+                    return False
+        log.info("edge session %s expired while idle; opening a new one", self.session_id)
+        self.session_id = uuid.uuid4().hex
+        return True
 
     def defer_settlement(self, verb: str, body: dict) -> None:
         self._deferred.append((verb, body))

@@ -10,7 +10,7 @@ Sites are :class:`tests.airflow.site.AirflowSite` run from another virtualenv:
 
       python3.11 -m venv /work/bench-venvs/edge3
       /work/bench-venvs/edge3/bin/pip install apache-airflow==3.3.2 \\
-          apache-airflow-providers-edge3==5.1.0 psycopg2-binary
+          apache-airflow-providers-edge3==5.1.0 psycopg2-binary asyncpg
 
   The edge3 executor is skipped (and said so) when that virtualenv is missing.
 

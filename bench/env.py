@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def tmpdir(prefix: str) -> Path:
 def edge_database(kind: str, tmp: Path) -> Iterator[str]:
     """A migrated, empty edge database: ``sqlite`` (a file) or ``postgres`` (scratch DB)."""
     if kind == "sqlite":
-        url = f"sqlite:///{tmp / 'edge.db'}"
+        url = f"sqlite:///{tmp / f'edge-{uuid.uuid4().hex[:8]}.db'}"
         _migrate(url)
         yield url
         return

@@ -138,6 +138,25 @@ def test_pages_show_live_data_and_admin_actions_reach_the_worker(
     assert answer[0] == 403 and "viewer" in answer[1]
     assert worker.status()["state"] == "idle"
 
+    # The other actions: each prompt or confirmation answered as an admin would.
+    answers = []
+    admin.on("dialog", lambda dialog: dialog.accept(answers.pop(0)))
+    answers[:] = ["4"]
+    row.locator('button[data-action="concurrency"]').click()
+    wait_for(lambda: worker.status()["slots_total"] == 4, message="slot budget 4")
+    answers[:] = ["extra", "reports"]  # add extra, remove reports
+    row.locator('button[data-action="queues"]').click()
+    wait_for(lambda: worker.status()["consuming"] == ["remote", "extra"],
+             message="queues changed")
+    answers[:] = [""]
+    row.locator('button[data-action="shutdown"]').click()
+    assert worker.proc.wait(60) == 0
+    wait_for(lambda: row.locator('button[data-action="remove"]').count() == 1,
+             message="offline worker can be removed")
+    answers[:] = [""]
+    row.locator('button[data-action="remove"]').click()
+    wait_for(lambda: row.count() == 0, message="worker removed from the page")
+
 
 def test_pages_refuse_worker_tokens_wrong_passwords_and_forged_actions(api, token):
     url = f"{api.url}/ui/workers"

@@ -119,12 +119,10 @@ def queues():
     overview = broker.store.queue_overview()
     fleet = [w for w in broker.workers.list() if w["state"] not in GONE]
     serving: dict[str, list[str]] = {}
-    capacity: dict[str, int] = {}
     for w in fleet:
         for name in w["desired_queues"] or w["queues"]:
             serving.setdefault(name, []).append(w["name"])
-            capacity[name] = max(capacity.get(name, 0), w["slots_total"])
-    warnings = {f["queue"]: f for f in too_big(overview, capacity)}
+    warnings = {f["queue"]: f for f in too_big(overview, broker.workers.max_slots_by_queue())}
     history = broker.store.jobs.history()
     rows = []
     for q in overview:

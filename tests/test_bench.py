@@ -1,0 +1,59 @@
+"""The benchmark harness in quick mode (seconds, tiny N), so it cannot rot unnoticed.
+
+Real API servers, real Celery workers, the real load generator; the numbers are not
+checked against targets here (that is what ``python -m bench`` and docs/benchmarks.md
+are for), only that every benchmark produces complete, plausible results.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import __main__ as cli
+from bench import report
+
+
+def _results(out, name) -> dict:
+    return json.loads((out / f"{name}-quick.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-results")
+
+
+def test_brokers_quick(out):
+    assert cli.main(["brokers", "--quick", "--brokers", "edge-sqlite", "--out", str(out)]) == 0
+    data = _results(out, "brokers")
+    row = data["brokers"]["edge-sqlite"]
+    assert row["latency"]["n"] == 20 and 0 < row["latency"]["p50_ms"] <= row["latency"]["p99_ms"]
+    assert row["throughput_1"]["tasks_per_s"] > 0 and row["throughput_4"]["tasks_per_s"] > 0
+    assert any("celery -A bench.app worker -P threads -c 8" in c for c in data["commands"])
+    assert not any("ekt_" in c for c in data["commands"]), "tokens stay out of the output"
+
+
+def test_idle_quick_worker_heartbeat_events_are_not_sent_to_nobody(out):
+    assert cli.main(["idle", "--quick", "--out", str(out)]) == 0
+    data = _results(out, "idle")
+    assert {"consume", "worker/heartbeat"} <= set(data["routes"])
+    # Celery publishes a worker-heartbeat event every 2 s; nothing is bound to it, so after
+    # the first unrouted one the transport keeps them for 10 s (0.5/s without that).
+    assert data["routes"].get("publish", {"requests_per_s": 0})["requests_per_s"] < 0.3
+
+
+def test_scale_quick(out):
+    assert cli.main(["scale", "--quick", "--out", str(out)]) == 0
+    run = _results(out, "scale")["runs"][0]
+    assert run["polling"] == run["workers"] == 10 and run["errors"] == 0
+    assert run["load"]["received"] == run["load"]["sent"] > 0
+    assert run["idle"]["requests_per_s"] > 0 and run["idle"]["server_rss_mb"] > 0
+
+
+def test_report_from_quick_results(out, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "SUFFIX", "-quick")
+    path = report.write(out, docs=tmp_path)
+    text = path.read_text()
+    assert "## Where we stand" in text and "edge-sqlite" in text
+    assert (tmp_path / "benchmarks" / "broker-latency.png").stat().st_size > 1000

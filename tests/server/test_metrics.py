@@ -9,6 +9,7 @@ from kombu import Connection, Exchange, Queue
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_kombu.protocol import HEADER_PROTOCOL, PROTOCOL_VERSION
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +63,10 @@ def test_metrics_match_a_known_workload(api_factory, token):
         })
         heartbeat(api, token, {"name": "m2@host", "instance": "instance-2", "state": "idle",
                                "queues": ["mq"], "slots_total": 1})
-        after = scrape(api)
+        # The transport sends acks from a background thread: wait until both arrived.
+        acked = "edge_kombu_messages_acked_total"
+        after = wait_for(lambda: (s := scrape(api)) and value(s, acked) - value(before, acked) == 2
+                         and s, message="both acks counted")
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -108,5 +112,5 @@ def test_several_server_processes_add_up_their_counters(api_factory, token):
         producer = conn.Producer(conn.default_channel)
         for i in range(20):  # on new connections, spread over both processes
             producer.publish({"i": i}, routing_key="multi", declare=[Queue("multi")])
-    counted = lambda: value(scrape(api, auth=None), "edge_kombu_messages_published_total")  # noqa: E731
-    assert counted() - value(before, "edge_kombu_messages_published_total") == 20
+    published = "edge_kombu_messages_published_total"
+    assert value(scrape(api, auth=None), published) - value(before, published) == 20

@@ -199,7 +199,7 @@ def consume(body: dict) -> dict:
                 total_slots=body.get("total_slots"),
             )
             remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
+            if found or remaining <= 0 or waiter.by_session:
                 break
             if not waiter.wait(remaining) or waiter.by_session:
                 # Timed out, or this session's capacity changed: let the client ask again.

@@ -55,10 +55,16 @@ class Waiter:
 class WaiterRegistry:
     """The consumes waiting in this process, by queue and by session."""
 
+    #: Seconds a session wake-up that found no waiting consume is kept for the next one.
+    PENDING_SESSION_WAKE = 5.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_queue: dict[str, set[Waiter]] = defaultdict(set)
         self._by_session: dict[str, set[Waiter]] = defaultdict(set)
+        # An ack can overtake the consume its worker sent just before (two connections):
+        # that consume asked with the capacity of before the ack, so it must not wait.
+        self._pending_wakes: dict[str, float] = {}
         self.closed = False
 
     def close(self) -> None:
@@ -74,6 +80,9 @@ class WaiterRegistry:
         if self.closed:
             waiter.event.set()
         with self._lock:
+            woken_at = self._pending_wakes.pop(session, None)
+            if woken_at is not None and time.monotonic() - woken_at < self.PENDING_SESSION_WAKE:
+                waiter.by_session = True
             for queue in waiter.queues:
                 self._by_queue[queue].add(waiter)
             self._by_session[session].add(waiter)
@@ -121,11 +130,18 @@ class WaiterRegistry:
                         count -= 1
 
     def wake_sessions(self, sessions: Iterable[str]) -> None:
+        now = time.monotonic()
         with self._lock:
             for session in sessions:
-                for waiter in self._by_session.get(session, ()):
+                waiters = self._by_session.get(session)
+                if not waiters:
+                    self._pending_wakes[session] = now
+                for waiter in waiters or ():
                     waiter.by_session = True
                     waiter.event.set()
+            if len(self._pending_wakes) > 10_000:
+                self._pending_wakes = {s: t for s, t in self._pending_wakes.items()
+                                       if now - t < self.PENDING_SESSION_WAKE}
 
     def wake_all(self) -> None:
         with self._lock:

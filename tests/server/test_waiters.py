@@ -39,3 +39,15 @@ def test_other_changes_still_wake_every_waiter():
         waiters = _waiting(registry, stack, 4)
         LocalWakeup(registry).after_commit({"q"}, set())
         assert all(w.event.is_set() for w in waiters)
+
+
+def test_a_session_wake_up_before_its_consume_is_kept_for_it():
+    """An ack can reach the server before the consume its worker sent just before it."""
+    registry = WaiterRegistry()
+    registry.wake_sessions(["s1"])
+    with registry.waiting(["q"], "s1", 1) as first:
+        assert first.by_session
+    with registry.waiting(["q"], "s1", 1) as second:
+        assert not second.by_session  # used up by the first
+    with registry.waiting(["q"], "s2", 1) as other:
+        assert not other.by_session

@@ -10,6 +10,8 @@ from bench import env
 from tests.helpers import BIN, ROOT
 
 COUNTS = (100, 300, 1000)
+#: After the steady runs: the largest fleet at a higher task rate, to show the limit.
+STRESS_RATE = 60.0
 
 
 def one(n: int, *, quick: bool, rate: float, db: str) -> dict:
@@ -44,4 +46,7 @@ def run(*, quick: bool, counts: list[int] | None = None, rate: float | None = No
         db: str = "sqlite") -> dict:
     counts = counts or ([10] if quick else list(COUNTS))
     rate = rate or (5.0 if quick else 20.0)
-    return {"rate_per_s": rate, "runs": [one(n, quick=quick, rate=rate, db=db) for n in counts]}
+    runs = [one(n, quick=quick, rate=rate, db=db) for n in counts]
+    if not quick:
+        runs.append(one(max(counts), quick=False, rate=STRESS_RATE, db=db))
+    return {"rate_per_s": rate, "runs": runs}

@@ -79,6 +79,8 @@ WORKER_STATES = WORKER_REPORTED_STATES + WORKER_SERVER_STATES
 
 #: Message header with the weight of a task in worker slots (integer >= 1).
 HEADER_POOL_SLOTS = "pool_slots"
+#: Message header with the central site's Airflow version (set by the EdgeExecutor).
+HEADER_AIRFLOW_VERSION = "airflow_version"
 
 
 def jwt_signing_key(secret: str) -> bytes:

@@ -7,7 +7,10 @@ sets one), with
 * the ``pool_slots`` header: the task's ``pool_slots``, its weight on the edge worker;
 * the message priority: the task's ``priority_weight`` clamped to 0..255 (higher first);
 * the Celery task id Airflow pre-assigned (``external_executor_id``), so a restarted
-  scheduler adopts its tasks.
+  scheduler adopts its tasks;
+* the ``airflow_version`` header: this site's Airflow, which the edge worker compares
+  with its own (another major version fails the task, saying so; see
+  :mod:`edge_kombu.airflow.refusal`).
 
 Task states are read with one ``mget`` per sync through the edge result backend;
 ``revoke_task`` broadcasts a Celery revoke to the edge workers. Configuration:
@@ -22,13 +25,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from airflow import __version__ as airflow_version
 from airflow.exceptions import AirflowConfigException
 from airflow.providers.common.compat.sdk import AirflowTaskTimeout, timeout
 from celery import _state as _celery_state
 
 from edge_kombu.airflow.celery_app import EdgeConfigError, create_celery_app
 from edge_kombu.airflow.provider import TASK_NAME
-from edge_kombu.protocol import HEADER_POOL_SLOTS
+from edge_kombu.protocol import HEADER_AIRFLOW_VERSION, HEADER_POOL_SLOTS
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -68,9 +72,10 @@ def publish_options(workload: Any) -> dict[str, Any]:
     """Headers, priority and task id of one workload's message."""
     ti = getattr(workload, "ti", None)
     if ti is None:  # a callback: weight 1, default priority, a fresh task id
-        return {"headers": {HEADER_POOL_SLOTS: 1}}
+        return {"headers": {HEADER_POOL_SLOTS: 1, HEADER_AIRFLOW_VERSION: airflow_version}}
     return {
-        "headers": {HEADER_POOL_SLOTS: max(1, int(ti.pool_slots or 1))},
+        "headers": {HEADER_POOL_SLOTS: max(1, int(ti.pool_slots or 1)),
+                    HEADER_AIRFLOW_VERSION: airflow_version},
         "priority": message_priority(ti.priority_weight),
         "task_id": ti.external_executor_id,
     }

@@ -23,6 +23,7 @@ from pathlib import Path
 from celery import Celery, current_task, signals
 
 from edge_kombu.airflow.provider import TASK_NAME
+from edge_kombu.airflow.refusal import refuse_unrunnable
 from edge_kombu.worker.logpush import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_INTERVAL,
@@ -63,6 +64,7 @@ def execute_workload(workload_json: str) -> None:
     from airflow.sdk.exceptions import TaskAlreadyRunningError
     from celery.exceptions import Ignore
 
+    refuse_unrunnable(workload_json)
     workload = _workload_adapter().validate_json(workload_json)
     os.environ[WORKER_ENV] = current_task.request.hostname or ""
     log.info("executing Airflow workload %s", workload.display_name)
@@ -149,9 +151,19 @@ def _preload(app: Celery):
     return preload
 
 
+def refuse_workload(workload_json: str) -> None:
+    """``execute_workload`` on a worker without Airflow: fails, saying what to install."""
+    refuse_unrunnable(workload_json)
+
+
 def register(app: Celery) -> bool:
-    """Give ``app`` the ``execute_workload`` task if Airflow is installed; True if it did."""
+    """Give ``app`` the ``execute_workload`` task; True if Airflow is installed to run it.
+
+    Without Airflow the task fails every workload with a message that says so, rather than
+    leaving Airflow to wait for a task no worker registered.
+    """
     if not airflow_installed():
+        app.task(name=TASK_NAME, ignore_result=False)(refuse_workload)
         return False
     app.task(name=TASK_NAME, ignore_result=False)(execute_workload)
     signals.import_modules.connect(_preload(app), weak=False)

@@ -200,7 +200,7 @@ class AirflowSite:
             answer = requests.get(f"{self.base_url}/auth/token", timeout=10)
             answer.raise_for_status()
             self._token = answer.json()["access_token"]
-        headers = {"Authorization": f"Bearer {self._token}"}
+        headers = {"Authorization": f"Bearer {self._token}", **kwargs.pop("headers", {})}
         return requests.request(method, f"{self.base_url}/api/v2{path}", headers=headers,
                                 timeout=30, **kwargs)
 

@@ -107,6 +107,7 @@ def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, ed
     assert (by_ti[big.ti.key]["queue"], by_ti[big.ti.key]["slots"],
             by_ti[big.ti.key]["priority"]) == ("remote", 3, 255)
     assert by_ti[big.ti.key]["headers"]["pool_slots"] == 3
+    assert by_ti[big.ti.key]["headers"]["airflow_version"] == "3.3.2"  # checked by the worker
     assert (by_ti[small.ti.key]["queue"], by_ti[small.ti.key]["slots"],
             by_ti[small.ti.key]["priority"]) == ("default", 1, 7)
     assert by_ti[negative.ti.key]["priority"] == 0

@@ -6,7 +6,9 @@ server so chords work, and results expire after ``result_expires`` on the server
 
 Options (``result_backend_transport_options``): ``token``, ``secret``,
 ``client_name``, ``read_timeout``, ``connect_retries``. TLS comes from
-``result_backend_transport_options['ssl']`` or else ``broker_use_ssl``.
+``result_backend_transport_options['ssl']`` or else ``broker_use_ssl``. Storing and
+reading a result retry while the API is unreachable (``result_backend_always_retry``
+defaults to True here; ``result_backend_max_retries`` bounds it).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class EdgeBackend(KeyValueStoreBackend):
         self.url = url
         self.expires = self.prepare_expires(kwargs.get("expires"), type=int)
         self._options = dict(self.app.conf.get("result_backend_transport_options") or {})
+        # A result lost to a short outage of the API would turn a task that ran into a
+        # failure: retry unreachable-API errors (Celery's backoff, up to
+        # result_backend_max_retries, unbounded by default) unless the app chose otherwise.
+        if "result_backend_always_retry" not in self.app.conf.changes:
+            self.always_retry = True
 
     @cached_property
     def api(self) -> EdgeClient:
@@ -71,8 +78,9 @@ class EdgeBackend(KeyValueStoreBackend):
         return maybe_sanitize_url(f"edge+{self.url}")
 
     def exception_safe_to_retry(self, exc: Exception) -> bool:
-        """With ``result_backend_always_retry``, retry when the API was unreachable."""
-        return isinstance(exc, errors.EdgeConnectionError)
+        """Retry (``result_backend_always_retry``, on by default) when the API was
+        unreachable or its database unavailable; storing and reading are idempotent."""
+        return isinstance(exc, (errors.EdgeConnectionError, errors.ServiceUnavailable))
 
     def get(self, key):
         return _decode(self.api.call("results/get", {"key": key})["value"])

@@ -31,6 +31,11 @@ Features
                                   for messages that fit the free slots
     remote control, events        yes (fanout + topic routing on the server)
     ============================  =========================================
+
+``Connection.drain_events(timeout=T)`` returns or raises ``socket.timeout`` within
+``min(T, 0.1)`` seconds while the long-poll goes on in the background, so a Celery
+worker's loop notices shutdown and queued acks at once: call it in a loop, as Celery
+and ``kombu.common.eventloop`` do, rather than once with a long timeout.
 """
 
 from __future__ import annotations

@@ -36,6 +36,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last_exc!r}")
 
 
+def drain_until(conn, done: Callable[[], object], timeout: float = 10.0) -> None:
+    """Drain a kombu connection until ``done()`` holds, as Celery does: the edge transport
+    returns from each ``drain_events`` within 0.1 s; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "expected messages did not arrive"
+        try:
+            conn.drain_events(timeout=1)
+        except TimeoutError:
+            pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

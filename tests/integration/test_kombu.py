@@ -1,3 +1,6 @@
+from tests.helpers import drain_until
+
+
 def test_broker_transport_setting_without_edge_scheme(api, token):
     """``broker_transport`` selects the transport for a plain http:// URL (no import needed)."""
     from kombu import Connection, Exchange, Queue
@@ -10,7 +13,7 @@ def test_broker_transport_setting_without_edge_scheme(api, token):
                              declare=[queue])
         received = []
         with conn.Consumer(queue, callbacks=[lambda body, msg: (received.append(body), msg.ack())]):
-            conn.drain_events(timeout=5)
+            drain_until(conn, lambda: received)
         assert received == [{"hello": "world"}]
         assert token not in conn.as_uri()
 
@@ -19,19 +22,6 @@ def _conn(api, token):
     from kombu import Connection
 
     return Connection(api.url.replace("http://", f"edge+http://:{token}@"))
-
-
-def _drain_until(conn, done, timeout: float = 10.0) -> None:
-    """Drain events until ``done()`` holds (fails after ``timeout``)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "expected messages did not arrive"
-        try:
-            conn.drain_events(timeout=1)
-        except TimeoutError:
-            pass
 
 
 def test_fanout_and_topic_routing_between_connections(api, token):
@@ -56,7 +46,7 @@ def test_fanout_and_topic_routing_between_connections(api, token):
                 producer.publish("all", exchange=fan, routing_key="")
                 producer.publish("db failed", exchange=topic, routing_key="db.error")
                 producer.publish("db ok", exchange=topic, routing_key="db.info")
-            _drain_until(consumer_conn, lambda: sum(map(len, got.values())) >= 3)
+            drain_until(consumer_conn, lambda: sum(map(len, got.values())) >= 3)
     assert got == {"a": ["all"], "b": ["all"], "errors": ["db failed"]}
 
 
@@ -72,12 +62,12 @@ def test_requeue_redelivers_and_slots_bound_prefetch(api, token):
         seen = []
         with conn.Consumer(queue, callbacks=[lambda body, msg: seen.append((body, msg))]) as c:
             c.qos(prefetch_count=2)  # two free slots: the 3-slot message does not fit
-            _drain_until(conn, lambda: seen)
+            drain_until(conn, lambda: seen)
             assert [body for body, _ in seen] == ["small"]
             body, msg = seen.pop()
             assert msg.delivery_info.get("redelivered") is False
             msg.requeue()
-            _drain_until(conn, lambda: seen)
+            drain_until(conn, lambda: seen)
             assert seen[0][0] == "small" and seen[0][1].delivery_info["redelivered"] is True
             seen[0][1].ack()
         info = conn.default_channel.queue_declare("weighted", passive=True)

@@ -3,14 +3,12 @@ again for a while, and an expired idle session is replaced instead of failing.""
 
 from __future__ import annotations
 
-import contextlib
-
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import select
 
 from bench.env import CountingServer
 from edge_kombu.server import models
-from tests.helpers import wait_for
+from tests.helpers import drain_until, wait_for
 
 FAST_LEASES = {"EDGE_KOMBU_LEASE_TIMEOUT": "3", "EDGE_KOMBU_MAX_WAIT": "1",
                "EDGE_KOMBU_REAP_INTERVAL": "0.2"}
@@ -47,17 +45,6 @@ def test_transient_messages_bound_to_nothing_are_sent_once(db_url, token, tmp_pa
         server.stop()
 
 
-def _drain_until(conn, done, what: str) -> None:
-    """Drain as Celery does: each call returns within a slice of 0.1 s; loop until ``done``."""
-    def drained() -> bool:
-        if not done():
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=1)
-        return done()
-
-    wait_for(drained, timeout=20, message=what)
-
-
 def test_an_expired_idle_session_is_replaced(api_factory, token, store):
     api = api_factory(env=FAST_LEASES)
     queue = Queue("renewed")
@@ -66,7 +53,7 @@ def test_an_expired_idle_session_is_replaced(api_factory, token, store):
         with conn.Consumer(queue, callbacks=[lambda body, msg: (received.append(body),
                                                                 msg.ack())]):
             conn.Producer().publish({"n": 1}, routing_key="renewed", declare=[queue])
-            _drain_until(conn, lambda: len(received) == 1, "first message")
+            drain_until(conn, lambda: len(received) == 1)
         first = conn.transport.session_id
 
         def closed() -> bool:
@@ -78,6 +65,6 @@ def test_an_expired_idle_session_is_replaced(api_factory, token, store):
         with conn.Consumer(queue, callbacks=[lambda body, msg: (received.append(body),
                                                                 msg.ack())]):
             conn.Producer().publish({"n": 2}, routing_key="renewed")
-            _drain_until(conn, lambda: len(received) == 2, "second message")
+            drain_until(conn, lambda: len(received) == 2)
         assert received == [{"n": 1}, {"n": 2}]
         assert conn.transport.session_id != first

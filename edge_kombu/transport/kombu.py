@@ -62,6 +62,7 @@ from edge_kombu.protocol import HEADER_POOL_SLOTS, MAX_BATCH
 from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient
 from edge_kombu.transport.flower import install_if_flower
+from edge_kombu.transport.worker_loop import install as install_worker_loop_nudge
 
 log = logging.getLogger(__name__)
 
@@ -621,6 +622,9 @@ def nudge_consumers() -> None:
     """Nudge every edge connection of this process that is being drained."""
     for transport in list(_LIVE_TRANSPORTS):
         transport.nudge()
+
+
+install_worker_loop_nudge(nudge_consumers)  # acks queued by pool threads go out at once
 
 
 def _api_url(client) -> str:

@@ -32,10 +32,10 @@ Features
     remote control, events        yes (fanout + topic routing on the server)
     ============================  =========================================
 
-``Connection.drain_events(timeout=T)`` returns or raises ``socket.timeout`` within
-``min(T, 0.1)`` seconds while the long-poll goes on in the background, so a Celery
-worker's loop notices shutdown and queued acks at once: call it in a loop, as Celery
-and ``kombu.common.eventloop`` do, rather than once with a long timeout.
+``Connection.drain_events(timeout=T)`` waits up to T seconds, as kombu's callers expect
+(remote-control replies are collected until the first timeout), while the long-poll
+goes on in the background. In a Celery worker it returns early when the loop has work
+queued (acks, control commands: see :mod:`.worker_loop`) or the worker is stopping.
 """
 
 from __future__ import annotations
@@ -62,14 +62,15 @@ from edge_kombu.protocol import HEADER_POOL_SLOTS, MAX_BATCH
 from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient
 from edge_kombu.transport.flower import install_if_flower
+from edge_kombu.transport.worker_loop import celery_worker_stopping
 from edge_kombu.transport.worker_loop import install as install_worker_loop_nudge
 
 log = logging.getLogger(__name__)
 
 #: Seconds one long-poll may wait on the server.
 DEFAULT_POLLING_MAX_WAIT = 10.0
-#: Longest one ``drain_events`` call blocks when given a timeout: the worker loop checks
-#: for shutdown between calls, and the long-poll itself goes on in the background.
+#: ``drain_events`` waits in slices of this many seconds, checking between two whether
+#: the Celery worker it serves is stopping (its loop must see that between two calls).
 DRAIN_SLICE = 0.1
 #: Most no_ack messages (remote control, events) one consume returns.
 DEFAULT_BATCH = 100
@@ -566,7 +567,7 @@ class Transport(virtual.Transport):
                 self._poller = LongPoller(self)
                 self._poller.start()
             poller = self._poller
-        messages = poller.get(None if timeout is None else min(timeout, DRAIN_SLICE))
+        messages = self._next_batch(poller, timeout)
         if messages is None:
             return
         try:
@@ -574,6 +575,20 @@ class Transport(virtual.Transport):
                 self._deliver(item["message"], item["queue"])
         finally:
             poller.batch_delivered()
+
+    @staticmethod
+    def _next_batch(poller: LongPoller, timeout: float | None) -> list | None:
+        """Wait up to ``timeout`` for messages, in slices: None when nudged, and
+        ``socket.timeout`` at the deadline or as soon as the Celery worker is stopping."""
+        if timeout is None:
+            return poller.get(None)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return poller.get(max(0.0, min(DRAIN_SLICE, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline or celery_worker_stopping():
+                    raise
 
     def nudge(self) -> None:
         """Return from the current ``drain_events`` so the caller's loop runs its queued work.

@@ -1,17 +1,17 @@
 """Celery's synchronous worker loop over the edge transport: queued work runs at once.
 
-A Celery worker on a transport without an event loop of its own runs ``synloop``: the
-work other threads hand to the consumer with ``Consumer.call_soon`` (every task
-acknowledgement, remote-control replies) runs only between two ``drain_events``
-calls, and the edge transport returns from those within a 0.1 s slice. With a pool
-whose tasks end in other threads (``-P threads``, ``-P prefork``'s result handler), a
-finished task's ack would wait for the end of the slice: one batch of tasks per slice.
-The consumer step installed here makes ``call_soon`` nudge the edge connections, so the
-loop runs the ack right away.
+A Celery worker on a transport without an event loop of its own runs ``synloop``:
+``drain_events(timeout=2)`` again and again, and between two calls the work other
+threads handed to the consumer with ``Consumer.call_soon`` (every task acknowledgement,
+control commands) and the check for a shutdown request. A finished task's ack would
+wait for the end of a drain. The consumer step installed here makes ``call_soon``
+nudge the edge connections, so the loop runs it right away; and the transport ends a
+drain early once :func:`celery_worker_stopping`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from celery import bootsteps, signals
@@ -36,6 +36,16 @@ def _step(nudge: Callable[[], None]) -> type[bootsteps.Step]:
             consumer.call_soon = call_soon
 
     return NudgeOnCallSoon
+
+
+def celery_worker_stopping() -> bool:
+    """True once this process's Celery worker was asked to stop (warm or cold)."""
+    state = sys.modules.get("celery.worker.state")  # loaded only in a worker
+    if state is None:
+        return False
+    # As celery.worker.state.maybe_shutdown reads them: 0 is an exit code, False is unset.
+    return any(flag is not None and flag is not False
+               for flag in (state.should_stop, state.should_terminate))
 
 
 def install(nudge: Callable[[], None]) -> None:

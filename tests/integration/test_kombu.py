@@ -1,3 +1,7 @@
+import time
+
+import pytest
+
 from tests.helpers import drain_until
 
 
@@ -72,3 +76,30 @@ def test_requeue_redelivers_and_slots_bound_prefetch(api, token):
             seen[0][1].ack()
         info = conn.default_channel.queue_declare("weighted", passive=True)
         assert info.message_count == 1  # the 3-slot message waits for a bigger consumer
+
+
+def test_drain_events_waits_for_its_whole_timeout(api, token):
+    """kombu's callers rely on it: remote-control replies are collected until the first
+    ``socket.timeout``, and a worker at a remote site may answer after seconds."""
+    import threading
+
+    from kombu import Queue
+
+    queue = Queue("late")
+    received = []
+    with _conn(api, token) as conn, _conn(api, token) as producer_conn:
+        with conn.Consumer(queue, callbacks=[lambda body, msg: (received.append(body),
+                                                                msg.ack())]):
+            producer_conn.Producer().publish({"n": 0}, routing_key="late", declare=[queue])
+            drain_until(conn, lambda: received)
+            late = threading.Timer(0.5, lambda: producer_conn.Producer().publish(
+                {"n": 1}, routing_key="late"))
+            late.start()
+            started = time.monotonic()
+            conn.drain_events(timeout=10)  # one call: no TimeoutError at 0.1 s
+            waited = time.monotonic() - started
+            late.join()
+        assert received == [{"n": 0}, {"n": 1}]
+        assert waited >= 0.4, waited
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.3)

@@ -37,8 +37,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
 
 
 def drain_until(conn, done: Callable[[], object], timeout: float = 10.0) -> None:
-    """Drain a kombu connection until ``done()`` holds, as Celery does: the edge transport
-    returns from each ``drain_events`` within 0.1 s; fails after ``timeout``."""
+    """Drain a kombu connection until ``done()`` holds, one ``drain_events`` after another
+    as Celery does (a call may return early, when nudged); fails after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, "expected messages did not arrive"

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class WorkloadRefused(Exception):
     """This edge worker cannot run the workload; the message says why and what to do."""
 
 
+@cache  # read once: every workload asks
 def local_airflow_version() -> str | None:
     """The installed Airflow (``airflow.__version__`` is apache-airflow-core's)."""
     for distribution in ("apache-airflow-core", "apache-airflow"):
@@ -137,6 +139,7 @@ def refuse_unrunnable(workload_json: str) -> None:
     raise WorkloadRefused(error)
 
 
+@cache  # one client per app, not one per refused workload
 def push_client(app):
     """The client for task logs if ``[edge] push_logs`` (default True), else None."""
     enabled = (settings.option("edge", "push_logs", "True") or "").strip().lower()

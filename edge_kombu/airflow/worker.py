@@ -151,11 +151,6 @@ def _preload(app: Celery):
     return preload
 
 
-def refuse_workload(workload_json: str) -> None:
-    """``execute_workload`` on a worker without Airflow: fails, saying what to install."""
-    refuse_unrunnable(workload_json)
-
-
 def register(app: Celery) -> bool:
     """Give ``app`` the ``execute_workload`` task; True if Airflow is installed to run it.
 
@@ -163,7 +158,7 @@ def register(app: Celery) -> bool:
     leaving Airflow to wait for a task no worker registered.
     """
     if not airflow_installed():
-        app.task(name=TASK_NAME, ignore_result=False)(refuse_workload)
+        app.task(name=TASK_NAME, ignore_result=False)(refuse_unrunnable)
         return False
     app.task(name=TASK_NAME, ignore_result=False)(execute_workload)
     signals.import_modules.connect(_preload(app), weak=False)

@@ -9,8 +9,8 @@ Threads
     The heartbeat thread builds and sends heartbeats and watches a drain; control
     requests come in on the socket's threads. Neither touches the consumer: every
     change of the task consumer or the pool runs on the consumer's own thread
-    (``consumer.call_soon``, then :func:`nudge_consumers` so it runs within
-    milliseconds instead of after the current drain slice).
+    (``consumer.call_soon``, which nudges the transport so it runs within
+    milliseconds: see :mod:`edge_kombu.transport.worker_loop`).
 
 Maintenance
     On: the task queues are cancelled (remote control stays), running tasks finish;
@@ -296,8 +296,7 @@ class EdgeWorker:
     def request_reconcile(self) -> None:
         consumer = self.consumer
         if consumer is not None:
-            consumer.call_soon(self._reconcile, consumer)
-            nudge_consumers()
+            consumer.call_soon(self._reconcile, consumer)  # nudges the drain itself
         self._wake.set()
 
     def _reconcile(self, consumer, pre_loop: bool = False) -> None:
@@ -420,7 +419,6 @@ class EdgeWorker:
               and not self._terminating):
             self._terminating = True
             consumer.call_soon(self._terminate_held, consumer)
-            nudge_consumers()
 
     def handle(self, payload: dict) -> dict:
         """Dispatch one control request (see :mod:`edge_kombu.worker.control`)."""

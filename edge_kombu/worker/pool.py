@@ -83,7 +83,8 @@ class SlotPool(prefork.TaskPool):
                         return callback(*a, **kw)
                 finally:
                     release()
-                    # The callback queued the task's ack for the worker's main loop.
+                    # The callback queued the task's ack (its call_soon nudged already);
+                    # nudge again now the pool's slots are free too.
                     nudge_consumers()
 
             return on_done

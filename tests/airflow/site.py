@@ -156,6 +156,13 @@ class AirflowSite:
         wait_for(ready, timeout=90, interval=0.2, message="api-server ready")
         return process
 
+    def start_central(self) -> None:
+        """The central site: migrate, then scheduler, dag-processor and api-server."""
+        self.airflow("db", "migrate")
+        self.start_scheduler()
+        self.start_dag_processor()
+        self.start_api_server()
+
     def start_scheduler(self) -> Process:
         return self.start_process("scheduler", [str(self.bin / "airflow"), "scheduler"])
 

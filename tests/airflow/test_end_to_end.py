@@ -40,10 +40,7 @@ def test_dag_runs_on_the_edge_worker(tmp_path):
     site = AirflowSite(tmp_path, executor="edge_kombu.airflow.EdgeExecutor,LocalExecutor")
     site.add_dag("edge_hello.py", HELLO_DAG)
     try:
-        site.airflow("db", "migrate")
-        site.start_scheduler()
-        site.start_dag_processor()
-        site.start_api_server()
+        site.start_central()
         worker = site.start_edge_worker("edge1", queues="default", EDGE_SITE="wisconsin")
         site.wait_for_dag("edge_hello")
 

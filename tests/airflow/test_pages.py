@@ -34,10 +34,7 @@ def test_pages_in_airflow_show_airflow_tasks_to_airflow_users_only(tmp_path):
     site = AirflowSite(tmp_path)
     site.add_dag("edge_pages.py", DAG)
     try:
-        site.airflow("db", "migrate")
-        site.start_scheduler()
-        site.start_dag_processor()
-        site.start_api_server()
+        site.start_central()
         site.start_edge_worker("pages-af", queues="default")
         hostname = "pages-af@localhost"
         site.wait_for_dag("edge_pages")

@@ -42,10 +42,7 @@ def site(tmp_path_factory):
         "edge_kombu.airflow.logging_config.LOGGING_CONFIG")
     airflow_site.add_dag("edge_misplaced.py", DAG)
     try:
-        airflow_site.airflow("db", "migrate")
-        airflow_site.start_scheduler()
-        airflow_site.start_dag_processor()
-        airflow_site.start_api_server()
+        airflow_site.start_central()
         (tmp / "worker-dags").mkdir()
         airflow_site.start_edge_worker(
             "edge-nodags", AIRFLOW__CORE__DAGS_FOLDER=str(tmp / "worker-dags"),

@@ -83,6 +83,20 @@ HEADER_POOL_SLOTS = "pool_slots"
 HEADER_AIRFLOW_VERSION = "airflow_version"
 
 
+def pool_slots(headers: dict | None) -> int:
+    """A message's weight in worker slots: its ``pool_slots`` header, 1 when absent.
+
+    Raises :class:`ValueError` naming the allowed values when the header is not an
+    integer >= 1; the server refuses such a publish, so a worker never receives one.
+    """
+    slots = (headers or {}).get(HEADER_POOL_SLOTS)
+    if slots is None:
+        return 1
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"headers.{HEADER_POOL_SLOTS} must be an integer >= 1, got {slots!r}")
+    return slots
+
+
 def jwt_signing_key(secret: str) -> bytes:
     """The HS512 key derived from the shared secret (64 bytes, whatever the secret's length)."""
     return hashlib.sha512(b"edge-kombu jwt\x00" + secret.encode()).digest()

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from edge_kombu import errors
-from edge_kombu.protocol import HEADER_POOL_SLOTS
+from edge_kombu.protocol import pool_slots
 from edge_kombu.server import models as m
 from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.routing import binding_id, route
@@ -85,15 +85,10 @@ def _positive_ms(arguments: dict, key: str) -> int | None:
 
 def message_slots(message: dict) -> int:
     """The task's weight in worker slots from the ``pool_slots`` header (default 1)."""
-    headers = message.get("headers") or {}
-    slots = headers.get(HEADER_POOL_SLOTS, 1)
-    if slots is None:
-        return 1
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise errors.InvalidRequest(
-            f"message.headers.{HEADER_POOL_SLOTS} must be an integer >= 1, got {slots!r}"
-        )
-    return slots
+    try:
+        return pool_slots(message.get("headers"))
+    except ValueError as exc:
+        raise errors.InvalidRequest(f"message.{exc}") from None
 
 
 def message_priority(message: dict) -> int:

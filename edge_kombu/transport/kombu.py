@@ -58,7 +58,7 @@ from kombu.transport.virtual.base import queue_declare_ok_t
 from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
-from edge_kombu.protocol import HEADER_POOL_SLOTS, MAX_BATCH
+from edge_kombu.protocol import MAX_BATCH, pool_slots
 from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient
 from edge_kombu.transport.flower import install_if_flower
@@ -83,12 +83,6 @@ ACK_FLUSH_TIMEOUT = 15.0
 UNROUTED_TTL = 10.0
 
 
-def message_slots(headers: dict | None) -> int:
-    """A message's weight in slots (``pool_slots`` header, default 1)."""
-    slots = (headers or {}).get(HEADER_POOL_SLOTS, 1)
-    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else 1
-
-
 class SlotQoS(virtual.QoS):
     """Prefetch counted in slots; acks and rejects settle leases on the server.
 
@@ -105,7 +99,7 @@ class SlotQoS(virtual.QoS):
 
     def append(self, message, delivery_tag) -> None:
         super().append(message, delivery_tag)
-        weight = message_slots(message.headers)
+        weight = pool_slots(message.headers)
         with self._lock:
             self._weights[delivery_tag] = weight
             self._used += weight

@@ -36,8 +36,9 @@ from pathlib import Path
 from celery.worker import state as worker_state
 
 from edge_kombu import errors
+from edge_kombu.protocol import pool_slots
 from edge_kombu.transport.client import EdgeClient
-from edge_kombu.transport.kombu import message_slots, nudge_consumers
+from edge_kombu.transport.kombu import nudge_consumers
 from edge_kombu.worker import sysinfo
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class EdgeWorker:
 
     def running(self) -> list[dict]:
         return [
-            {"id": req.id, "name": req.name, "slots": message_slots(req.request_dict),
+            {"id": req.id, "name": req.name, "slots": pool_slots(req.request_dict),
              "started": req.time_start}
             for req in _snapshot(worker_state.active_requests)
         ]

@@ -23,7 +23,8 @@ from typing import Any
 
 from celery.concurrency import prefork
 
-from edge_kombu.transport.kombu import message_slots, nudge_consumers
+from edge_kombu.protocol import pool_slots
+from edge_kombu.transport.kombu import nudge_consumers
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def request_slots(args: Any) -> int:
         request = args[2]
     except (IndexError, TypeError):
         return 1
-    return message_slots(request if isinstance(request, dict) else None)
+    return pool_slots(request if isinstance(request, dict) else None)
 
 
 class SlotPool(prefork.TaskPool):

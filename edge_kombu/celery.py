@@ -28,7 +28,7 @@ from __future__ import annotations
 from celery import Celery
 
 import edge_kombu  # noqa: F401 - registers the edge transport
-from edge_kombu.airflow.worker import register as register_airflow_tasks
+from edge_kombu.airflow.worker.workload import register as register_airflow_tasks
 from edge_kombu.worker import settings
 from edge_kombu.worker.bootstep import install
 

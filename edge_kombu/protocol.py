@@ -98,6 +98,9 @@ WORKER_STATES = WORKER_REPORTED_STATES + WORKER_SERVER_STATES
 HEADER_POOL_SLOTS = "pool_slots"
 #: Message header with the central site's Airflow version (set by the EdgeExecutor).
 HEADER_AIRFLOW_VERSION = "airflow_version"
+#: The Celery task that runs an Airflow workload: the EdgeExecutor publishes it, edge
+#: workers register it (the CeleryExecutor's name for it).
+AIRFLOW_TASK_NAME = "execute_workload"
 
 
 def pool_slots(headers: dict | None) -> int:

@@ -26,6 +26,8 @@ WORKER_SIDE = [
     "edge_kombu.airflow",  # the provider package: Airflow only on use
     "edge_kombu.airflow.provider",
     "edge_kombu.airflow.worker",
+    "edge_kombu.airflow.worker.workload",
+    "edge_kombu.airflow.worker.refusal",
 ]
 FORBIDDEN = ["flask", "werkzeug", "sqlalchemy", "alembic", "airflow", "gunicorn", "gevent",
              "edge_kombu.server"]

@@ -26,6 +26,10 @@ executor                   :class:`EdgeExecutor` (:mod:`.executor`): Airflow's
 edge workers               run ``ExecuteTask`` workloads (:mod:`.worker`)
 =========================  =====================================================
 
+Sides: every module of this package runs at the central site, except the subpackage
+:mod:`edge_kombu.airflow.worker`, which is all of it that runs on an edge host (and
+imports none of the central modules).
+
 Importing this package imports neither Airflow nor Celery: the executor class is loaded
 on first access of ``edge_kombu.airflow.EdgeExecutor``.
 """

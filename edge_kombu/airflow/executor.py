@@ -10,7 +10,7 @@ sets one), with
   scheduler adopts its tasks;
 * the ``airflow_version`` header: this site's Airflow, which the edge worker compares
   with its own (another major version fails the task, saying so; see
-  :mod:`edge_kombu.airflow.refusal`).
+  :mod:`edge_kombu.airflow.worker.refusal`).
 
 Task states are read with one ``mget`` per sync through the edge result backend;
 ``revoke_task`` broadcasts a Celery revoke to the edge workers. Configuration:
@@ -31,8 +31,7 @@ from airflow.providers.common.compat.sdk import AirflowTaskTimeout, timeout
 from celery import _state as _celery_state
 
 from edge_kombu.airflow.celery_app import EdgeConfigError, create_celery_app
-from edge_kombu.airflow.provider import TASK_NAME
-from edge_kombu.protocol import HEADER_AIRFLOW_VERSION, HEADER_POOL_SLOTS
+from edge_kombu.protocol import AIRFLOW_TASK_NAME, HEADER_AIRFLOW_VERSION, HEADER_POOL_SLOTS
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -91,7 +90,7 @@ def send_workload(app: Celery, workload_tuple: tuple) -> tuple:
     args = (workload.model_dump_json(),)
     try:
         with timeout(seconds=OPERATION_TIMEOUT):
-            result = app.send_task(TASK_NAME, args=args, queue=queue or None,
+            result = app.send_task(AIRFLOW_TASK_NAME, args=args, queue=queue or None,
                                    **publish_options(workload))
     except (Exception, AirflowTaskTimeout) as exc:
         result = ExceptionWithTraceback(exc, f"Celery Task ID: {key}\n{traceback.format_exc()}")

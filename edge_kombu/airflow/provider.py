@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from edge_kombu.protocol import VERSION
 
-#: The Celery task that runs an Airflow workload (the CeleryExecutor's name for it).
-TASK_NAME = "execute_workload"
 #: Path under which ``airflow api-server`` serves the edge API when ``[edge] api_enabled``.
 API_PREFIX = "/edge"
 #: Default size of the thread pool running the edge API inside each api-server process.

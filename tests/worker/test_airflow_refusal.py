@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from edge_kombu.airflow.refusal import check_versions
+from edge_kombu.airflow.worker.refusal import check_versions
 from edge_kombu.server.logs import TaskInstanceTry, TaskLogs
 from tests.helpers import wait_for
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from celery import Celery, current_task, signals
 
-from edge_kombu.airflow.provider import TASK_NAME
-from edge_kombu.airflow.refusal import refuse_unrunnable
+from edge_kombu.airflow.worker.refusal import refuse_unrunnable
+from edge_kombu.protocol import AIRFLOW_TASK_NAME
 from edge_kombu.worker.logpush import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_INTERVAL,
@@ -158,8 +158,8 @@ def register(app: Celery) -> bool:
     leaving Airflow to wait for a task no worker registered.
     """
     if not airflow_installed():
-        app.task(name=TASK_NAME, ignore_result=False)(refuse_unrunnable)
+        app.task(name=AIRFLOW_TASK_NAME, ignore_result=False)(refuse_unrunnable)
         return False
-    app.task(name=TASK_NAME, ignore_result=False)(execute_workload)
+    app.task(name=AIRFLOW_TASK_NAME, ignore_result=False)(execute_workload)
     signals.import_modules.connect(_preload(app), weak=False)
     return True

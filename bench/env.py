@@ -23,8 +23,9 @@ from pathlib import Path
 
 import psutil
 
-from edge_kombu.server.db import create_db_engine, migrate
-from edge_kombu.server.store import Store
+from edge_kombu.server.credentials import Credentials
+from edge_kombu.server.db import migrate
+from edge_kombu.server.sql import SQL, create_db_engine
 from tests.helpers import BIN, ROOT, Process, free_port, wait_for
 
 RESULTS = ROOT / "bench" / "results"
@@ -83,11 +84,11 @@ def _migrate(url: str) -> None:
 
 
 def create_token(db_url: str, name: str = "bench") -> str:
-    engine = create_db_engine(db_url, pool_size=1)
+    sql = SQL.from_url(db_url, pool_size=1)
     try:
-        return Store(engine).create_token(name)
+        return Credentials(sql).create(name)
     finally:
-        engine.dispose()
+        sql.dispose()
 
 
 class CountingServer(Process):

@@ -18,8 +18,9 @@ import time
 from sqlalchemy import insert
 
 from edge_kombu.server import models as m
-from edge_kombu.server.db import create_db_engine, migrate
-from edge_kombu.server.store import Store
+from edge_kombu.server.db import migrate
+from edge_kombu.server.jobs import JobHistory
+from edge_kombu.server.sql import SQL
 
 QUERIES = {
     "newest page": {},
@@ -32,10 +33,10 @@ QUERIES = {
 }
 
 
-def fill(store: Store, rows: int) -> None:
-    now = store.clock()
+def fill(sql: SQL, rows: int) -> None:
+    now = sql.clock()
     batch = []
-    with store.engine.begin() as conn:
+    with sql.engine.begin() as conn:
         for i in range(rows):
             batch.append({"task_id": f"bulk-{i}", "name": "bench.task", "queue": f"q{i % 10}",
                           "slots": 1, "state": ("success", "failed", "running")[i % 3],
@@ -53,22 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args(argv)
     url = args.db or f"sqlite:///{tempfile.mkdtemp(prefix='bench-jobs-')}/jobs.db"
-    engine = create_db_engine(url, pool_size=2)
+    sql = SQL.from_url(url, pool_size=2)
+    engine = sql.engine
     migrate(engine)
-    store = Store(engine)
-    fill(store, args.rows)
+    fill(sql, args.rows)
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE edge_kombu_job")
+    history = JobHistory(sql)
     print(f"{engine.dialect.name}, {args.rows} jobs, 50 per page, median of 20 runs:")
     for label, filters in QUERIES.items():
         times = []
         for _ in range(20):
             started = time.perf_counter()
-            page = store.jobs.page(limit=50, **filters)
+            page = history.page(limit=50, **filters)
             times.append((time.perf_counter() - started) * 1000)
         print(f"  {label:24s} {statistics.median(times):7.2f} ms  ({len(page['jobs'])} rows)")
-    engine.dispose()
+    sql.dispose()
     return 0
 
 

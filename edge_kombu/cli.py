@@ -24,11 +24,17 @@ def _db_option(func):
     )(func)
 
 
-def _store(db_url: str | None):
-    from edge_kombu.server.db import create_db_engine, resolve_db_url
-    from edge_kombu.server.store import Store
+def _sql(db_url: str | None):
+    from edge_kombu.server.db import resolve_db_url
+    from edge_kombu.server.sql import SQL
 
-    return Store(create_db_engine(resolve_db_url(db_url), pool_size=1))
+    return SQL.from_url(resolve_db_url(db_url), pool_size=1)
+
+
+def _credentials(db_url: str | None):
+    from edge_kombu.server.credentials import Credentials
+
+    return Credentials(_sql(db_url))
 
 
 def _fail(message: str) -> None:
@@ -62,8 +68,9 @@ def api(bind, db_url, workers, certfile, keyfile, ca_certs, require_client_cert,
         lease_timeout, max_wait, max_body_bytes, access_log) -> None:
     """Serve the edge API (gunicorn, gevent workers)."""
     from edge_kombu.server.config import ServerConfig
-    from edge_kombu.server.db import create_db_engine, current_revision, describe, resolve_db_url
+    from edge_kombu.server.db import current_revision, describe, resolve_db_url
     from edge_kombu.server.serve import APIServer
+    from edge_kombu.server.sql import create_db_engine
 
     url = resolve_db_url(db_url)
     engine = create_db_engine(url, pool_size=1)
@@ -104,8 +111,9 @@ def db() -> None:
 @_db_option
 def migrate(db_url) -> None:
     """Create or upgrade the edge tables (Alembic, own version table)."""
-    from edge_kombu.server.db import create_db_engine, current_revision, describe, resolve_db_url
+    from edge_kombu.server.db import current_revision, describe, resolve_db_url
     from edge_kombu.server.db import migrate as run
+    from edge_kombu.server.sql import create_db_engine
 
     url = resolve_db_url(db_url)
     engine = create_db_engine(url, pool_size=1)
@@ -129,7 +137,7 @@ def token_create(name, db_url) -> None:
     if not name or len(name) > MAX_NAME_LENGTH:
         _fail(f"--worker must be 1 to {MAX_NAME_LENGTH} characters")
     try:
-        click.echo(_store(db_url).create_token(name))
+        click.echo(_credentials(db_url).create(name))
     except EdgeError as exc:
         _fail(exc.message)
 
@@ -141,7 +149,7 @@ def token_list(as_json, db_url) -> None:
     """List who holds a token (never the tokens themselves)."""
     from datetime import datetime
 
-    rows = _store(db_url).list_tokens()
+    rows = _credentials(db_url).list()
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -158,18 +166,20 @@ def token_revoke(name, db_url) -> None:
     from edge_kombu.errors import EdgeError
 
     try:
-        _store(db_url).revoke_token(name)
+        _credentials(db_url).revoke(name)
     except EdgeError as exc:
         _fail(exc.message)
     click.echo(f"revoked the token of {name}", err=True)
 
 
 def _registry(db_url: str | None):
-    from edge_kombu.server.config import DEFAULT_WORKER_TIMEOUT, _env_float
+    from edge_kombu.server.broker import Broker
+    from edge_kombu.server.config import DEFAULT_WORKER_TIMEOUT, env_float
     from edge_kombu.server.workers import WorkerRegistry
 
-    timeout = _env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT)
-    return WorkerRegistry(_store(db_url), worker_timeout=timeout)
+    timeout = env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT)
+    sql = _sql(db_url)
+    return WorkerRegistry(sql, broker=Broker(sql), worker_timeout=timeout)
 
 
 def _edge_call(func, *args, **kwargs):
@@ -211,15 +221,7 @@ def workers(as_json, states, db_url) -> None:
 @_db_option
 def queues(as_json, db_url) -> None:
     """List queues: depth, oldest message, slots demanded, consumers, tasks too big to run."""
-    from edge_kombu.server.workers import too_big
-
-    registry = _registry(db_url)
-    overview = registry.store.queue_overview()
-    capacity = registry.max_slots_by_queue()
-    problems = {p["queue"]: p for p in too_big(overview, capacity)}
-    for queue in overview:
-        queue["largest_worker_slots"] = capacity.get(queue["name"])
-        queue["too_big"] = queue["name"] in problems
+    overview = _registry(db_url).queue_report()
     if as_json:
         click.echo(json.dumps(overview, indent=2))
         return
@@ -245,7 +247,9 @@ def jobs(state, queue, worker_name, search, limit, before, as_json, db_url) -> N
     """List tasks, newest first: state, queue, slots, worker, times (the Jobs page)."""
     from datetime import datetime
 
-    page = _store(db_url).jobs.page(state=state, queue=queue, worker=worker_name, text=search,
+    from edge_kombu.server.jobs import JobHistory
+
+    page = JobHistory(_sql(db_url)).page(state=state, queue=queue, worker=worker_name, text=search,
                                     before=before, limit=limit)
     if as_json:
         click.echo(json.dumps(page, indent=2))

@@ -1,5 +1,5 @@
-"""Fixtures: a migrated database per test (SQLite, PostgreSQL or MariaDB), real API
-servers, worker tokens and real Celery workers.
+"""Fixtures: a migrated database per test (SQLite, PostgreSQL or MariaDB), the server's
+services on it, real API servers, worker tokens and real Celery workers.
 
 ``EDGE_KOMBU_TEST_DB`` picks the database: ``sqlite`` (default) or a SQLAlchemy URL.
 On a server database every test session works in a scratch database of its own, created
@@ -18,9 +18,14 @@ import pytest
 from sqlalchemy import make_url, text
 
 from edge_kombu.server import models
-from edge_kombu.server.db import create_db_engine, migrate
-from edge_kombu.server.store import Store
-from tests.helpers import APIServer, CeleryWorker
+from edge_kombu.server.broker import Broker
+from edge_kombu.server.credentials import Credentials
+from edge_kombu.server.db import migrate
+from edge_kombu.server.jobs import JobHistory
+from edge_kombu.server.results import Results
+from edge_kombu.server.sql import SQL, create_db_engine
+from edge_kombu.server.workers import WorkerRegistry
+from tests.helpers import APIServer, CeleryWorker, FakeClock
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -105,15 +110,47 @@ def db_url(server_db_url) -> str:
 
 
 @pytest.fixture
-def store(db_url):
-    engine = create_db_engine(db_url, pool_size=4)
-    yield Store(engine, lease_timeout=30.0)
-    engine.dispose()
+def sql(db_url):
+    """The SQL kernel on the test database, on real time."""
+    sql = SQL.from_url(db_url, pool_size=4)
+    yield sql
+    sql.dispose()
 
 
 @pytest.fixture
-def token(store) -> str:
-    return store.create_token("test-worker")
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def jobs(sql) -> JobHistory:
+    return JobHistory(sql)
+
+
+@pytest.fixture
+def broker(sql, jobs) -> Broker:
+    return Broker(sql, lease_timeout=30.0, history=jobs)
+
+
+@pytest.fixture
+def results(sql, jobs) -> Results:
+    return Results(sql, history=jobs)
+
+
+@pytest.fixture
+def tokens(sql) -> Credentials:
+    return Credentials(sql)
+
+
+@pytest.fixture
+def registry(sql, broker, jobs) -> WorkerRegistry:
+    """The worker registry, wired as in the API server."""
+    return WorkerRegistry(sql, broker=broker, jobs=jobs)
+
+
+@pytest.fixture
+def token(tokens) -> str:
+    return tokens.create("test-worker")
 
 
 @pytest.fixture

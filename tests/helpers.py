@@ -1,4 +1,5 @@
-"""Real processes for tests: the API server and Celery workers, started and stopped by PID."""
+"""Helpers for tests: a clock moved by hand, and real processes (the API server, Celery
+workers) started and stopped by PID."""
 
 from __future__ import annotations
 
@@ -15,6 +16,19 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+class FakeClock:
+    """A clock the test moves by hand (give it to :class:`~edge_kombu.server.sql.SQL`)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,

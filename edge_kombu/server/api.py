@@ -1,12 +1,13 @@
-"""The HTTP routes of the broker API: thin wrappers over :class:`~edge_kombu.server.store.Store`."""
+"""The HTTP routes of the edge API: validate, call one service, answer JSON.
+
+The services are those of :class:`~edge_kombu.server.app.Services`; the request bodies
+are validated against the JSON Schemas of :mod:`edge_kombu.protocol` before a handler runs.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -38,7 +39,7 @@ def route(name: str):
     return register
 
 
-def _broker():
+def _services():
     return current_app.extensions["edge_kombu"]
 
 
@@ -89,7 +90,7 @@ def _check_protocol() -> None:
 
 
 def _authenticate(name: str) -> None:
-    g.principal = _broker().auth.authenticate(request.headers.get("Authorization"), name)
+    g.principal = _services().auth.authenticate(request.headers.get("Authorization"), name)
 
 
 # -- exchanges, queues, bindings ---------------------------------------------------------
@@ -97,20 +98,20 @@ def _authenticate(name: str) -> None:
 
 @route("hello")
 def hello(_body: dict) -> dict:
-    broker = _broker()
+    config = _services().config
     return {
         "principal": g.principal,
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
-        "max_wait": broker.config.max_wait,
-        "lease_timeout": broker.config.lease_timeout,
-        "max_body_bytes": broker.config.max_body_bytes,
+        "max_wait": config.max_wait,
+        "lease_timeout": config.lease_timeout,
+        "max_body_bytes": config.max_body_bytes,
     }
 
 
 @route("exchange/declare")
 def exchange_declare(body: dict) -> dict:
-    _broker().store.declare_exchange(
+    _services().broker.declare_exchange(
         body["name"],
         body.get("type", "direct"),
         durable=body.get("durable", True),
@@ -123,13 +124,13 @@ def exchange_declare(body: dict) -> dict:
 
 @route("exchange/delete")
 def exchange_delete(body: dict) -> dict:
-    _broker().store.delete_exchange(body["name"])
+    _services().broker.delete_exchange(body["name"])
     return {}
 
 
 @route("queue/declare")
 def queue_declare(body: dict) -> dict:
-    info = _broker().store.declare_queue(
+    info = _services().broker.declare_queue(
         body["name"],
         durable=body.get("durable", True),
         auto_delete=body.get("auto_delete", False),
@@ -142,7 +143,7 @@ def queue_declare(body: dict) -> dict:
 
 @route("queue/delete")
 def queue_delete(body: dict) -> dict:
-    deleted = _broker().store.delete_queue(
+    deleted = _services().broker.delete_queue(
         body["name"], if_unused=body.get("if_unused", False), if_empty=body.get("if_empty", False)
     )
     return {"messages": deleted}
@@ -150,18 +151,18 @@ def queue_delete(body: dict) -> dict:
 
 @route("queue/purge")
 def queue_purge(body: dict) -> dict:
-    return {"messages": _broker().store.purge_queue(body["name"])}
+    return {"messages": _services().broker.purge_queue(body["name"])}
 
 
 @route("queue/bind")
 def queue_bind(body: dict) -> dict:
-    _broker().store.bind(body["queue"], body["exchange"], body.get("routing_key", ""))
+    _services().broker.bind(body["queue"], body["exchange"], body.get("routing_key", ""))
     return {}
 
 
 @route("queue/unbind")
 def queue_unbind(body: dict) -> dict:
-    _broker().store.unbind(body["queue"], body["exchange"], body.get("routing_key", ""))
+    _services().broker.unbind(body["queue"], body["exchange"], body.get("routing_key", ""))
     return {}
 
 
@@ -170,7 +171,7 @@ def queue_unbind(body: dict) -> dict:
 
 @route("publish")
 def publish(body: dict) -> dict:
-    queues = _broker().store.publish(
+    queues = _services().broker.publish(
         body["exchange"],
         body["routing_key"],
         body["message"],
@@ -182,39 +183,22 @@ def publish(body: dict) -> dict:
 
 @route("consume")
 def consume(body: dict) -> dict:
-    broker = _broker()
-    session = body["session"]
-    queues = [(q["name"], q.get("no_ack", False)) for q in body["queues"]]
-    names = [name for name, _ in queues]
-    max_slots = body.get("max_slots")
-    max_messages = body.get("max_messages", 1)
-    wait = min(body.get("wait", 0.0), broker.config.max_wait)
-    broker.sessions.touch(session, g.principal, names)
-    deadline = time.monotonic() + wait
-    with broker.registry.waiting(names, session, max_slots) as waiter:
-        while True:
-            waiter.event.clear()
-            found = broker.store.claim(
-                session, queues, max_slots=max_slots, max_messages=max_messages,
-                total_slots=body.get("total_slots"),
-            )
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0 or waiter.by_session:
-                break
-            if not waiter.wait(remaining) or waiter.by_session:
-                # Timed out, or this session's capacity changed: let the client ask again.
-                break
-    if waiter.event.is_set() and not waiter.by_session:
-        # Woken for one message that this consume did not claim (it had its answer, or its
-        # wait ran out): a publish wakes one waiter per message, so hand the wake-up on.
-        broker.registry.wake_some({queue: (1, None) for queue in waiter.queues})
+    found = _services().broker.consume(
+        body["session"],
+        g.principal,
+        [(q["name"], q.get("no_ack", False)) for q in body["queues"]],
+        max_slots=body.get("max_slots"),
+        max_messages=body.get("max_messages", 1),
+        total_slots=body.get("total_slots"),
+        wait=body.get("wait", 0.0),
+    )
     metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}
 
 
 @route("ack")
 def ack(body: dict) -> dict:
-    answer = _settle("ack", body, lambda s, t: _broker().store.ack(s, t))
+    answer = _settle("ack", body, _services().broker.ack)
     metrics.ACKED.inc(answer["settled"])
     return answer
 
@@ -223,7 +207,7 @@ def ack(body: dict) -> dict:
 def reject(body: dict) -> dict:
     requeue = body.get("requeue", False)
     answer = _settle("reject", body,
-                     lambda s, t: _broker().store.reject(s, t, requeue=requeue))
+                     lambda s, t: _services().broker.reject(s, t, requeue=requeue))
     metrics.REJECTED.labels(str(requeue).lower()).inc(answer["settled"])
     return answer
 
@@ -242,16 +226,12 @@ def _settle(verb: str, body: dict, apply) -> dict:
 
 @route("session/close")
 def session_close(body: dict) -> dict:
-    broker = _broker()
-    released = broker.store.close_session(body["session"])
-    broker.sessions.forget(body["session"])
-    broker.registry.wake_sessions([body["session"]])
-    return {"released": released}
+    return {"released": _services().broker.close_session(body["session"])}
 
 
 @route("session/wake")
 def session_wake(body: dict) -> dict:
-    _broker().store.signal(sessions=[body["session"]])
+    _services().broker.signal(sessions=[body["session"]])
     return {}
 
 
@@ -260,12 +240,12 @@ def session_wake(body: dict) -> dict:
 
 @route("worker/heartbeat")
 def worker_heartbeat(body: dict) -> dict:
-    return _broker().workers.heartbeat(body)
+    return _services().workers.heartbeat(body)
 
 
 @route("worker/deregister")
 def worker_deregister(body: dict) -> dict:
-    _broker().workers.deregister(body["name"], body["instance"])
+    _services().workers.deregister(body["name"], body["instance"])
     return {}
 
 
@@ -292,29 +272,29 @@ def _decode_value(body: dict) -> bytes:
 
 @route("results/get")
 def results_get(body: dict) -> dict:
-    return {"value": _encode_value(_broker().store.get_result(body["key"]))}
+    return {"value": _encode_value(_services().results.get(body["key"]))}
 
 
 @route("results/mget")
 def results_mget(body: dict) -> dict:
-    return {"values": [_encode_value(v) for v in _broker().store.mget_results(body["keys"])]}
+    return {"values": [_encode_value(v) for v in _services().results.mget(body["keys"])]}
 
 
 @route("results/set")
 def results_set(body: dict) -> dict:
-    _broker().store.set_result(body["key"], _decode_value(body), expires=body.get("expires"))
+    _services().results.set(body["key"], _decode_value(body), expires=body.get("expires"))
     return {}
 
 
 @route("results/delete")
 def results_delete(body: dict) -> dict:
-    _broker().store.delete_result(body["key"])
+    _services().results.delete(body["key"])
     return {}
 
 
 @route("results/incr")
 def results_incr(body: dict) -> dict:
-    value = _broker().store.incr_result(
+    value = _services().results.incr(
         body["key"], body.get("amount", 1), expires=body.get("expires")
     )
     return {"value": value}
@@ -322,7 +302,7 @@ def results_incr(body: dict) -> dict:
 
 @route("results/expire")
 def results_expire(body: dict) -> dict:
-    return {"found": _broker().store.expire_result(body["key"], body.get("expires"))}
+    return {"found": _services().results.expire(body["key"], body.get("expires"))}
 
 
 # -- task logs ---------------------------------------------------------------------------
@@ -330,7 +310,7 @@ def results_expire(body: dict) -> dict:
 
 @route("logs/push")
 def logs_push(body: dict) -> dict:
-    length = _broker().logs.append(
+    length = _services().logs.append(
         TaskInstanceTry.from_request(body), body["offset"], body["data"], ti_id=body.get("ti_id")
     )
     return {"length": length}
@@ -338,45 +318,12 @@ def logs_push(body: dict) -> dict:
 
 @route("logs/read")
 def logs_read(body: dict) -> dict:
-    got = _broker().logs.read(
+    got = _services().logs.read(
         TaskInstanceTry.from_request(body), body.get("offset", 0),
         body.get("limit", MAX_LOG_READ),
     )
     return {"found": got.found, "data": got.data, "offset": got.offset,
             "next_offset": got.next_offset, "length": got.length}
-
-
-class SessionTouches:
-    """Writes a session's liveness at most every ``interval`` seconds per process.
-
-    A long-polling worker asks several times a second when busy; writing
-    ``last_seen`` each time would cost a database write per poll for nothing.
-    """
-
-    def __init__(self, store, interval: float, *, capacity: int = 100_000) -> None:
-        self.store = store
-        self.interval = interval
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._seen: OrderedDict[str, tuple[frozenset, float]] = OrderedDict()
-
-    def touch(self, session: str, principal: str, queues: list[str]) -> None:
-        now = time.monotonic()
-        key = frozenset(queues)
-        with self._lock:
-            last = self._seen.get(session)
-        if last is not None and last[0] == key and now - last[1] < self.interval:
-            return
-        self.store.touch_session(session, principal, key)
-        with self._lock:
-            self._seen[session] = (key, now)
-            self._seen.move_to_end(session)
-            while len(self._seen) > self.capacity:
-                self._seen.popitem(last=False)
-
-    def forget(self, session: str) -> None:
-        with self._lock:
-            self._seen.pop(session, None)
 
 
 assert set(_ROUTES) == set(REQUESTS), "every protocol route needs a handler"

@@ -11,18 +11,22 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from edge_kombu import errors
 from edge_kombu.server import metrics
-from edge_kombu.server.api import SessionTouches, bp
+from edge_kombu.server.api import bp
 from edge_kombu.server.auth import Authenticator
+from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import ServerConfig
-from edge_kombu.server.db import create_db_engine, describe
+from edge_kombu.server.credentials import Credentials
+from edge_kombu.server.db import describe
+from edge_kombu.server.housekeeping import Housekeeping, IntervalScheduler
+from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.logs import TaskLogs
-from edge_kombu.server.store import Store
+from edge_kombu.server.results import Results
+from edge_kombu.server.sql import SQL
 from edge_kombu.server.wakeup import (
     LocalWakeup,
     PostgresListener,
     PostgresWakeup,
     ReadyPoller,
-    Reaper,
     WaiterRegistry,
 )
 from edge_kombu.server.web.access import BasicAccess, NotSignedIn
@@ -33,16 +37,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Broker:
-    """Everything the routes need, kept in ``app.extensions['edge_kombu']``."""
+class Services:
+    """The services over one SQL kernel, kept in ``app.extensions['edge_kombu']``."""
 
     config: ServerConfig
-    store: Store
-    registry: WaiterRegistry
+    sql: SQL
+    waiters: WaiterRegistry
     auth: Authenticator
-    sessions: SessionTouches
+    broker: Broker
+    results: Results
+    credentials: Credentials
     workers: WorkerRegistry
+    jobs: JobHistory
     logs: TaskLogs
+    housekeeping: Housekeeping
     threads: list = field(default_factory=list)
 
     def start(self) -> None:
@@ -53,30 +61,49 @@ class Broker:
         for thread in self.threads:
             thread.stop()
 
+    def shutdown(self) -> None:
+        """Answer waiting long-polls now, stop the background threads, close the pool."""
+        self.waiters.close()
+        self.stop()
+        self.sql.dispose()
 
-def build_broker(config: ServerConfig) -> Broker:
-    engine = create_db_engine(config.db_url)
-    registry = WaiterRegistry()
-    postgres = engine.dialect.name == "postgresql"
-    wakeup = PostgresWakeup(registry) if postgres else LocalWakeup(registry)
-    store = Store(engine, lease_timeout=config.lease_timeout, wakeup=wakeup,
-                  starvation_guard=config.starvation_guard)
-    workers = WorkerRegistry(store, worker_timeout=config.worker_timeout)
-    logs = TaskLogs(store, retention_days=config.log_retention_days)
-    threads = [Reaper(store, workers, config.reap_interval, logs=logs,
-                      job_retention=config.job_retention)]
-    if postgres:
-        threads.append(PostgresListener(engine, registry, origin=wakeup.origin))
+
+def build_services(config: ServerConfig) -> Services:
+    """Wire the services: one kernel, the wake-ups that suit its database, the threads."""
+    waiters = WaiterRegistry()
+    sql = SQL.from_url(config.db_url)
+    # Other processes hear of commits through NOTIFY where the database has it, else they poll.
+    wakeup = PostgresWakeup(waiters) if sql.notifies else LocalWakeup(waiters)
+    sql.wakeup = wakeup
+    jobs = JobHistory(sql)
+    broker = Broker(sql, lease_timeout=config.lease_timeout, max_wait=config.max_wait,
+                    starvation_guard=config.starvation_guard, waiters=waiters, history=jobs)
+    results = Results(sql, history=jobs)
+    credentials = Credentials(sql)
+    workers = WorkerRegistry(sql, broker=broker, jobs=jobs, worker_timeout=config.worker_timeout)
+    logs = TaskLogs(sql, retention_days=config.log_retention_days)
+    housekeeping = Housekeeping(sql, broker=broker, results=results, workers=workers, jobs=jobs,
+                                logs=logs, job_retention=config.job_retention,
+                                on_expired=metrics.record_reap)
+    threads = [housekeeping.reaper(config.reap_interval)]
+    if sql.notifies:
+        threads.append(PostgresListener(sql.engine, waiters, origin=wakeup.origin))
     else:
-        threads.append(ReadyPoller(store, registry, config.wake_poll_interval))
-    return Broker(
+        poller = ReadyPoller(broker, waiters)
+        threads.append(IntervalScheduler("edge-kombu-ready-poller", tick=config.wake_poll_interval)
+                       .every(0, "wake waiters", poller.poll))
+    return Services(
         config=config,
-        store=store,
-        registry=registry,
-        auth=Authenticator(store, config.secret_key, leeway=config.jwt_leeway),
-        sessions=SessionTouches(store, interval=config.lease_timeout / 4),
+        sql=sql,
+        waiters=waiters,
+        auth=Authenticator(credentials, config.secret_key, leeway=config.jwt_leeway),
+        broker=broker,
+        results=results,
+        credentials=credentials,
         workers=workers,
+        jobs=jobs,
         logs=logs,
+        housekeeping=housekeeping,
         threads=threads,
     )
 
@@ -90,15 +117,15 @@ def create_app(config: ServerConfig, *, start_background: bool = True,
     app = Flask("edge_kombu")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
-    broker = build_broker(config)
-    app.extensions["edge_kombu"] = broker
+    services = build_services(config)
+    app.extensions["edge_kombu"] = services
     app.extensions["edge_kombu_access"] = access or BasicAccess(config.ui_admin, config.ui_viewer)
     app.register_blueprint(bp)
     app.register_blueprint(web_bp)
-    metrics.install(app, broker)
+    metrics.install(app, services)
     _register_error_handlers(app, config)
     if start_background:
-        broker.start()
+        services.start()
     log.info("edge API on %s", describe(config.db_url))
     return app
 

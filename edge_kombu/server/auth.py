@@ -16,7 +16,7 @@ import jwt
 
 from edge_kombu import errors
 from edge_kombu.protocol import JWT_ALGORITHM, JWT_AUDIENCE, JWT_ROUTE_CLAIM, jwt_signing_key
-from edge_kombu.server.store import TOKEN_PREFIX, Store
+from edge_kombu.server.credentials import TOKEN_PREFIX, Credentials
 
 _HOW = (
     "send 'Authorization: Bearer <credential>' with a worker token from "
@@ -25,8 +25,9 @@ _HOW = (
 
 
 class Authenticator:
-    def __init__(self, store: Store, secret: str | None, *, leeway: float = 10.0) -> None:
-        self.store = store
+    def __init__(self, credentials: Credentials, secret: str | None, *,
+                 leeway: float = 10.0) -> None:
+        self.credentials = credentials
         self.secret = secret
         self.leeway = leeway
 
@@ -39,7 +40,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not credential:
             raise errors.AuthenticationFailed(f"malformed Authorization header: {_HOW}")
         if credential.startswith(TOKEN_PREFIX):
-            name = self.store.principal_for_token(credential)
+            name = self.credentials.principal_for(credential)
             if name is None:
                 raise errors.AuthenticationFailed("unknown or revoked worker token")
             return name

@@ -32,7 +32,8 @@ DEFAULT_JOB_RETENTION = 7 * 24 * 3600.0
 METRICS_AUTH_CHOICES = ("basic", "none")
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
+    """The number in environment variable ``name``, or ``default`` if unset or empty."""
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
@@ -119,22 +120,22 @@ class ServerConfig:
         """Settings from ``EDGE_KOMBU_*`` variables and the shared secret, then ``overrides``."""
         values = {
             "secret_key": shared_secret_from_environment(),
-            "lease_timeout": _env_float("EDGE_KOMBU_LEASE_TIMEOUT", DEFAULT_LEASE_TIMEOUT),
-            "max_wait": _env_float("EDGE_KOMBU_MAX_WAIT", DEFAULT_MAX_WAIT),
-            "max_body_bytes": int(_env_float("EDGE_KOMBU_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-            "reap_interval": _env_float("EDGE_KOMBU_REAP_INTERVAL", DEFAULT_REAP_INTERVAL),
-            "wake_poll_interval": _env_float(
+            "lease_timeout": env_float("EDGE_KOMBU_LEASE_TIMEOUT", DEFAULT_LEASE_TIMEOUT),
+            "max_wait": env_float("EDGE_KOMBU_MAX_WAIT", DEFAULT_MAX_WAIT),
+            "max_body_bytes": int(env_float("EDGE_KOMBU_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+            "reap_interval": env_float("EDGE_KOMBU_REAP_INTERVAL", DEFAULT_REAP_INTERVAL),
+            "wake_poll_interval": env_float(
                 "EDGE_KOMBU_WAKE_POLL_INTERVAL", DEFAULT_WAKE_POLL_INTERVAL
             ),
-            "worker_timeout": _env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT),
-            "starvation_guard": _env_float(
+            "worker_timeout": env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT),
+            "starvation_guard": env_float(
                 "EDGE_KOMBU_STARVATION_GUARD", DEFAULT_STARVATION_GUARD
             ),
             "ui_admin": os.environ.get("EDGE_KOMBU_UI_ADMIN") or None,
             "ui_viewer": os.environ.get("EDGE_KOMBU_UI_VIEWER") or None,
             "metrics_auth": os.environ.get("EDGE_KOMBU_METRICS_AUTH") or "basic",
-            "job_retention": _env_float("EDGE_KOMBU_JOB_RETENTION", DEFAULT_JOB_RETENTION),
-            "log_retention_days": _env_float(
+            "job_retention": env_float("EDGE_KOMBU_JOB_RETENTION", DEFAULT_JOB_RETENTION),
+            "log_retention_days": env_float(
                 "EDGE_KOMBU_LOG_RETENTION_DAYS", log_retention_days_default()
             ),
         }

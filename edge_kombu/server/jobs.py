@@ -1,7 +1,8 @@
 """Jobs history: one row per Celery task message, for the Jobs page and queue charts.
 
-The store records a job in the transaction that changes it, so the history costs
-one statement per operation and never a round trip of its own:
+The broker, the results and the worker registry report to the history inside the
+transaction that changes a job, so it costs one statement per operation and never a
+round trip of its own:
 
 =================  ==========================================================
 publish            ``queued`` (task id, name, queue, slots; Airflow: DAG, task,
@@ -15,8 +16,8 @@ ack                ``done`` when no result said how it ended (tasks without a
 =================  ==========================================================
 
 Only messages that carry Celery's protocol 2 ``id`` and ``task`` headers are jobs;
-remote control, events and replies are not. Finished jobs are kept for
-``EDGE_KOMBU_JOB_RETENTION`` seconds (default 7 days).
+remote control, events and replies are not. Housekeeping deletes finished jobs after
+``EDGE_KOMBU_JOB_RETENTION`` seconds (:data:`~edge_kombu.server.config.DEFAULT_JOB_RETENTION`).
 """
 
 from __future__ import annotations
@@ -27,20 +28,16 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import bindparam, delete, func, or_, select, update
-from sqlalchemy import text as sql_text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from edge_kombu.protocol import MAX_KEY_LENGTH
+from edge_kombu.protocol import AIRFLOW_TASK_NAME, MAX_KEY_LENGTH
 from edge_kombu.server import models as m
+from edge_kombu.server.sql import SQL
 
 log = logging.getLogger(__name__)
 
-#: The Celery task that runs an Airflow workload (``edge_kombu.airflow.provider.TASK_NAME``).
-AIRFLOW_TASK = "execute_workload"
 #: Result keys of Celery's key/value backends.
 RESULT_PREFIX = "celery-task-meta-"
-#: Seconds a finished job stays in the history.
-DEFAULT_RETENTION = 7 * 24 * 3600.0
 #: Page size of the Jobs page and its largest allowed value.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -102,12 +99,16 @@ def result_state(value: bytes) -> str | None:
 
 
 class JobHistory:
-    """Writes the history inside the store's transactions; reads it for the pages."""
+    """Writes the history inside other services' transactions; reads it for the pages.
 
-    def __init__(self, store) -> None:
-        self.store = store
+    Serves as the broker's :class:`~edge_kombu.server.broker.History` and the results'
+    :class:`~edge_kombu.server.results.ResultHistory`.
+    """
 
-    # -- writes, each inside a transaction of the store -----------------------------------
+    def __init__(self, sql: SQL) -> None:
+        self.sql = sql
+
+    # -- writes, each inside the caller's transaction ---------------------------------------
 
     def published(self, conn: Connection, queues: Sequence[str], message: dict,
                   slots: int, now: float) -> None:
@@ -127,10 +128,10 @@ class JobHistory:
             "started_at": None,
             "finished_at": None,
         }
-        if headers["task"] == AIRFLOW_TASK:
+        if headers["task"] == AIRFLOW_TASK_NAME:
             row.update(airflow_ti(message))
         # A retry republishes under the same id: the job starts over where it is listed.
-        self.store._upsert(conn, m.job, row, ["task_id"])
+        self.sql.upsert(conn, m.job, row, ["task_id"])
 
     def claimed(self, conn: Connection, session: str, leased: Iterable[tuple[int, dict]],
                 now: float) -> None:
@@ -191,9 +192,9 @@ class JobHistory:
 
     def purge(self, retention: float) -> int:
         """Delete jobs finished more than ``retention`` seconds ago."""
-        with self.store._tx() as tx:
+        with self.sql.transaction() as tx:
             return tx.conn.execute(
-                delete(m.job).where(m.job.c.finished_at < self.store.clock() - retention)
+                delete(m.job).where(m.job.c.finished_at < self.sql.clock() - retention)
             ).rowcount
 
     def sample_queues(self, overview: list[dict]) -> None:
@@ -202,14 +203,14 @@ class JobHistory:
         Celery's own queues (one per worker for remote control) are left out; samples are
         kept two hours (the charts show one).
         """
-        minute = int(self.store.clock() // 60)
-        with self.store._tx() as tx:
+        minute = int(self.sql.clock() // 60)
+        with self.sql.transaction() as tx:
             for q in overview:
                 if is_internal_queue(q["name"]):
                     continue
                 row = {"queue": q["name"], "minute": minute, "ready": q["ready"],
                        "oldest_age": q["oldest_age"]}
-                self.store._upsert(tx.conn, m.queue_sample, row, ["queue", "minute"])
+                self.sql.upsert(tx.conn, m.queue_sample, row, ["queue", "minute"])
             old = m.queue_sample.c.minute < minute - 120
             tx.conn.execute(delete(m.queue_sample).where(old))
 
@@ -221,7 +222,7 @@ class JobHistory:
         """Newest jobs first, ``limit`` per page; ``before`` is the previous page's cursor."""
         stmt = self.page_query(state=state, queue=queue, worker=worker, text=text,
                                before=before, limit=limit)
-        with self.store.engine.connect() as conn:
+        with self.sql.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
         more = len(rows) > limit
         rows = rows[:limit]
@@ -229,6 +230,10 @@ class JobHistory:
             "jobs": [_public(row) for row in rows],
             "next": rows[-1]["seq"] if more else None,
         }
+
+    def page_plan(self, **filters) -> str:
+        """The database's plan of a filtered page (tests check that it reads an index)."""
+        return self.sql.explain(self.page_query(**filters))
 
     @staticmethod
     def page_query(*, state=None, queue=None, worker=None, text=None, before=None,
@@ -254,7 +259,7 @@ class JobHistory:
 
     def facets(self) -> dict:
         """Values for the Jobs page's filters: the queues and workers seen."""
-        with self.store.engine.connect() as conn:
+        with self.sql.connect() as conn:
             queues = conn.execute(select(m.queue.c.name).order_by(m.queue.c.name)).scalars()
             workers = conn.execute(select(m.worker.c.name).order_by(m.worker.c.name)).scalars()
             return {"states": list(STATES), "workers": list(workers),
@@ -262,7 +267,7 @@ class JobHistory:
 
     def history(self, *, minutes: int = 60) -> dict[str, dict]:
         """Per queue and minute of the last ``minutes``: depth and finished jobs."""
-        now = self.store.clock()
+        now = self.sql.clock()
         first = int(now // 60) - minutes + 1
         series: dict[str, dict] = {}
 
@@ -271,7 +276,7 @@ class JobHistory:
 
         sample = m.queue_sample.c
         minute_done = func.floor(m.job.c.finished_at / 60)
-        with self.store.engine.connect() as conn:
+        with self.sql.connect() as conn:
             for queue, minute, ready in conn.execute(
                 select(sample.queue, sample.minute, sample.ready).where(sample.minute >= first)
             ):
@@ -308,12 +313,3 @@ def _public(row) -> dict:
     return job
 
 
-def page_uses_index(engine: Engine, **filters) -> str:
-    """The database's plan of a filtered page (tests and ``bench/`` check it uses an index)."""
-    stmt = JobHistory.page_query(**filters)
-    compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
-    prefix = {"sqlite": "EXPLAIN QUERY PLAN ", "postgresql": "EXPLAIN "}.get(
-        engine.dialect.name, "EXPLAIN ")
-    with engine.connect() as conn:
-        return "\n".join(" ".join(map(str, row)) for row in conn.execute(
-            sql_text(prefix + str(compiled))))

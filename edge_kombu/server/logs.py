@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, update
 from edge_kombu import errors
 from edge_kombu.server import models as m
 from edge_kombu.server.config import DEFAULT_LOG_RETENTION_DAYS
-from edge_kombu.server.store import Store
+from edge_kombu.server.sql import SQL
 
 #: Most log keys purged in one transaction.
 PURGE_BATCH = 500
@@ -80,12 +80,12 @@ def _char_end(raw: bytes, index: int) -> int:
 
 
 class TaskLogs:
-    """Append, read and purge task logs; each method is one transaction of ``store``."""
+    """Append, read and purge task logs; each method is one transaction of ``sql``."""
 
-    def __init__(self, store: Store, *, retention_days: float = DEFAULT_LOG_RETENTION_DAYS) -> None:
+    def __init__(self, sql: SQL, *, retention_days: float = DEFAULT_LOG_RETENTION_DAYS) -> None:
         if retention_days <= 0:
             raise ValueError("log retention must be > 0 days")
-        self.store = store
+        self.sql = sql
         self.retention = retention_days * 86400.0
 
     def append(self, ti: TaskInstanceTry, offset: int, data: str, *,
@@ -98,16 +98,16 @@ class TaskLogs:
         raw = _utf8(data)
         if offset < 0:
             raise errors.InvalidRequest(f"offset: must be >= 0, got {offset}")
-        now = self.store.clock()
+        now = self.sql.clock()
         log_key = ti.key
-        with self.store._tx() as tx:
+        with self.sql.transaction() as tx:
             conn = tx.conn
             row = {"key": log_key, "dag_id": ti.dag_id, "task_id": ti.task_id,
                    "run_id": ti.run_id, "map_index": ti.map_index,
                    "try_number": ti.try_number, "ti_id": ti_id, "length": 0,
                    "updated_at": now}
             # Creates the log or locks its row for this transaction.
-            self.store._upsert(conn, m.task_log, row, ["key"], {"updated_at": now})
+            self.sql.upsert(conn, m.task_log, row, ["key"], {"updated_at": now})
             length = conn.execute(
                 select(m.task_log.c.length).where(m.task_log.c.key == log_key)
             ).scalar_one()
@@ -134,7 +134,7 @@ class TaskLogs:
 
     def length(self, ti: TaskInstanceTry) -> int | None:
         """Bytes stored for the log, or None if nothing was ever pushed for it."""
-        with self.store.engine.connect() as conn:
+        with self.sql.connect() as conn:
             return conn.execute(
                 select(m.task_log.c.length).where(m.task_log.c.key == ti.key)
             ).scalar()
@@ -144,7 +144,7 @@ class TaskLogs:
         if offset < 0:
             raise errors.InvalidRequest(f"offset: must be >= 0, got {offset}")
         chunk = m.task_log_chunk.c
-        with self.store.engine.connect() as conn:
+        with self.sql.connect() as conn:
             length = conn.execute(
                 select(m.task_log.c.length).where(m.task_log.c.key == ti.key)
             ).scalar()
@@ -166,10 +166,10 @@ class TaskLogs:
 
     def purge(self, *, older_than: float | None = None) -> int:
         """Delete logs without a new chunk for ``older_than`` seconds (the retention)."""
-        cutoff = self.store.clock() - (self.retention if older_than is None else older_than)
+        cutoff = self.sql.clock() - (self.retention if older_than is None else older_than)
         purged = 0
         while True:
-            with self.store._tx() as tx:
+            with self.sql.transaction() as tx:
                 keys = list(tx.conn.execute(
                     select(m.task_log.c.key).where(m.task_log.c.updated_at < cutoff)
                     .limit(PURGE_BATCH)

@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from edge_kombu.protocol import API_PATH, REQUESTS
+from edge_kombu.protocol import API_PATH, REQUESTS, WORKER_OFFLINE, WORKER_OFFLINE_MAINTENANCE
 
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -81,12 +81,12 @@ def record_deliveries(messages: list[dict]) -> None:
 class FleetCollector:
     """Gauges read from the database at scrape time: queues, workers, heartbeats."""
 
-    def __init__(self, store, workers) -> None:
-        self.store = store
+    def __init__(self, broker, workers) -> None:
+        self.broker = broker
         self.workers = workers
 
     def collect(self):
-        queues = self.store.queue_overview()
+        queues = self.broker.queue_overview()
         ready = GaugeMetricFamily("edge_kombu_queue_messages_ready",
                                   "Messages waiting in the queue.", labels=["queue"])
         leased = GaugeMetricFamily("edge_kombu_queue_messages_leased",
@@ -130,7 +130,7 @@ class FleetCollector:
         families = {key: GaugeMetricFamily(name, doc, labels=["worker"])
                     for key, (name, doc) in per_worker.items()}
         for w in fleet:
-            if w["state"] in ("offline", "offline maintenance"):
+            if w["state"] in (WORKER_OFFLINE, WORKER_OFFLINE_MAINTENANCE):
                 continue
             values = dict(w["sysinfo"], slots_used=w["slots_used"],
                           slots_total=w["slots_total"], heartbeat_age=w["heartbeat_age"])
@@ -142,7 +142,7 @@ class FleetCollector:
         yield from families.values()
 
 
-def registry_for(broker) -> CollectorRegistry:
+def registry_for(services) -> CollectorRegistry:
     """The registry ``/metrics`` serves: this process's (or all processes') plus the fleet."""
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get(ENV_MULTIPROC_DIR):
@@ -150,13 +150,13 @@ def registry_for(broker) -> CollectorRegistry:
     else:
         for metric in _PROCESS_METRICS:
             registry.register(metric)
-    registry.register(FleetCollector(broker.store, broker.workers))
+    registry.register(FleetCollector(services.broker, services.workers))
     return registry
 
 
-def install(app: Flask, broker) -> None:
+def install(app: Flask, services) -> None:
     """Serve ``/metrics`` and time every request."""
-    app.extensions["edge_kombu_metrics"] = registry_for(broker)
+    app.extensions["edge_kombu_metrics"] = registry_for(services)
     app.register_blueprint(bp)
 
     @app.before_request

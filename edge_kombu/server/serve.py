@@ -7,7 +7,6 @@ import os
 import tempfile
 
 from gunicorn.app.base import BaseApplication
-from sqlalchemy.engine import make_url
 
 from edge_kombu.server.config import ServerConfig
 
@@ -71,7 +70,7 @@ class APIServer(BaseApplication):
         handle_exit = worker.handle_exit
 
         def exit_and_wake(sig, frame):
-            self.app.extensions["edge_kombu"].registry.close()
+            self.app.extensions["edge_kombu"].waiters.close()
             handle_exit(sig, frame)
 
         worker.handle_exit = exit_and_wake
@@ -80,11 +79,10 @@ class APIServer(BaseApplication):
         signal.signal(signal.SIGTERM, exit_and_wake)
 
     def load(self):
-        # gunicorn's gevent worker has monkey-patched by now; make psycopg2 cooperative too.
-        if make_url(self.config_obj.db_url).get_backend_name() == "postgresql":
-            from psycogreen.gevent import patch_psycopg
+        from edge_kombu.server.sql import make_driver_cooperative
 
-            patch_psycopg()
+        # gunicorn's gevent worker has monkey-patched by now; make the driver cooperative too.
+        make_driver_cooperative(self.config_obj.db_url)
         from edge_kombu.server.app import create_app
 
         self.app = create_app(self.config_obj)

@@ -22,10 +22,14 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from edge_kombu.server.store import Store, Wakeup
+from edge_kombu.server.sql import Wakeup
+
+if TYPE_CHECKING:
+    from edge_kombu.server.broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -208,87 +212,22 @@ def _chunks(items: list[str], limit: int) -> Iterator[str]:
         yield "\n".join(batch)
 
 
-class _Loop(threading.Thread):
-    """A daemon thread running ``step`` until stopped; errors are logged, not fatal."""
+class ReadyPoller:
+    """For databases without NOTIFY: wake waiters whose queues got a message elsewhere.
 
-    def __init__(self, name: str, interval: float, step: Callable[[], None]) -> None:
-        super().__init__(name=name, daemon=True)
-        self.interval = interval
-        self.step = step
-        self.stopped = threading.Event()
+    Its :meth:`poll` runs every ``wake_poll_interval`` seconds on a thread of its own.
+    """
 
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.step()
-            except Exception:  # noqa: BLE001 - a background loop must survive DB hiccups
-                log.exception("%s failed; retrying in %.1fs", self.name, self.interval)
-            self.stopped.wait(self.interval)
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-
-class ReadyPoller(_Loop):
-    """For databases without NOTIFY: wake waiters whose queues got a message elsewhere."""
-
-    def __init__(self, store: Store, registry: WaiterRegistry, interval: float) -> None:
-        super().__init__("edge-kombu-ready-poller", interval, self._poll)
-        self.store = store
+    def __init__(self, broker: Broker, registry: WaiterRegistry) -> None:
+        self.broker = broker
         self.registry = registry
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
         queues = self.registry.waited_queues()
         if queues:
-            ready = self.store.ready_min_slots(queues)
+            ready = self.broker.ready_min_slots(queues)
             if ready:
                 self.registry.wake_queues(ready, ready)
-
-
-class Reaper(_Loop):
-    """Expires silent workers and sessions (redelivering their leases), TTLs, idle queues,
-    and task logs past their retention."""
-
-    #: Seconds between checks for tasks too big for every worker of their queue.
-    TOO_BIG_INTERVAL = 30.0
-    #: Seconds between two purges of old task logs.
-    LOG_PURGE_INTERVAL = 300.0
-
-    #: Seconds between samples of the queues' depth (the queue page's charts).
-    SAMPLE_INTERVAL = 60.0
-    #: Seconds between deletions of old jobs from the jobs history.
-    JOB_PURGE_INTERVAL = 3600.0
-
-    def __init__(self, store: Store, workers, interval: float, *, logs=None,
-                 job_retention: float = 7 * 24 * 3600.0) -> None:
-        super().__init__("edge-kombu-reaper", interval, self._reap)
-        self.store = store
-        self.workers = workers
-        self.logs = logs
-        self.job_retention = job_retention
-        self._next_too_big = 0.0
-        self._next_log_purge = 0.0
-        self._next_sample = self._next_job_purge = 0.0
-
-    def _reap(self) -> None:
-        from edge_kombu.server.metrics import record_reap
-
-        self.workers.expire_silent()
-        record_reap(self.store.reap())
-        if time.monotonic() >= self._next_sample:
-            self._next_sample = time.monotonic() + self.SAMPLE_INTERVAL
-            self.store.jobs.sample_queues(self.store.queue_overview())
-        if time.monotonic() >= self._next_job_purge:
-            self._next_job_purge = time.monotonic() + self.JOB_PURGE_INTERVAL
-            self.store.jobs.purge(self.job_retention)
-        if time.monotonic() >= self._next_too_big:
-            self._next_too_big = time.monotonic() + self.TOO_BIG_INTERVAL
-            self.workers.report_too_big()
-        if self.logs is not None and time.monotonic() >= self._next_log_purge:
-            self._next_log_purge = time.monotonic() + self.LOG_PURGE_INTERVAL
-            purged = self.logs.purge()
-            if purged:
-                log.info("purged %d task logs older than their retention", purged)
 
 
 class PostgresListener(threading.Thread):

@@ -21,34 +21,49 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from edge_kombu import errors
-from edge_kombu.protocol import VERSION, versions_differ
+from edge_kombu.protocol import (
+    VERSION,
+    WORKER_IDLE,
+    WORKER_MAINTENANCE_EXIT,
+    WORKER_MAINTENANCE_MODE,
+    WORKER_MAINTENANCE_PENDING,
+    WORKER_MAINTENANCE_REQUEST,
+    WORKER_OFFLINE,
+    WORKER_OFFLINE_MAINTENANCE,
+    WORKER_RUNNING,
+    WORKER_SHUTDOWN_REQUEST,
+    WORKER_TERMINATING,
+    WORKER_UNKNOWN,
+    versions_differ,
+)
 from edge_kombu.server import models as m
-from edge_kombu.server.store import Store
+from edge_kombu.server.broker import Broker
+from edge_kombu.server.config import DEFAULT_WORKER_TIMEOUT
+from edge_kombu.server.jobs import JobHistory
+from edge_kombu.server.sql import SQL
 
 log = logging.getLogger(__name__)
 
 #: States of a worker that is not running (no heartbeats expected).
-GONE = ("offline", "offline maintenance", "unknown")
-_IN_MAINTENANCE = ("maintenance pending", "maintenance mode")
-_STOPPING = ("terminating", "offline")
-
-DEFAULT_WORKER_TIMEOUT = 30.0
+GONE = (WORKER_OFFLINE, WORKER_OFFLINE_MAINTENANCE, WORKER_UNKNOWN)
+_IN_MAINTENANCE = (WORKER_MAINTENANCE_PENDING, WORKER_MAINTENANCE_MODE)
+_STOPPING = (WORKER_TERMINATING, WORKER_OFFLINE)
 
 
 def displayed_state(reported: str, *, maintenance: bool, shutdown: bool) -> str:
     """Merge what the worker says with what was asked of it."""
     if shutdown and reported not in _STOPPING:
-        return "shutdown request"
+        return WORKER_SHUTDOWN_REQUEST
     if maintenance and reported not in _IN_MAINTENANCE and reported not in _STOPPING:
-        return "maintenance request"
+        return WORKER_MAINTENANCE_REQUEST
     if not maintenance and reported in _IN_MAINTENANCE:
-        return "maintenance exit"
+        return WORKER_MAINTENANCE_EXIT
     return reported
 
 
@@ -57,14 +72,20 @@ def _loads(text: str | None, default):
 
 
 class WorkerRegistry:
-    """Worker rows, on the same database and transactions as the broker store."""
+    """Worker rows, each method one transaction of ``sql``.
 
-    def __init__(self, store: Store, *, worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
-                 clock: Callable[[], float] | None = None) -> None:
+    ``broker`` closes a silent worker's consumer session and tells which queues hold what;
+    ``jobs``, if given, hears which tasks each heartbeat lists as running.
+    """
+
+    def __init__(self, sql: SQL, *, broker: Broker, jobs: JobHistory | None = None,
+                 worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> None:
         self._reported: tuple = ()
-        self.store = store
+        self.sql = sql
+        self.broker = broker
+        self.jobs = jobs
         self.worker_timeout = worker_timeout
-        self.clock = clock or store.clock
+        self.clock = sql.clock
 
     # -- the worker's side ----------------------------------------------------------------
 
@@ -72,10 +93,10 @@ class WorkerRegistry:
         """Record one heartbeat (the first registers the worker); return the admins' wishes."""
         now = self.clock()
         name, instance, reported = beat["name"], beat["instance"], beat["state"]
-        with self.store._tx() as tx:
+        with self.sql.transaction() as tx:
             conn = tx.conn
             row = conn.execute(
-                self.store._lock_row(select(m.worker).where(m.worker.c.name == name))
+                self.sql.lock_rows(select(m.worker).where(m.worker.c.name == name))
             ).mappings().first()
             if row is not None and row["instance"] != instance and self._alive(row, now):
                 raise errors.Conflict(
@@ -119,7 +140,8 @@ class WorkerRegistry:
                 if row["instance"] != instance:
                     values["first_online"] = now
                 conn.execute(update(m.worker).where(m.worker.c.name == name).values(**values))
-            self.store.jobs.running(conn, name, beat.get("running") or [], now)
+            if self.jobs is not None:
+                self.jobs.running(conn, name, beat.get("running") or [], now)
         return {
             "state": values["state"],
             "maintenance": maintenance,
@@ -146,7 +168,7 @@ class WorkerRegistry:
 
     def deregister(self, name: str, instance: str) -> None:
         """A clean exit: offline, or offline maintenance (it comes back in maintenance)."""
-        with self.store._tx() as tx:
+        with self.sql.transaction() as tx:
             row = tx.conn.execute(
                 select(m.worker.c.instance, m.worker.c.maintenance).where(m.worker.c.name == name)
             ).first()
@@ -156,7 +178,7 @@ class WorkerRegistry:
                 update(m.worker)
                 .where(m.worker.c.name == name)
                 .values(
-                    state="offline maintenance" if row.maintenance else "offline",
+                    state=WORKER_OFFLINE_MAINTENANCE if row.maintenance else WORKER_OFFLINE,
                     slots_used=0,
                     running="[]",
                     shutdown_requested=False,
@@ -172,7 +194,7 @@ class WorkerRegistry:
             m.worker.c.state.not_in(GONE),
             m.worker.c.last_heartbeat < now - self.worker_timeout,
         )
-        with self.store._tx() as tx:
+        with self.sql.transaction() as tx:
             conn = tx.conn
             candidates = conn.execute(
                 select(m.worker.c.name, m.worker.c.maintenance, m.worker.c.session)
@@ -185,13 +207,13 @@ class WorkerRegistry:
                 if conn.execute(
                     update(m.worker)
                     .where(m.worker.c.name == name, *is_silent)
-                    .values(state="offline maintenance" if maintenance else "unknown",
+                    .values(state=WORKER_OFFLINE_MAINTENANCE if maintenance else WORKER_UNKNOWN,
                             slots_used=0, running="[]")
                 ).rowcount
             ]
             sessions = [session for _, _, session in silent if session]
             if sessions:
-                self.store._close_sessions(tx, sessions, now)
+                self.broker.close_sessions(tx, sessions, now)
         for name, _, _ in silent:
             log.warning("worker %s missed its heartbeats for %.0fs: marked unknown, its "
                         "messages are redelivered", name, self.worker_timeout)
@@ -204,13 +226,13 @@ class WorkerRegistry:
         states = list(states)
         if states:
             stmt = stmt.where(m.worker.c.state.in_(states))
-        with self.store.engine.connect() as conn:
+        with self.sql.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
         now = self.clock()
         return [self._public(row, now) for row in rows]
 
     def get(self, name: str) -> dict:
-        with self.store.engine.connect() as conn:
+        with self.sql.connect() as conn:
             row = conn.execute(select(m.worker).where(m.worker.c.name == name)).mappings().first()
         if row is None:
             raise errors.NotFound(f"no worker named {name!r}")
@@ -240,9 +262,9 @@ class WorkerRegistry:
         }
 
     def _change(self, name: str, **values) -> dict:
-        with self.store._tx() as tx:
+        with self.sql.transaction() as tx:
             row = tx.conn.execute(
-                self.store._lock_row(select(m.worker).where(m.worker.c.name == name))
+                self.sql.lock_rows(select(m.worker).where(m.worker.c.name == name))
             ).mappings().first()
             if row is None:
                 raise errors.NotFound(f"no worker named {name!r}")
@@ -267,7 +289,7 @@ class WorkerRegistry:
         worker = self.get(name)
         if worker["state"] in GONE:
             raise errors.Conflict(f"worker {name!r} is {worker['state']}; nothing to shut down")
-        return self._change(name, shutdown_requested=True, state="shutdown request")
+        return self._change(name, shutdown_requested=True, state=WORKER_SHUTDOWN_REQUEST)
 
     def change_queues(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> dict:
         add, remove = list(add), set(remove)
@@ -296,12 +318,12 @@ class WorkerRegistry:
                 f"worker {name!r} is {worker['state']}; only offline or unknown workers can be "
                 "removed (shut it down first)"
             )
-        with self.store._tx() as tx:
+        with self.sql.transaction() as tx:
             tx.conn.execute(delete(m.worker).where(m.worker.c.name == name))
 
     def report_too_big(self) -> list[dict]:
         """Log (once per change) the queues whose tasks no consuming worker can fit."""
-        found = too_big(self.store.queue_overview(), self.max_slots_by_queue())
+        found = too_big(self.broker.queue_overview(), self.max_slots_by_queue())
         key = tuple(sorted((f["queue"], f["slots"], f["largest_worker"]) for f in found))
         if key != self._reported:
             for f in found:
@@ -313,13 +335,35 @@ class WorkerRegistry:
 
     def max_slots_by_queue(self) -> dict[str, int]:
         """For each queue, the largest slot budget among live workers consuming it."""
-        best: dict[str, int] = {}
+        return _largest_slots(self._serving())
+
+    def queue_report(self) -> list[dict]:
+        """The broker's queue overview with who serves each queue (the Queues page and
+        ``edge-kombu queues``): ``workers`` (live ones consuming it), ``largest_worker_slots``
+        (None if none) and ``too_big`` (a ready task needs more slots than any of them has)."""
+        overview = self.broker.queue_overview()
+        serving = self._serving()
+        capacity = _largest_slots(serving)
+        problems = {p["queue"] for p in too_big(overview, capacity)}
+        return [
+            dict(q, workers=[w["name"] for w in serving.get(q["name"], [])],
+                 largest_worker_slots=capacity.get(q["name"]), too_big=q["name"] in problems)
+            for q in overview
+        ]
+
+    def _serving(self) -> dict[str, list[dict]]:
+        """The live workers consuming each queue (asked for, else reported), by queue."""
+        serving: dict[str, list[dict]] = {}
         for worker in self.list():
             if worker["state"] in GONE:
                 continue
             for queue in worker["desired_queues"] or worker["queues"]:
-                best[queue] = max(best.get(queue, 0), worker["slots_total"])
-        return best
+                serving.setdefault(queue, []).append(worker)
+        return serving
+
+
+def _largest_slots(serving: dict[str, list[dict]]) -> dict[str, int]:
+    return {queue: max(w["slots_total"] for w in workers) for queue, workers in serving.items()}
 
 
 def too_big(queues: list[dict], capacity: dict[str, int]) -> list[dict]:
@@ -336,12 +380,12 @@ def _state_after_request(row, maintenance: bool) -> str:
     """The row's state right after an admin switched maintenance, before any heartbeat."""
     state = row["state"]
     if state in GONE:
-        if state == "unknown":
+        if state == WORKER_UNKNOWN:
             return state
-        return "offline maintenance" if maintenance else "offline"
+        return WORKER_OFFLINE_MAINTENANCE if maintenance else WORKER_OFFLINE
     # Behind a pending request, guess what the worker itself last was.
-    if state == "maintenance exit":
-        state = "maintenance mode"
-    elif state in ("maintenance request", "shutdown request"):
-        state = "running" if row["slots_used"] else "idle"
+    if state == WORKER_MAINTENANCE_EXIT:
+        state = WORKER_MAINTENANCE_MODE
+    elif state in (WORKER_MAINTENANCE_REQUEST, WORKER_SHUTDOWN_REQUEST):
+        state = WORKER_RUNNING if row["slots_used"] else WORKER_IDLE
     return displayed_state(state, maintenance=maintenance, shutdown=bool(row["shutdown_requested"]))

@@ -26,8 +26,8 @@ def fast_broker_url(api_factory, token):
     return api, api.url.replace("http://", f"edge+http://:{token}@")
 
 
-def messages_left(store) -> int:
-    with store.engine.connect() as conn:
+def messages_left(sql) -> int:
+    with sql.connect() as conn:
         return conn.execute(select(func.count()).select_from(models.message)).scalar_one()
 
 
@@ -36,7 +36,7 @@ def labels(path) -> list[str]:
 
 
 def test_killed_worker_task_is_redelivered(fast_broker_url, worker_factory, celery_client, tmp_path,
-                                           store):
+                                           sql):
     api, url = fast_broker_url
     first = worker_factory(url, name="doomed")
     out = tmp_path / "out"
@@ -53,11 +53,11 @@ def test_killed_worker_task_is_redelivered(fast_broker_url, worker_factory, cele
     assert labels(out) == ["done"], "the task ran to completion exactly once, on the second worker"
     assert "redelivered" in second.log() or result.state == "SUCCESS"
     assert "expired 1 silent consumer session" in api.log()
-    wait_for(lambda: messages_left(store) == 0, timeout=30, message="all messages settled")
+    wait_for(lambda: messages_left(sql) == 0, timeout=30, message="all messages settled")
 
 
 def test_api_restart_loses_nothing(api_factory, token, worker_factory, celery_client, tmp_path,
-                                   store):
+                                   sql):
     api = api_factory(env=FAST_LEASES)
     url = api.url.replace("http://", f"edge+http://:{token}@")
     worker_factory(url, name="steady", concurrency=2)
@@ -80,4 +80,4 @@ def test_api_restart_loses_nothing(api_factory, token, worker_factory, celery_cl
     # At-least-once: a task whose ack was lost with the server may run again, nothing else.
     assert len(done) - len(expected) <= 2
     # Every message was acknowledged in the end: none stays leased to a live session.
-    wait_for(lambda: messages_left(store) == 0, timeout=30, message="all messages settled")
+    wait_for(lambda: messages_left(sql) == 0, timeout=30, message="all messages settled")

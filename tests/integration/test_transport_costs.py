@@ -45,7 +45,7 @@ def test_transient_messages_bound_to_nothing_are_sent_once(db_url, token, tmp_pa
         server.stop()
 
 
-def test_an_expired_idle_session_is_replaced(api_factory, token, store):
+def test_an_expired_idle_session_is_replaced(api_factory, token, sql):
     api = api_factory(env=FAST_LEASES)
     queue = Queue("renewed")
     received = []
@@ -57,7 +57,7 @@ def test_an_expired_idle_session_is_replaced(api_factory, token, store):
         first = conn.transport.session_id
 
         def closed() -> bool:
-            with store.engine.connect() as db:
+            with sql.connect() as db:
                 return db.execute(select(models.session.c.closed_at).where(
                     models.session.c.id == first)).scalar() is not None
 

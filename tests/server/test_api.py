@@ -35,11 +35,12 @@ from edge_kombu.protocol import (
     jwt_signing_key,
 )
 from edge_kombu.server.config import ENV_SECRET
-from edge_kombu.server.db import create_db_engine
-from edge_kombu.server.store import Store
+from edge_kombu.server.credentials import Credentials
+from edge_kombu.server.sql import SQL, create_db_engine
 from edge_kombu.transport.client import EdgeClient
 from tests.conftest import _reset, fresh_schema, scratch_database
 from tests.helpers import BIN, ROOT, wait_for
+from tests.server.helpers import error_message, post
 
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 HOW_TO_AUTHENTICATE = "Authorization: Bearer"
@@ -73,29 +74,6 @@ def connect(api_factory):
     yield make
     for client in clients:
         client.close()
-
-
-def post(server, route: str, body=None, *, token: str | None = None, headers: dict | None = None,
-         **kwargs) -> requests.Response:
-    """POST ``body`` to ``route`` as a raw request; ``headers`` values of None are left out."""
-    sent = {HEADER_PROTOCOL: PROTOCOL_VERSION}
-    if token:
-        sent["Authorization"] = f"Bearer {token}"
-    sent.update(headers or {})
-    if "data" not in kwargs:
-        kwargs["json"] = {} if body is None else body
-    return requests.post(f"{server.url}{API_PATH}/{route}", headers=sent, timeout=30, **kwargs)
-
-
-def error_message(response: requests.Response, status: int) -> str:
-    """Assert ``response`` is a clean JSON error with ``status``; return its message."""
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["Content-Type"] == "application/json", response.headers
-    body = response.json()
-    assert set(body) == {"error", "message"}, body
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    return body["message"]
 
 
 def failure(call, *args) -> errors.EdgeError:
@@ -183,13 +161,13 @@ def test_every_other_route_needs_credentials(api):
         assert bogus not in message_
 
 
-def test_worker_token_works_until_revoked(api, token, store, credentials, connect):
+def test_worker_token_works_until_revoked(api, token, tokens, credentials, connect):
     credentials.append(token)
     client = connect(api.url, token=token)
     assert client.call("hello")["principal"] == "test-worker"
     assert client.call("queue/declare", {"name": "tasks"})["messages"] == 0
 
-    store.revoke_token("test-worker")
+    tokens.revoke("test-worker")
     error = failure(client.call, "hello")
     assert isinstance(error, errors.AuthenticationFailed) and error.status == 401
     assert "unknown or revoked worker token" in error.message
@@ -581,11 +559,11 @@ def postgres_url(request, db_url) -> str:
 def test_publish_on_one_server_wakes_a_consume_on_another(
     api_factory, postgres_url, credentials, connect
 ):
-    engine = create_db_engine(postgres_url, pool_size=1)
+    sql = SQL.from_url(postgres_url, pool_size=1)
     try:
-        token = Store(engine).create_token("cross-process")
+        token = Credentials(sql).create("cross-process")
     finally:
-        engine.dispose()
+        sql.dispose()
     credentials.append(token)
     server_a = api_factory(db=postgres_url)
     server_b = api_factory(db=postgres_url)

@@ -13,13 +13,7 @@ import subprocess
 import pytest
 
 from edge_kombu.protocol import HEADER_POOL_SLOTS
-from edge_kombu.server.workers import WorkerRegistry
 from tests.helpers import BIN, ROOT
-
-
-@pytest.fixture
-def registry(store) -> WorkerRegistry:
-    return WorkerRegistry(store)
 
 
 @pytest.fixture
@@ -144,10 +138,10 @@ def test_unknown_worker_is_a_clear_error(cli, command):
     fails(cli(*command, ok=False), "no worker named 'ghost'")
 
 
-def test_queues_warns_of_a_task_too_big_for_every_worker(cli, registry, store):
-    store.publish("", "gpu", {"body": "huge", "headers": {HEADER_POOL_SLOTS: 3},
+def test_queues_warns_of_a_task_too_big_for_every_worker(cli, registry, broker):
+    broker.publish("", "gpu", {"body": "huge", "headers": {HEADER_POOL_SLOTS: 3},
                               "properties": {}})
-    store.publish("", "celery", {"body": "fits", "headers": {}, "properties": {}})
+    broker.publish("", "celery", {"body": "fits", "headers": {}, "properties": {}})
     registry.heartbeat(beat("alpha", queues=["gpu", "celery"], slots_total=2))
 
     header, *rows = cli("queues").stdout.splitlines()

@@ -1,4 +1,5 @@
-"""The jobs history, written by the store's own transactions, on every database."""
+"""The jobs history, written inside the broker's, results' and worker registry's
+transactions, on every database."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import pytest
 from sqlalchemy import insert
 
 from edge_kombu.server import models as m
-from edge_kombu.server.jobs import page_uses_index
-from edge_kombu.server.workers import WorkerRegistry
 
 
 def task_message(task_id: str, name: str = "tests.add", *, slots: int = 1,
@@ -31,103 +30,103 @@ def airflow_message(task_id: str) -> dict:
     return task_message(task_id, "execute_workload", slots=2, args=[json.dumps(workload)])
 
 
-def test_a_task_goes_from_queued_to_success(store):
-    workers = WorkerRegistry(store)
-    store.publish("", "remote", task_message("t-1", slots=2))
-    assert store.jobs.page()["jobs"][0] | {"queued_at": None} == {
+def test_a_task_goes_from_queued_to_success(broker, results, jobs, registry):
+    workers = registry
+    broker.publish("", "remote", task_message("t-1", slots=2))
+    assert jobs.page()["jobs"][0] | {"queued_at": None} == {
         "task_id": "t-1", "name": "tests.add", "queue": "remote", "slots": 2,
         "state": "queued", "worker": None, "queued_at": None, "received_at": None,
         "started_at": None, "finished_at": None,
     }
-    store.touch_session("s-1", "w", ["remote"])
+    broker.touch_session("s-1", "w", ["remote"])
     workers.heartbeat({"name": "w1@host", "instance": "i1", "state": "idle",
                        "queues": ["remote"], "slots_total": 4, "session": "s-1"})
-    [delivery] = store.claim("s-1", [("remote", False)], max_slots=4)
-    job = store.jobs.page()["jobs"][0]
+    [delivery] = broker.claim("s-1", [("remote", False)], max_slots=4)
+    job = jobs.page()["jobs"][0]
     assert (job["state"], job["worker"]) == ("received", "w1@host")
 
     workers.heartbeat({"name": "w1@host", "instance": "i1", "state": "running",
                        "queues": ["remote"], "slots_total": 4, "slots_used": 2,
                        "session": "s-1", "running": [{"id": "t-1", "name": "tests.add"}]})
-    assert store.jobs.page()["jobs"][0]["state"] == "running"
-    store.set_result("celery-task-meta-t-1", json.dumps({"status": "SUCCESS"}).encode())
-    store.ack("s-1", [delivery.message["properties"]["delivery_tag"]])
-    job = store.jobs.page()["jobs"][0]
+    assert jobs.page()["jobs"][0]["state"] == "running"
+    results.set("celery-task-meta-t-1", json.dumps({"status": "SUCCESS"}).encode())
+    broker.ack("s-1", [delivery.message["properties"]["delivery_tag"]])
+    job = jobs.page()["jobs"][0]
     assert job["state"] == "success"  # the ack after the result does not overwrite it
     assert job["queued_at"] <= job["received_at"] <= job["started_at"] <= job["finished_at"]
 
 
-def test_without_a_result_the_ack_finishes_the_job(store):
-    store.publish("", "q", task_message("t-2"))
-    store.touch_session("s-2", "w", ["q"])
-    [delivery] = store.claim("s-2", [("q", False)])
-    store.ack("s-2", [delivery.message["properties"]["delivery_tag"]])
-    job = store.jobs.page()["jobs"][0]
+def test_without_a_result_the_ack_finishes_the_job(broker, results, jobs):
+    broker.publish("", "q", task_message("t-2"))
+    broker.touch_session("s-2", "w", ["q"])
+    [delivery] = broker.claim("s-2", [("q", False)])
+    broker.ack("s-2", [delivery.message["properties"]["delivery_tag"]])
+    job = jobs.page()["jobs"][0]
     assert job["state"] == "done" and job["finished_at"] is not None
 
 
 @pytest.mark.parametrize("status, state", [("FAILURE", "failed"), ("REVOKED", "revoked"),
                                            ("RETRY", "retry"), ("STARTED", "running")])
-def test_result_status_sets_the_state(store, status, state):
-    store.publish("", "q", task_message("t-3"))
-    store.set_result("celery-task-meta-t-3", json.dumps({"status": status}).encode())
-    assert store.jobs.page()["jobs"][0]["state"] == state
+def test_result_status_sets_the_state(broker, results, jobs, status, state):
+    broker.publish("", "q", task_message("t-3"))
+    results.set("celery-task-meta-t-3", json.dumps({"status": status}).encode())
+    assert jobs.page()["jobs"][0]["state"] == state
 
 
-def test_airflow_workloads_show_their_task_instance(store):
-    store.publish("", "default", airflow_message("af-1"))
-    job = store.jobs.page()["jobs"][0]
+def test_airflow_workloads_show_their_task_instance(broker, results, jobs):
+    broker.publish("", "default", airflow_message("af-1"))
+    job = jobs.page()["jobs"][0]
     assert job["airflow"] == {"dag_id": "etl", "task_id": "load", "run_id": "manual__1",
                               "map_index": 3, "try_number": 2}
     assert job["slots"] == 2
 
 
-def test_control_messages_and_replies_are_not_jobs(store):
-    store.declare_exchange("celery.pidbox", "fanout")
-    store.declare_queue("w1.celery.pidbox")
-    store.bind("w1.celery.pidbox", "celery.pidbox", "")
-    store.publish("celery.pidbox", "", {"body": "e30=", "headers": {"clock": 1},
+def test_control_messages_and_replies_are_not_jobs(broker, results, jobs):
+    broker.declare_exchange("celery.pidbox", "fanout")
+    broker.declare_queue("w1.celery.pidbox")
+    broker.bind("w1.celery.pidbox", "celery.pidbox", "")
+    broker.publish("celery.pidbox", "", {"body": "e30=", "headers": {"clock": 1},
                                         "properties": {"body_encoding": "base64"}})
-    store.publish("", "reply", {"body": "e30=", "properties": {}})
-    assert store.jobs.page()["jobs"] == []
+    broker.publish("", "reply", {"body": "e30=", "properties": {}})
+    assert jobs.page()["jobs"] == []
 
 
-def test_filters_and_keyset_pages(store):
+def test_filters_and_keyset_pages(broker, results, jobs):
     for i in range(7):
-        store.publish("", "a" if i % 2 else "b", task_message(f"job-{i}", f"tests.t{i % 3}"))
-    first = store.jobs.page(limit=3)
+        broker.publish("", "a" if i % 2 else "b", task_message(f"job-{i}", f"tests.t{i % 3}"))
+    first = jobs.page(limit=3)
     assert [j["task_id"] for j in first["jobs"]] == ["job-6", "job-5", "job-4"]
-    second = store.jobs.page(limit=3, before=first["next"])
+    second = jobs.page(limit=3, before=first["next"])
     assert [j["task_id"] for j in second["jobs"]] == ["job-3", "job-2", "job-1"]
-    third = store.jobs.page(limit=3, before=second["next"])
+    third = jobs.page(limit=3, before=second["next"])
     assert [j["task_id"] for j in third["jobs"]] == ["job-0"] and third["next"] is None
-    assert [j["task_id"] for j in store.jobs.page(queue="a")["jobs"]] == ["job-5", "job-3",
+    assert [j["task_id"] for j in jobs.page(queue="a")["jobs"]] == ["job-5", "job-3",
                                                                            "job-1"]
-    assert [j["task_id"] for j in store.jobs.page(text="t2")["jobs"]] == ["job-5", "job-2"]
-    assert store.jobs.page(text="100%_")["jobs"] == []  # LIKE wildcards are literal
+    assert [j["task_id"] for j in jobs.page(text="t2")["jobs"]] == ["job-5", "job-2"]
+    assert jobs.page(text="100%_")["jobs"] == []  # LIKE wildcards are literal
 
 
-def test_paging_100k_jobs_reads_an_index(store):
-    now = store.clock()
+def test_paging_100k_jobs_reads_an_index(sql, jobs):
+    now = sql.clock()
     rows = [{"task_id": f"bulk-{i}", "name": "tests.bulk", "queue": f"q{i % 10}", "slots": 1,
              "state": ("success", "failed", "running")[i % 3], "worker": f"w{i % 50}",
              "queued_at": now + i} for i in range(100_000)]
-    with store.engine.begin() as conn:
+    with sql.engine.begin() as conn:
         for start in range(0, len(rows), 10_000):
             conn.execute(insert(m.job), rows[start:start + 10_000])
-    if store.dialect == "postgresql":
-        with store.engine.begin() as conn:
+    if sql.engine.dialect.name == "postgresql":
+        with sql.engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE edge_kombu_job")
 
-    deep = store.jobs.page(state="failed", queue="q4", limit=50)
+    deep = jobs.page(state="failed", queue="q4", limit=50)
     assert len(deep["jobs"]) == 50 and {j["state"] for j in deep["jobs"]} == {"failed"}
-    later = store.jobs.page(state="failed", queue="q4", limit=50, before=deep["next"])
+    later = jobs.page(state="failed", queue="q4", limit=50, before=deep["next"])
     assert later["jobs"][0]["task_id"] != deep["jobs"][-1]["task_id"]
-    assert len(store.jobs.page(limit=500, before=60_000)["jobs"]) == 500
+    assert len(jobs.page(limit=500, before=60_000)["jobs"]) == 500
 
     for filters in ({}, {"state": "failed"}, {"queue": "q3"}, {"worker": "w7"},
                     {"before": 50_000}):
-        plan = page_uses_index(store.engine, **filters).lower()
+        plan = jobs.page_plan(**filters).lower()
         # Newest first straight from the primary key or a (column, seq) index, stopping
         # after one page: never a sort of every matching row.
         assert not any(word in plan for word in ("temp b-tree", "filesort", "sort ")), \
@@ -136,14 +135,14 @@ def test_paging_100k_jobs_reads_an_index(store):
         assert any(word in plan for word in uses), (filters, plan)
 
 
-def test_jobs_command_pages_and_filters(store, db_url):
+def test_jobs_command_pages_and_filters(broker, results, jobs, db_url):
     import subprocess
 
     from tests.helpers import BIN
 
     for i in range(3):
-        store.publish("", "cli", task_message(f"cli-{i}"))
-    store.publish("", "default", airflow_message("cli-af"))
+        broker.publish("", "cli", task_message(f"cli-{i}"))
+    broker.publish("", "default", airflow_message("cli-af"))
 
     def run(*args: str) -> str:
         done = subprocess.run([str(BIN / "edge-kombu"), "jobs", "--db", db_url, *args],
@@ -158,13 +157,13 @@ def test_jobs_command_pages_and_filters(store, db_url):
     assert json.loads(run("--queue", "cli", "--json"))["jobs"][0]["task_id"] == "cli-2"
 
 
-def test_queue_charts_sample_depth_and_count_finished_jobs(store):
-    store.publish("", "charts", task_message("c-1"))
-    store.publish("", "charts", task_message("c-2"))
-    store.declare_queue("w1@host.celery.pidbox")
-    store.jobs.sample_queues(store.queue_overview())
-    store.set_result("celery-task-meta-c-1", json.dumps({"status": "SUCCESS"}).encode())
-    history = store.jobs.history(minutes=60)
+def test_queue_charts_sample_depth_and_count_finished_jobs(broker, results, jobs):
+    broker.publish("", "charts", task_message("c-1"))
+    broker.publish("", "charts", task_message("c-2"))
+    broker.declare_queue("w1@host.celery.pidbox")
+    jobs.sample_queues(broker.queue_overview())
+    results.set("celery-task-meta-c-1", json.dumps({"status": "SUCCESS"}).encode())
+    history = jobs.history(minutes=60)
     series = history["queues"]["charts"]
     # This minute's sample (the previous one, should the minute have turned meanwhile).
     assert [v for v in series["ready"] if v is not None] == [2]

@@ -12,20 +12,14 @@ import pytest
 
 from edge_kombu import errors
 from edge_kombu.server.logs import TaskInstanceTry, TaskLogs
-from edge_kombu.server.store import Store
-from tests.server.test_store import FakeClock
+from edge_kombu.server.sql import SQL
 
 TI = TaskInstanceTry("dag", "task", "manual__2026-11-25", -1, 1)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def logs(store, clock) -> TaskLogs:
-    return TaskLogs(Store(store.engine, clock=clock), retention_days=1)
+def logs(sql, clock) -> TaskLogs:
+    return TaskLogs(SQL(sql.engine, clock=clock), retention_days=1)
 
 
 def test_chunks_append_in_order_and_read_back(logs):

@@ -9,11 +9,10 @@ import pytest
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_ID_LENGTH, MAX_LOG_CHUNK
 from edge_kombu.server.logs import TaskInstanceTry, TaskLogs
-from edge_kombu.server.store import Store
+from edge_kombu.server.sql import SQL
 from edge_kombu.transport.client import EdgeClient
-from tests.helpers import wait_for
-from tests.server.test_api import error_message, post
-from tests.server.test_store import FakeClock
+from tests.helpers import FakeClock, wait_for
+from tests.server.helpers import error_message, post
 
 TI = {"dag_id": "dag", "task_id": "task", "run_id": "manual__1", "map_index": -1,
       "try_number": 1}
@@ -76,12 +75,12 @@ def test_a_read_limit_beyond_the_maximum_is_a_400(api, token):
     assert "limit: must be <=" in error_message(response, 400)
 
 
-def test_the_api_server_purges_logs_past_the_retention(api_factory, store):
+def test_the_api_server_purges_logs_past_the_retention(api_factory, sql):
     clock = FakeClock(time.time() - 2 * 86400)  # pushed two days ago
     old = TaskInstanceTry("dag", "task", "old")
-    TaskLogs(Store(store.engine, clock=clock)).append(old, 0, "old\n")
-    TaskLogs(store).append(TaskInstanceTry("dag", "task", "new"), 0, "new\n")
+    TaskLogs(SQL(sql.engine, clock=clock)).append(old, 0, "old\n")
+    TaskLogs(sql).append(TaskInstanceTry("dag", "task", "new"), 0, "new\n")
     api_factory(env={"EDGE_KOMBU_LOG_RETENTION_DAYS": "1"})
-    logs = TaskLogs(store)
+    logs = TaskLogs(sql)
     wait_for(lambda: logs.length(old) is None, message="the old log purged by the reaper")
     assert logs.read(TaskInstanceTry("dag", "task", "new")).data == "new\n"

@@ -1,33 +1,29 @@
-"""No starvation of big tasks: the store's ``starvation_guard`` in ``claim``.
+"""No starvation of big tasks: the broker's ``starvation_guard`` in ``claim``.
 
 A consumer with fewer free slots than the next task in line needs keeps taking smaller
 tasks only until that task has waited ``starvation_guard`` seconds; then it takes none
 from behind it, its slots free up as its running tasks end, and the big one runs.
-Run per database like ``test_store.py``; time runs on a :class:`FakeClock`.
+Run per database like ``test_broker.py``; time runs on a :class:`FakeClock`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from edge_kombu.server.store import Store
-from tests.server.test_store import PRINCIPAL, FakeClock, bodies, msg
+from edge_kombu.server.broker import Broker
+from edge_kombu.server.sql import SQL
+from tests.server.helpers import PRINCIPAL, bodies, msg
 
 GUARD = 2.0
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def guarded(sql, clock) -> Broker:
+    return Broker(SQL(sql.engine, clock=clock), starvation_guard=GUARD)
 
 
 @pytest.fixture
-def guarded(store, clock) -> Store:
-    return Store(store.engine, starvation_guard=GUARD, clock=clock)
-
-
-@pytest.fixture
-def line(guarded) -> Store:
+def line(guarded) -> Broker:
     """Queue ``tasks`` holds a 3-slot task (the oldest), then three 1-slot tasks."""
     guarded.publish("", "tasks", msg("big", slots=3))
     for body in ("s1", "s2", "s3"):
@@ -35,10 +31,10 @@ def line(guarded) -> Store:
     return guarded
 
 
-def take(store: Store, session: str, *, max_slots: int, total_slots: int | None,
+def take(broker: Broker, session: str, *, max_slots: int, total_slots: int | None,
          queues=(("tasks", False),), max_messages: int = 1) -> list[str]:
-    store.touch_session(session, PRINCIPAL, [name for name, _ in queues])
-    return bodies(store.claim(session, list(queues), max_slots=max_slots,
+    broker.touch_session(session, PRINCIPAL, [name for name, _ in queues])
+    return bodies(broker.claim(session, list(queues), max_slots=max_slots,
                               total_slots=total_slots, max_messages=max_messages))
 
 

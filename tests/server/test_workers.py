@@ -14,35 +14,23 @@ from sqlalchemy import event
 
 from edge_kombu import errors
 from edge_kombu.protocol import VERSION
-from edge_kombu.server.store import Store
+from edge_kombu.server.broker import Broker
+from edge_kombu.server.sql import SQL
 from edge_kombu.server.workers import WorkerRegistry, too_big
-from tests.server.test_store import (
-    PRINCIPAL,
-    FakeClock,
-    bodies,
-    consume,
-    msg,
-    redelivered,
-    tag_of,
-)
+from tests.server.helpers import PRINCIPAL, bodies, consume, msg, redelivered, tag_of
 
 WORKER_TIMEOUT = 10.0
 LEASE_TIMEOUT = 30.0  # longer than WORKER_TIMEOUT: only the registry frees the leases early
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def timed(store, clock) -> Store:
-    return Store(store.engine, lease_timeout=LEASE_TIMEOUT, clock=clock)
+def timed(sql, clock) -> Broker:
+    return Broker(SQL(sql.engine, clock=clock), lease_timeout=LEASE_TIMEOUT)
 
 
 @pytest.fixture
 def registry(timed) -> WorkerRegistry:
-    return WorkerRegistry(timed, worker_timeout=WORKER_TIMEOUT)
+    return WorkerRegistry(timed.sql, broker=timed, worker_timeout=WORKER_TIMEOUT)
 
 
 def beat(name: str = "w1", instance: str = "instance-1", state: str = "idle", *,
@@ -517,7 +505,7 @@ def test_session_closed_by_expiry_cannot_be_reopened(registry, timed, clock):
 def test_a_heartbeat_racing_the_expiry_keeps_the_worker_online(registry, timed, clock):
     """A heartbeat committed between the reaper's look and its write wins: the worker
     stays online and keeps its leases (no duplicate run of its tasks)."""
-    if timed.dialect == "sqlite":
+    if timed.sql.engine.dialect.name == "sqlite":
         pytest.skip("SQLite serialises writers: the heartbeat would wait for the reaper")
     timed.publish("", "tasks", msg("job"))
     consume(timed, "session-w1", "tasks")
@@ -531,11 +519,11 @@ def test_a_heartbeat_racing_the_expiry_keeps_the_worker_online(registry, timed, 
             raced.append(True)  # before: the heartbeat's own UPDATE passes here too
             registry.heartbeat(beat(state="running", queues=["tasks"], session="session-w1"))
 
-    event.listen(timed.engine, "before_cursor_execute", heartbeat_in_between)
+    event.listen(timed.sql.engine, "before_cursor_execute", heartbeat_in_between)
     try:
         expired = registry.expire_silent()
     finally:
-        event.remove(timed.engine, "before_cursor_execute", heartbeat_in_between)
+        event.remove(timed.sql.engine, "before_cursor_execute", heartbeat_in_between)
     assert raced, "expire_silent wrote no worker row"
     assert expired == []
     assert state(registry) == "running"

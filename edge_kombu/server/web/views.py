@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 from edge_kombu import __version__, errors
 from edge_kombu.server.jobs import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, STATES, is_internal_queue
 from edge_kombu.server.web.access import ADMIN, current_user, require_admin
-from edge_kombu.server.workers import GONE, too_big
+from edge_kombu.server.workers import GONE
 
 bp = Blueprint("edge_ui", __name__, url_prefix="/ui", template_folder="templates")
 
@@ -23,7 +23,7 @@ bp = Blueprint("edge_ui", __name__, url_prefix="/ui", template_folder="templates
 REFRESH_SECONDS = 5
 
 
-def _broker():
+def _services():
     return current_app.extensions["edge_kombu"]
 
 
@@ -70,7 +70,7 @@ def spark(values: list, width: int = 180, height: int = 36) -> str:
 def _render(page: str, **context):
     user = current_user()
     context.update(user=user, is_admin=user.role == ADMIN, page=page, version=__version__,
-                   refresh=REFRESH_SECONDS, now=_broker().store.clock())
+                   refresh=REFRESH_SECONDS, now=_services().sql.clock())
     if request.headers.get("X-Partial"):
         return render_template(f"edge_kombu/_{page}.html", **context)
     return render_template(f"edge_kombu/{page}.html", **context)
@@ -84,7 +84,7 @@ def index():
 
 @bp.get("/workers")
 def workers():
-    fleet = _broker().workers.list()
+    fleet = _services().workers.list()
     versions = {w["versions"].get("edge_kombu") for w in fleet if w["state"] not in GONE}
     versions.discard(None)
     return _render("workers", workers=fleet, gone=GONE, server_version=__version__,
@@ -106,7 +106,7 @@ def jobs():
         raise errors.InvalidRequest(f"limit must be 1 to {MAX_PAGE_SIZE}, got {limit}")
     filters = {"state": state, "queue": args.get("queue") or None,
                "worker": args.get("worker") or None, "text": args.get("q") or None}
-    history = _broker().store.jobs
+    history = _services().jobs
     result = history.page(before=before, limit=limit, **filters)
     return _render("jobs", result=result, filters=filters, facets=history.facets(),
                    before=before, limit=limit)
@@ -114,25 +114,17 @@ def jobs():
 
 @bp.get("/queues")
 def queues():
-    broker = _broker()
+    services = _services()
     show_all = bool(request.args.get("all"))
-    overview = broker.store.queue_overview()
-    fleet = [w for w in broker.workers.list() if w["state"] not in GONE]
-    serving: dict[str, list[str]] = {}
-    for w in fleet:
-        for name in w["desired_queues"] or w["queues"]:
-            serving.setdefault(name, []).append(w["name"])
-    warnings = {f["queue"]: f for f in too_big(overview, broker.workers.max_slots_by_queue())}
-    history = broker.store.jobs.history()
+    history = services.jobs.history()
     rows = []
-    for q in overview:
+    for q in services.workers.queue_report():
         if is_internal_queue(q["name"]) and not show_all:
             continue
         series = history["queues"].get(q["name"], {"ready": [None] * 60, "done": [0] * 60})
         series["ready"][-1] = q["ready"]  # this minute: now, not the last sample
         rows.append(dict(
-            q, workers=serving.get(q["name"], []), too_big=warnings.get(q["name"]),
-            unserved=q["ready"] > 0 and not serving.get(q["name"]),
+            q, unserved=q["ready"] > 0 and not q["workers"],
             depth_points=spark(series["ready"]), done_points=spark(series["done"]),
             depth_max=max([v for v in series["ready"] if v is not None] + [0]),
             done_last_hour=sum(series["done"]),
@@ -153,7 +145,7 @@ def _body() -> dict:
 @bp.post("/actions/workers/<name>/<action>")
 def worker_action(name: str, action: str):
     require_admin()
-    registry = _broker().workers
+    registry = _services().workers
     body = _body()
     if action == "maintenance":
         on = body.get("on")

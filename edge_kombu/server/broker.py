@@ -1,58 +1,59 @@
-"""The broker's state in the database: routing, messages and leases, sessions, results, tokens.
+"""The broker: routing, messages and their leases, consumer sessions and the long-poll.
 
-Flask-free: every method is one transaction on a SQLAlchemy engine, so the store is
-tested directly against SQLite, PostgreSQL and MySQL/MariaDB. Claims lock with
-``FOR UPDATE SKIP LOCKED`` where the database has it; SQLite serialises writers
-with ``BEGIN IMMEDIATE`` (see :mod:`edge_kombu.server.db`).
+Flask-free, over the :class:`~edge_kombu.server.sql.SQL` kernel: every operation is
+one transaction, so the broker is tested directly against SQLite, PostgreSQL and
+MySQL/MariaDB. Claims skip rows that other claims hold (``SKIP LOCKED`` where the
+database has it; SQLite serialises writers).
 
-Whenever messages become available (publish, requeue, expired lease) or a
-session's capacity changes (ack), the store tells its :class:`Wakeup`, inside the
-transaction (so PostgreSQL can ``NOTIFY`` on commit) and after the commit.
+* Topology: exchanges (direct, topic, fanout), queues with ``x-expires`` and
+  ``x-message-ttl``, bindings.
+* Messages: :meth:`Broker.publish` stores one copy per queue reached;
+  :meth:`Broker.claim` leases them to a consumer session under a tag with a nonce, so an
+  old tag can never settle a newer lease; ack deletes, reject releases or deletes.
+* Sessions: a consumer's identity. One that goes silent for ``lease_timeout`` is
+  expired by housekeeping (:meth:`Broker.expire`) and its leases are redelivered.
+* :meth:`Broker.consume` is the long-poll of the ``consume`` route: claim, and while
+  nothing fits, wait on the :class:`~edge_kombu.server.wakeup.WaiterRegistry` without
+  holding a database connection.
+
+Whenever messages become available (publish, requeue, released leases) or a session's
+capacity changes (ack), the transaction owes a wake-up (see :mod:`~edge_kombu.server.sql`).
+What happens to task messages is reported to a :class:`History` (the jobs history) in
+the same transaction.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import case, delete, func, or_, select, update
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from edge_kombu import errors
 from edge_kombu.protocol import pool_slots
 from edge_kombu.server import models as m
-from edge_kombu.server.jobs import JobHistory
+from edge_kombu.server.config import (
+    DEFAULT_LEASE_TIMEOUT,
+    DEFAULT_MAX_WAIT,
+    DEFAULT_STARVATION_GUARD,
+)
 from edge_kombu.server.routing import binding_id, route
+from edge_kombu.server.sql import SQL, Transaction
+from edge_kombu.server.wakeup import WaiterRegistry
 
 log = logging.getLogger(__name__)
 
-#: Prefix of per-worker API tokens (makes leaked tokens easy to recognise).
-TOKEN_PREFIX = "ekt_"
 MAX_PRIORITY = 255
-
-
-class Wakeup:
-    """Receives the store's signals that consumers may have something to do."""
-
-    def in_transaction(self, conn: Connection, queues: set[str], sessions: set[str]) -> None:
-        """Called inside the transaction that made messages available."""
-
-    def after_commit(self, queues: set[str], sessions: set[str],
-                     fresh: dict[str, tuple[int, int]] | None = None) -> None:
-        """Called once that transaction committed.
-
-        ``fresh``: of ``queues``, those that just got new messages, as queue →
-        (how many, fewest slots): one waiting consumer per message will do.
-        """
+#: Seconds a closed session is kept (so that a late request gets "closed", not "unknown").
+CLOSED_SESSION_KEPT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,19 @@ class QueueInfo:
     consumers: int
 
 
-def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+class History(Protocol):
+    """Told what happens to messages, inside the transaction that does it (the jobs history)."""
+
+    def published(self, conn: Connection, queues: Sequence[str], message: dict, slots: int,
+                  now: float) -> None: ...
+
+    def claimed(self, conn: Connection, session: str, leased: Iterable[tuple[int, dict]],
+                now: float) -> None: ...
+
+    def acked(self, conn: Connection, message_ids: Sequence[int], now: float) -> None: ...
 
 
-def _positive_ms(arguments: dict, key: str) -> int | None:
-    value = arguments.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise errors.InvalidRequest(
-            f"arguments.{key} must be a positive number of milliseconds, got {value!r}"
-        )
-    return int(value)
+# -- what a message says about itself -------------------------------------------------------
 
 
 def message_slots(message: dict) -> int:
@@ -117,6 +118,17 @@ def message_expiration(message: dict) -> float | None:
     return ms / 1000.0
 
 
+def _positive_ms(arguments: dict, key: str) -> int | None:
+    value = arguments.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise errors.InvalidRequest(
+            f"arguments.{key} must be a positive number of milliseconds, got {value!r}"
+        )
+    return int(value)
+
+
 def _parse_tag(tag: str) -> tuple[int, str] | None:
     ident, _, nonce = tag.partition(".")
     if not ident.isdigit() or not nonce:
@@ -124,82 +136,28 @@ def _parse_tag(tag: str) -> tuple[int, str] | None:
     return int(ident), nonce
 
 
-class Store:
-    """All broker operations, each one database transaction."""
+class Broker:
+    """Every broker operation, each one transaction of ``sql``."""
 
     def __init__(
         self,
-        engine: Engine,
+        sql: SQL,
         *,
-        lease_timeout: float = 30.0,
-        starvation_guard: float = 2.0,
-        wakeup: Wakeup | None = None,
-        clock: Callable[[], float] = time.time,
+        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+        starvation_guard: float = DEFAULT_STARVATION_GUARD,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        waiters: WaiterRegistry | None = None,
+        history: History | None = None,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError("lease_timeout must be > 0 seconds")
-        self.engine = engine
+        self.sql = sql
         self.lease_timeout = lease_timeout
         self.starvation_guard = starvation_guard
-        self.wakeup = wakeup or Wakeup()
-        self.clock = clock
-        self.dialect = engine.dialect.name
-        self._skip_locked = self.dialect in ("postgresql", "mysql", "mariadb")
-        self.jobs = JobHistory(self)
-
-    # -- plumbing ---------------------------------------------------------------------
-
-    @contextmanager
-    def _tx(self) -> Iterator[_Tx]:
-        tx = _Tx()
-        with self.engine.begin() as conn:
-            tx.conn = conn
-            yield tx
-            if tx.queues or tx.sessions:
-                self.wakeup.in_transaction(conn, tx.queues, tx.sessions)
-        if tx.queues or tx.sessions:
-            self.wakeup.after_commit(tx.queues, tx.sessions, fresh=tx.fresh)
-
-    def _insert_ignore(self, conn: Connection, table, rows: list[dict]) -> int:
-        if not rows:
-            return 0
-        if self.dialect == "postgresql":
-            stmt = pg_insert(table).on_conflict_do_nothing()
-        elif self.dialect == "sqlite":
-            stmt = sqlite_insert(table).on_conflict_do_nothing()
-        else:
-            stmt = table.insert().prefix_with("IGNORE")
-        return conn.execute(stmt, rows).rowcount
-
-    def _upsert(
-        self, conn: Connection, table, row: dict, keys: Sequence[str], changes: dict | None = None
-    ) -> None:
-        """Insert ``row``, or apply ``changes`` (default: the row's other columns) to it.
-
-        Unlike ``INSERT IGNORE`` followed by a locking read or an ``UPDATE``, this locks an
-        existing row exclusively at once: on MySQL the duplicate-key check of
-        ``INSERT IGNORE`` takes a shared lock, and two transactions upgrading theirs deadlock.
-        """
-        if changes is None:
-            changes = {k: v for k, v in row.items() if k not in keys}
-        if self.dialect == "postgresql":
-            stmt = pg_insert(table).values(row).on_conflict_do_update(
-                index_elements=keys, set_=changes
-            )
-        elif self.dialect == "sqlite":
-            stmt = sqlite_insert(table).values(row).on_conflict_do_update(
-                index_elements=keys, set_=changes
-            )
-        else:
-            stmt = mysql_insert(table).values(row).on_duplicate_key_update(**changes)
-        conn.execute(stmt)
-
-    def _lock_row(self, stmt):
-        """Lock the selected rows until commit (SQLite's BEGIN IMMEDIATE does already)."""
-        return stmt if self.dialect == "sqlite" else stmt.with_for_update()
-
-    def _lock(self, stmt):
-        return stmt.with_for_update(skip_locked=True) if self._skip_locked else stmt
+        self.max_wait = max_wait
+        self.waiters = waiters if waiters is not None else WaiterRegistry()
+        self.history = history
+        self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 4)
 
     # -- exchanges, queues, bindings ----------------------------------------------------
 
@@ -215,7 +173,7 @@ class Store:
     ) -> None:
         if not name:
             return  # the default exchange always exists
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             existing = tx.conn.execute(
                 select(m.exchange.c.type).where(m.exchange.c.name == name)
             ).scalar()
@@ -227,22 +185,16 @@ class Store:
                 raise errors.Conflict(
                     f"exchange {name!r} exists with type {existing!r}, cannot redeclare as {type!r}"
                 )
-            self._insert_ignore(
-                tx.conn,
-                m.exchange,
-                [
-                    {
-                        "name": name,
-                        "type": type,
-                        "durable": durable,
-                        "auto_delete": auto_delete,
-                        "arguments": json.dumps(arguments or {}),
-                    }
-                ],
-            )
+            self.sql.insert_ignore(tx.conn, m.exchange, [{
+                "name": name,
+                "type": type,
+                "durable": durable,
+                "auto_delete": auto_delete,
+                "arguments": json.dumps(arguments or {}),
+            }])
 
     def delete_exchange(self, name: str) -> None:
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             tx.conn.execute(delete(m.binding).where(m.binding.c.exchange == name))
             tx.conn.execute(delete(m.exchange).where(m.exchange.c.name == name))
 
@@ -265,8 +217,8 @@ class Store:
             raise errors.InvalidRequest(
                 f"arguments.x-message-ttl must be a number of milliseconds >= 0, got {ttl_ms!r}"
             )
-        now = self.clock()
-        with self._tx() as tx:
+        now = self.sql.clock()
+        with self.sql.transaction() as tx:
             if passive:
                 exists = tx.conn.execute(
                     select(m.queue.c.name).where(m.queue.c.name == name)
@@ -295,9 +247,9 @@ class Store:
         row.update(columns)
         row.update(name=name, created_at=now, last_used_at=now)
         if touch:
-            self._upsert(conn, m.queue, row, ["name"], {"last_used_at": now})
+            self.sql.upsert(conn, m.queue, row, ["name"], {"last_used_at": now})
         else:
-            self._insert_ignore(conn, m.queue, [row])
+            self.sql.insert_ignore(conn, m.queue, [row])
 
     def _depth(self, conn: Connection, name: str) -> int:
         return conn.execute(
@@ -318,12 +270,12 @@ class Store:
 
     def queue_overview(self) -> list[dict]:
         """Every queue: ready and leased messages, oldest ready age, largest slots asked."""
-        now = self.clock()
+        now = self.sql.clock()
         msg = m.message.c
         live = or_(msg.expires_at.is_(None), msg.expires_at > now)
         # Age and size of the messages that wait, not of those already running.
         waiting = msg.session.is_(None)
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             names = list(conn.execute(select(m.queue.c.name).order_by(m.queue.c.name)).scalars())
             stats = {
                 row.queue: row
@@ -366,8 +318,8 @@ class Store:
 
     def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
         """Delete a queue with its bindings and messages; returns the messages deleted."""
-        now = self.clock()
-        with self._tx() as tx:
+        now = self.sql.clock()
+        with self.sql.transaction() as tx:
             if if_empty and self._depth(tx.conn, name):
                 return 0
             if if_unused and self._consumers(tx.conn, name, now):
@@ -383,13 +335,13 @@ class Store:
         return conn.execute(delete(m.message).where(m.message.c.queue.in_(names))).rowcount
 
     def purge_queue(self, name: str) -> int:
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             return tx.conn.execute(
                 delete(m.message).where(m.message.c.queue == name, m.message.c.session.is_(None))
             ).rowcount
 
     def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             ex_type = tx.conn.execute(
                 select(m.exchange.c.type).where(m.exchange.c.name == exchange)
             ).scalar()
@@ -400,21 +352,15 @@ class Store:
             ).scalar()
             if has_queue is None:
                 raise errors.NotFound(f"queue {queue!r} does not exist; declare it first")
-            self._insert_ignore(
-                tx.conn,
-                m.binding,
-                [
-                    {
-                        "id": binding_id(exchange, queue, routing_key),
-                        "exchange": exchange,
-                        "queue": queue,
-                        "routing_key": routing_key,
-                    }
-                ],
-            )
+            self.sql.insert_ignore(tx.conn, m.binding, [{
+                "id": binding_id(exchange, queue, routing_key),
+                "exchange": exchange,
+                "queue": queue,
+                "routing_key": routing_key,
+            }])
 
     def unbind(self, queue: str, exchange: str, routing_key: str = "") -> None:
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             tx.conn.execute(
                 delete(m.binding).where(m.binding.c.id == binding_id(exchange, queue, routing_key))
             )
@@ -431,8 +377,8 @@ class Store:
         props = message.setdefault("properties", {})
         props.setdefault("delivery_info", {}).update(exchange=exchange, routing_key=routing_key)
         payload = json.dumps(message, separators=(",", ":"))
-        now = self.clock()
-        with self._tx() as tx:
+        now = self.sql.clock()
+        with self.sql.transaction() as tx:
             conn = tx.conn
             if exchange:
                 ex_type = conn.execute(
@@ -476,30 +422,69 @@ class Store:
             for queue in targets:
                 queue_ttl = None if ttls[queue] is None else ttls[queue] / 1000
                 limits = [t for t in (expiration, queue_ttl) if t is not None]
-                rows.append(
-                    {
-                        "queue": queue,
-                        "priority": priority,
-                        "slots": slots,
-                        "payload": payload,
-                        "published_at": now,
-                        "expires_at": now + min(limits) if limits else None,
-                        "redelivered": False,
-                    }
-                )
+                rows.append({
+                    "queue": queue,
+                    "priority": priority,
+                    "slots": slots,
+                    "payload": payload,
+                    "published_at": now,
+                    "expires_at": now + min(limits) if limits else None,
+                    "redelivered": False,
+                })
             conn.execute(m.message.insert(), rows)
-            self.jobs.published(conn, targets, message, slots, now)
+            if self.history is not None:
+                self.history.published(conn, targets, message, slots, now)
             tx.queues.update(targets)
             tx.fresh.update((queue, (1, slots)) for queue in targets)
             return targets
 
     # -- consuming ----------------------------------------------------------------------
 
+    def consume(
+        self,
+        session: str,
+        principal: str,
+        queues: Sequence[tuple[str, bool]],
+        *,
+        max_slots: int | None = None,
+        max_messages: int = 1,
+        total_slots: int | None = None,
+        wait: float = 0.0,
+    ) -> list[Delivery]:
+        """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
+
+        Waits at most ``wait`` seconds (capped at ``max_wait``) on the waiter registry,
+        holding no database connection, and claims again when woken. Answers at once,
+        even empty, when this session's capacity changed (an ack, a close), so that the
+        client asks again with its new capacity. The session's liveness is written at
+        most every ``lease_timeout / 4`` seconds per process.
+        """
+        names = [name for name, _ in queues]
+        wait = min(wait, self.max_wait)
+        self._touches.touch(session, principal, names)
+        deadline = time.monotonic() + wait
+        with self.waiters.waiting(names, session, max_slots) as waiter:
+            while True:
+                waiter.event.clear()
+                found = self.claim(session, queues, max_slots=max_slots,
+                                   max_messages=max_messages, total_slots=total_slots)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0 or waiter.by_session:
+                    break
+                if not waiter.wait(remaining) or waiter.by_session:
+                    # Timed out, or this session's capacity changed: let the client ask again.
+                    break
+        if waiter.event.is_set() and not waiter.by_session:
+            # Woken for one message that this consume did not claim (it had its answer, or its
+            # wait ran out): a publish wakes one waiter per message, so hand the wake-up on.
+            self.waiters.wake_some({queue: (1, None) for queue in waiter.queues})
+        return found
+
     def touch_session(self, session: str, principal: str, queues: Iterable[str] = ()) -> None:
         """Mark ``session`` alive (opening it if new) and record the queues it consumes."""
-        now = self.clock()
+        now = self.sql.clock()
         queues = set(queues)
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             conn = tx.conn
             touched = conn.execute(
                 update(m.session)
@@ -514,7 +499,7 @@ class Store:
                     raise errors.SessionClosed(
                         f"consumer session {session} was closed or expired; open a new one"
                     )
-                self._insert_ignore(
+                self.sql.insert_ignore(
                     conn,
                     m.session,
                     [{"id": session, "principal": principal, "opened_at": now, "last_seen": now}],
@@ -530,7 +515,7 @@ class Store:
                         m.consumer.c.session == session, m.consumer.c.queue.in_(current - queues)
                     )
                 )
-            self._insert_ignore(
+            self.sql.insert_ignore(
                 conn, m.consumer, [{"session": session, "queue": q} for q in queues - current]
             )
             if queues:
@@ -564,7 +549,7 @@ class Store:
             return []
         no_ack = {name for name, flag in queues if flag}
         names = [name for name, _ in queues]
-        now = self.clock()
+        now = self.sql.clock()
         msg = m.message.c
         stmt = (
             select(msg.id, msg.queue, msg.slots, msg.payload, msg.redelivered)
@@ -580,7 +565,7 @@ class Store:
             fits = msg.slots <= max_slots
             stmt = stmt.where(or_(fits, msg.queue.in_(no_ack)) if no_ack else fits)
         acked = [name for name in names if name not in no_ack]
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             if max_slots is not None and acked and self._big_one_waits(
                 tx.conn, acked, max_slots, total_slots, now
             ):
@@ -589,17 +574,15 @@ class Store:
                 stmt = stmt.where(msg.queue.in_(no_ack))
             # Lease only to an open session, and keep it open until this commits: leases of
             # a closed session would never be released.
-            is_open = select(m.session.c.id).where(
+            is_open = self.sql.lock_shared(select(m.session.c.id).where(
                 m.session.c.id == session, m.session.c.closed_at.is_(None)
-            )
-            if self.dialect != "sqlite":
-                is_open = is_open.with_for_update(read=True)
+            ))
             if tx.conn.execute(is_open).first() is None:
                 raise errors.SessionClosed(
                     f"consumer session {session} is closed, expired or was never opened; "
                     "open a new one"
                 )
-            candidates = tx.conn.execute(self._lock(stmt)).all()
+            candidates = tx.conn.execute(self.sql.skip_locked(stmt)).all()
             budget = max_slots
             chosen = []
             for row in candidates:
@@ -622,10 +605,11 @@ class Store:
                     .where(msg.id.in_(leased))
                     .values(session=session, lease_nonce=nonce, leased_at=now)
                 )
-                self.jobs.claimed(tx.conn, session, [
-                    (row.id, message) for row, message in zip(chosen, messages, strict=True)
-                    if row.queue not in no_ack
-                ], now)
+                if self.history is not None:
+                    self.history.claimed(tx.conn, session, [
+                        (row.id, message) for row, message in zip(chosen, messages, strict=True)
+                        if row.queue not in no_ack
+                    ], now)
         deliveries = []
         for row, message in zip(chosen, messages, strict=True):
             props = message["properties"]
@@ -665,8 +649,8 @@ class Store:
         if not queues:
             return {}
         msg = m.message.c
-        now = self.clock()
-        with self.engine.connect() as conn:
+        now = self.sql.clock()
+        with self.sql.connect() as conn:
             rows = conn.execute(
                 select(msg.queue, func.min(msg.slots))
                 .where(
@@ -677,6 +661,8 @@ class Store:
                 .group_by(msg.queue)
             ).all()
         return {queue: slots for queue, slots in rows}
+
+    # -- settling -----------------------------------------------------------------------
 
     def _leased(
         self, conn: Connection, session: str, tags: Sequence[str]
@@ -690,11 +676,9 @@ class Store:
         found: dict[tuple[int, str], str] = {}
         if wanted:
             msg = m.message.c
-            stmt = select(msg.id, msg.lease_nonce, msg.queue).where(
+            stmt = self.sql.lock_rows(select(msg.id, msg.lease_nonce, msg.queue).where(
                 msg.session == session, msg.id.in_({ident for ident, _ in wanted})
-            )
-            if self.dialect != "sqlite":
-                stmt = stmt.with_for_update()
+            ))
             found = {
                 (ident, nonce): queue
                 for ident, nonce, queue in conn.execute(stmt)
@@ -705,11 +689,12 @@ class Store:
 
     def ack(self, session: str, tags: Sequence[str]) -> tuple[int, list[str]]:
         """Delete acknowledged messages; returns (acked, tags not leased by ``session``)."""
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             ids, _, unknown = self._leased(tx.conn, session, tags)
             if ids:
                 tx.conn.execute(delete(m.message).where(m.message.c.id.in_(ids)))
-                self.jobs.acked(tx.conn, ids, self.clock())
+                if self.history is not None:
+                    self.history.acked(tx.conn, ids, self.sql.clock())
                 tx.sessions.add(session)
         return len(ids), unknown
 
@@ -717,7 +702,7 @@ class Store:
         """Reject leased messages: requeue releases them (redelivered), else delete."""
         if not requeue:
             return self.ack(session, tags)
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             ids, queues, unknown = self._leased(tx.conn, session, tags)
             if ids:
                 tx.conn.execute(
@@ -729,12 +714,22 @@ class Store:
                 tx.sessions.add(session)
         return len(ids), unknown
 
-    def close_session(self, session: str) -> int:
-        """End ``session``: release its leases for redelivery; returns how many."""
-        with self._tx() as tx:
-            return self._close_sessions(tx, [session], self.clock())
+    # -- sessions -----------------------------------------------------------------------
 
-    def _close_sessions(self, tx: _Tx, sessions: list[str], now: float) -> int:
+    def close_session(self, session: str) -> int:
+        """End ``session`` and answer its waiting consume; returns the leases released."""
+        with self.sql.transaction() as tx:
+            released = self.close_sessions(tx, [session], self.sql.clock())
+        self._touches.forget(session)
+        self.waiters.wake_sessions([session])
+        return released
+
+    def close_sessions(self, tx: Transaction, sessions: list[str], now: float) -> int:
+        """In ``tx``: close ``sessions`` and release their leases for redelivery.
+
+        Their consumers go, and with them the ``auto_delete`` queues nobody else consumes.
+        Returns how many leases were released.
+        """
         conn = tx.conn
         conn.execute(
             update(m.session)
@@ -773,184 +768,85 @@ class Store:
 
     def signal(self, *, queues: Iterable[str] = (), sessions: Iterable[str] = ()) -> None:
         """Wake consumers waiting on ``queues`` or in ``sessions``, in every API process."""
-        with self._tx() as tx:
+        with self.sql.transaction() as tx:
             tx.queues.update(queues)
             tx.sessions.update(sessions)
 
-    # -- housekeeping -------------------------------------------------------------------
+    # -- expiry (run by housekeeping) -----------------------------------------------------
 
-    def reap(self) -> dict[str, int]:
-        """Expire silent sessions (releasing their leases), TTL'd messages and idle queues."""
-        now = self.clock()
+    def expire(self, tx: Transaction, now: float) -> dict[str, int]:
+        """In ``tx``: expire silent sessions (releasing their leases), TTL'd messages and
+        idle ``x-expires`` queues; forget sessions closed long ago. Returns the counts."""
+        conn = tx.conn
         counts = {}
-        with self._tx() as tx:
-            conn = tx.conn
-            dead = list(
-                conn.execute(
-                    select(m.session.c.id).where(
-                        m.session.c.closed_at.is_(None),
-                        m.session.c.last_seen < now - self.lease_timeout,
-                    )
-                ).scalars()
-            )
-            counts["sessions_expired"] = len(dead)
-            counts["leases_released"] = self._close_sessions(tx, dead, now) if dead else 0
-            if dead:
-                log.warning(
-                    "expired %d silent consumer session(s); "
-                    "%d leased message(s) will be redelivered",
-                    len(dead),
-                    counts["leases_released"],
+        dead = list(
+            conn.execute(
+                select(m.session.c.id).where(
+                    m.session.c.closed_at.is_(None),
+                    m.session.c.last_seen < now - self.lease_timeout,
                 )
-            counts["messages_expired"] = conn.execute(
-                delete(m.message).where(m.message.c.session.is_(None), m.message.c.expires_at < now)
-            ).rowcount
-            live_consumers = (
-                select(m.consumer.c.queue)
-                .join(m.session, m.session.c.id == m.consumer.c.session)
-                .where(*self._live_session(now))
+            ).scalars()
+        )
+        counts["sessions_expired"] = len(dead)
+        counts["leases_released"] = self.close_sessions(tx, dead, now) if dead else 0
+        if dead:
+            log.warning(
+                "expired %d silent consumer session(s); %d leased message(s) will be redelivered",
+                len(dead),
+                counts["leases_released"],
             )
-            idle = list(
-                conn.execute(
-                    select(m.queue.c.name).where(
-                        m.queue.c.expires_ms.is_not(None),
-                        m.queue.c.last_used_at + m.queue.c.expires_ms / 1000.0 < now,
-                        m.queue.c.name.not_in(live_consumers),
-                    )
-                ).scalars()
-            )
-            self._drop_queues(conn, idle)
-            counts["queues_expired"] = len(idle)
-            counts["results_expired"] = conn.execute(
-                delete(m.result).where(m.result.c.expires_at < now)
-            ).rowcount
-            conn.execute(delete(m.session).where(m.session.c.closed_at < now - 3600))
+        counts["messages_expired"] = conn.execute(
+            delete(m.message).where(m.message.c.session.is_(None), m.message.c.expires_at < now)
+        ).rowcount
+        live_consumers = (
+            select(m.consumer.c.queue)
+            .join(m.session, m.session.c.id == m.consumer.c.session)
+            .where(*self._live_session(now))
+        )
+        idle = list(
+            conn.execute(
+                select(m.queue.c.name).where(
+                    m.queue.c.expires_ms.is_not(None),
+                    m.queue.c.last_used_at + m.queue.c.expires_ms / 1000.0 < now,
+                    m.queue.c.name.not_in(live_consumers),
+                )
+            ).scalars()
+        )
+        self._drop_queues(conn, idle)
+        counts["queues_expired"] = len(idle)
+        conn.execute(delete(m.session).where(m.session.c.closed_at < now - CLOSED_SESSION_KEPT))
         return counts
 
-    # -- results ------------------------------------------------------------------------
 
-    def _live_result(self, now: float):
-        return or_(m.result.c.expires_at.is_(None), m.result.c.expires_at > now)
+class _SessionTouches:
+    """Writes a session's liveness at most every ``interval`` seconds per process.
 
-    def get_result(self, key: str) -> bytes | None:
-        return self.mget_results([key])[0]
+    A long-polling worker asks several times a second when busy; writing
+    ``last_seen`` each time would cost a database write per poll for nothing.
+    """
 
-    def mget_results(self, keys: Sequence[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        now = self.clock()
-        with self.engine.connect() as conn:
-            found = dict(
-                conn.execute(
-                    select(m.result.c.key, m.result.c.value).where(
-                        m.result.c.key.in_(set(keys)), self._live_result(now)
-                    )
-                ).all()
-            )
-        return [found.get(k) for k in keys]
+    def __init__(self, write: Callable[[str, str, Iterable[str]], None], interval: float, *,
+                 capacity: int = 100_000) -> None:
+        self.write = write
+        self.interval = interval
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, tuple[frozenset, float]] = OrderedDict()
 
-    def set_result(self, key: str, value: bytes, *, expires: float | None = None) -> None:
-        now = self.clock()
-        row = {
-            "key": key,
-            "value": value,
-            "updated_at": now,
-            "expires_at": None if expires is None else now + expires,
-        }
-        with self._tx() as tx:
-            self._upsert(tx.conn, m.result, row, ["key"])
-            self.jobs.result_stored(tx.conn, key, value, now)
+    def touch(self, session: str, principal: str, queues: list[str]) -> None:
+        now = time.monotonic()
+        key = frozenset(queues)
+        with self._lock:
+            last = self._seen.get(session)
+        if last is not None and last[0] == key and now - last[1] < self.interval:
+            return
+        self.write(session, principal, key)
+        with self._lock:
+            self._seen[session] = (key, now)
+            self._seen.move_to_end(session)
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
 
-    def delete_result(self, key: str) -> None:
-        with self._tx() as tx:
-            tx.conn.execute(delete(m.result).where(m.result.c.key == key))
-
-    def incr_result(self, key: str, amount: int = 1, *, expires: float | None = None) -> int:
-        """Add ``amount`` to the integer stored at ``key`` (0 if absent), atomically."""
-        now = self.clock()
-        with self._tx() as tx:
-            conn = tx.conn
-            # Create the counter or lock it (see _upsert: INSERT IGNORE deadlocks on MySQL).
-            self._upsert(
-                conn,
-                m.result,
-                {"key": key, "value": b"0", "updated_at": now, "expires_at": None},
-                ["key"],
-                {"value": m.result.c.value},
-            )
-            stmt = select(m.result.c.value, m.result.c.expires_at).where(m.result.c.key == key)
-            if self.dialect != "sqlite":
-                stmt = stmt.with_for_update()
-            current, expires_at = conn.execute(stmt).one()
-            if expires_at is not None and expires_at <= now:
-                current = b"0"
-            try:
-                value = int(bytes(current).decode()) + amount
-            except ValueError:
-                raise errors.Conflict(f"result {key!r} does not hold an integer") from None
-            conn.execute(
-                update(m.result)
-                .where(m.result.c.key == key)
-                .values(
-                    value=str(value).encode(),
-                    updated_at=now,
-                    expires_at=None if expires is None else now + expires,
-                )
-            )
-            return value
-
-    def expire_result(self, key: str, expires: float | None) -> bool:
-        now = self.clock()
-        with self._tx() as tx:
-            return bool(
-                tx.conn.execute(
-                    update(m.result)
-                    .where(m.result.c.key == key)
-                    .values(expires_at=None if expires is None else now + expires)
-                ).rowcount
-            )
-
-    # -- tokens -------------------------------------------------------------------------
-
-    def create_token(self, name: str) -> str:
-        """Issue a token for ``name``; only its hash is stored. Returns the token."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._tx() as tx:
-            if not self._insert_ignore(
-                tx.conn,
-                m.token,
-                [{"name": name, "token_hash": _hash_token(token), "created_at": self.clock()}],
-            ):
-                raise errors.Conflict(f"a token for {name!r} exists already; revoke it first")
-        return token
-
-    def list_tokens(self) -> list[dict]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(m.token.c.name, m.token.c.created_at).order_by(m.token.c.name)
-            ).all()
-        return [{"name": name, "created_at": created} for name, created in rows]
-
-    def revoke_token(self, name: str) -> None:
-        with self._tx() as tx:
-            if not tx.conn.execute(delete(m.token).where(m.token.c.name == name)).rowcount:
-                raise errors.NotFound(f"no token for {name!r}")
-
-    def principal_for_token(self, token: str) -> str | None:
-        """The name a token was issued for, or None if unknown or revoked."""
-        with self.engine.connect() as conn:
-            return conn.execute(
-                select(m.token.c.name).where(m.token.c.token_hash == _hash_token(token))
-            ).scalar()
-
-
-class _Tx:
-    """One transaction's connection plus the wake-ups it owes after commit."""
-
-    __slots__ = ("conn", "queues", "sessions", "fresh")
-
-    def __init__(self) -> None:
-        self.conn: Connection | None = None
-        self.queues: set[str] = set()
-        self.sessions: set[str] = set()
-        self.fresh: dict[str, tuple[int, int]] = {}
+    def forget(self, session: str) -> None:
+        with self._lock:
+            self._seen.pop(session, None)

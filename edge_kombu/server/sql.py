@@ -1,0 +1,224 @@
+"""The SQL kernel of the edge API: engine, transactions, clock and every dialect difference.
+
+Each service (broker, results, credentials, workers, jobs, logs, housekeeping) takes one
+:class:`SQL` and writes portable SQLAlchemy Core through it; whatever differs between
+the databases is a named method here, and no other module asks which database it runs on:
+
+==========================  ===================  ======================  ===================
+                            SQLite               PostgreSQL              MySQL / MariaDB
+==========================  ===================  ======================  ===================
+writers                     ``BEGIN IMMEDIATE``  row locks               row locks,
+                            (one at a time)                              ``READ COMMITTED``
+:meth:`SQL.insert_ignore`   ``ON CONFLICT DO     ``ON CONFLICT DO        ``INSERT IGNORE``
+                            NOTHING``            NOTHING``
+:meth:`SQL.upsert`          ``ON CONFLICT DO     ``ON CONFLICT DO        ``ON DUPLICATE KEY
+                            UPDATE``             UPDATE``                UPDATE``
+:meth:`SQL.lock_rows`       (the write lock)     ``FOR UPDATE``          ``FOR UPDATE``
+:meth:`SQL.lock_shared`     (the write lock)     ``FOR SHARE``           ``LOCK IN SHARE MODE``
+:meth:`SQL.skip_locked`     (the write lock)     ``FOR UPDATE SKIP       ``FOR UPDATE SKIP
+                                                 LOCKED``                LOCKED``
+:attr:`SQL.notifies`        no                   ``LISTEN``/``NOTIFY``   no
+:meth:`SQL.explain`         ``EXPLAIN QUERY      ``EXPLAIN``             ``EXPLAIN``
+                            PLAN``
+==========================  ===================  ======================  ===================
+
+:meth:`SQL.transaction` yields the connection together with the wake-ups the
+transaction owes: the queues that got messages and the sessions whose capacity changed.
+Its :class:`Wakeup` hears of them inside the transaction (so PostgreSQL can ``NOTIFY``
+on commit) and once it committed. Every service reads the time from the kernel's
+``clock``, so tests move one :class:`FakeClock` for all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event
+from sqlalchemy import text as sql_text
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from edge_kombu.server.db import normalize_url
+
+#: Databases whose row locks can skip rows another transaction holds.
+_SKIP_LOCKED = ("postgresql", "mysql", "mariadb")
+
+
+# -- engines ------------------------------------------------------------------------------
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # Let the DB-API stop issuing its own BEGIN; we emit BEGIN IMMEDIATE below, so
+    # a transaction that reads before it writes can never lose a race for the lock.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """Create the engine for ``url`` with the settings each backend needs."""
+    url = normalize_url(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    kwargs: dict = {"pool_size": pool_size, "max_overflow": 2 * pool_size, "pool_pre_ping": True}
+    if backend in ("mysql", "mariadb"):
+        kwargs["pool_recycle"] = 3600
+        kwargs["isolation_level"] = "READ COMMITTED"
+    return create_engine(url, **kwargs)
+
+
+def make_driver_cooperative(url: str) -> None:
+    """Under gevent: let the database driver yield while it waits (psycopg2 does not)."""
+    if make_url(url).get_backend_name() == "postgresql":
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+
+# -- transactions -------------------------------------------------------------------------
+
+
+class Wakeup:
+    """Hears, from every transaction, that consumers may have something to do."""
+
+    def in_transaction(self, conn: Connection, queues: set[str], sessions: set[str]) -> None:
+        """Called inside the transaction that made messages available."""
+
+    def after_commit(self, queues: set[str], sessions: set[str],
+                     fresh: dict[str, tuple[int, int]] | None = None) -> None:
+        """Called once that transaction committed.
+
+        ``fresh``: of ``queues``, those that just got new messages, as queue →
+        (how many, fewest slots): one waiting consumer per message will do.
+        """
+
+
+class Transaction:
+    """One transaction's connection plus the wake-ups it owes after commit."""
+
+    __slots__ = ("conn", "queues", "sessions", "fresh")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        #: Queues whose waiting consumers should look again.
+        self.queues: set[str] = set()
+        #: Consumer sessions whose waiting consume should answer (their capacity changed).
+        self.sessions: set[str] = set()
+        #: Of ``queues``, those with new messages: queue → (how many, fewest slots).
+        self.fresh: dict[str, tuple[int, int]] = {}
+
+    @property
+    def owes_wakeups(self) -> bool:
+        return bool(self.queues or self.sessions)
+
+
+class SQL:
+    """The database every service works on: one engine, one clock, one wake-up hook."""
+
+    def __init__(self, engine: Engine, *, wakeup: Wakeup | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.wakeup = wakeup if wakeup is not None else Wakeup()
+        self.clock = clock
+        self._dialect = engine.dialect.name
+        self._skip_locked = self._dialect in _SKIP_LOCKED
+
+    @classmethod
+    def from_url(cls, url: str, *, pool_size: int = 10, **kwargs) -> SQL:
+        return cls(create_db_engine(url, pool_size=pool_size), **kwargs)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One read-write transaction; commits on leaving, rolls back on an exception."""
+        with self.engine.begin() as conn:
+            tx = Transaction(conn)
+            yield tx
+            if tx.owes_wakeups:
+                self.wakeup.in_transaction(conn, tx.queues, tx.sessions)
+        if tx.owes_wakeups:
+            self.wakeup.after_commit(tx.queues, tx.sessions, fresh=tx.fresh)
+
+    def connect(self):
+        """A connection for reads that need no transaction of their own (a context manager)."""
+        return self.engine.connect()
+
+    def dispose(self) -> None:
+        """Close the pool's connections (the process or app is going away)."""
+        self.engine.dispose()
+
+    # -- dialect differences ----------------------------------------------------------------
+
+    @property
+    def notifies(self) -> bool:
+        """Whether the database can tell other processes of a commit (``LISTEN``/``NOTIFY``)."""
+        return self._dialect == "postgresql"
+
+    def insert_ignore(self, conn: Connection, table, rows: list[dict]) -> int:
+        """Insert ``rows``, skipping those whose key exists; returns how many were inserted."""
+        if not rows:
+            return 0
+        if self._dialect == "postgresql":
+            stmt = pg_insert(table).on_conflict_do_nothing()
+        elif self._dialect == "sqlite":
+            stmt = sqlite_insert(table).on_conflict_do_nothing()
+        else:
+            stmt = table.insert().prefix_with("IGNORE")
+        return conn.execute(stmt, rows).rowcount
+
+    def upsert(self, conn: Connection, table, row: dict, keys: Sequence[str],
+               changes: dict | None = None) -> None:
+        """Insert ``row``, or apply ``changes`` (default: the row's other columns) to it.
+
+        Unlike ``INSERT IGNORE`` followed by a locking read or an ``UPDATE``, this locks an
+        existing row exclusively at once: on MySQL the duplicate-key check of
+        ``INSERT IGNORE`` takes a shared lock, and two transactions upgrading theirs deadlock.
+        """
+        if changes is None:
+            changes = {k: v for k, v in row.items() if k not in keys}
+        if self._dialect == "postgresql":
+            stmt = pg_insert(table).values(row).on_conflict_do_update(
+                index_elements=keys, set_=changes
+            )
+        elif self._dialect == "sqlite":
+            stmt = sqlite_insert(table).values(row).on_conflict_do_update(
+                index_elements=keys, set_=changes
+            )
+        else:
+            stmt = mysql_insert(table).values(row).on_duplicate_key_update(**changes)
+        conn.execute(stmt)
+
+    def lock_rows(self, stmt):
+        """Lock the selected rows for writing until commit (SQLite's BEGIN IMMEDIATE does)."""
+        return stmt if self._dialect == "sqlite" else stmt.with_for_update()
+
+    def lock_shared(self, stmt):
+        """Keep the selected rows from changing until commit, letting others read them too."""
+        return stmt if self._dialect == "sqlite" else stmt.with_for_update(read=True)
+
+    def skip_locked(self, stmt):
+        """Lock the selected rows, passing over those another transaction holds (claims)."""
+        return stmt.with_for_update(skip_locked=True) if self._skip_locked else stmt
+
+    def explain(self, stmt) -> str:
+        """The database's plan of ``stmt``, one line per row (tests and ``bench/`` read it)."""
+        compiled = stmt.compile(self.engine, compile_kwargs={"literal_binds": True})
+        prefix = "EXPLAIN QUERY PLAN " if self._dialect == "sqlite" else "EXPLAIN "
+        with self.connect() as conn:
+            return "\n".join(" ".join(map(str, row)) for row in conn.execute(
+                sql_text(prefix + str(compiled))))

@@ -1,0 +1,73 @@
+"""Worker tokens' contract, tested directly against the database under test.
+
+Run per database with ``EDGE_KOMBU_TEST_DB``; time runs on a :class:`FakeClock`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from sqlalchemy import select
+
+from edge_kombu import errors
+from edge_kombu.server import models
+from edge_kombu.server.credentials import Credentials
+from edge_kombu.server.sql import SQL
+
+
+@pytest.fixture
+def timed(sql, clock) -> Credentials:
+    """Credentials on the same database whose time is ``clock``."""
+    return Credentials(SQL(sql.engine, clock=clock))
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+def test_create_and_look_up_token(tokens):
+    token = tokens.create("site-a")
+    assert token.startswith("ekt_") and len(token) > 30
+    assert tokens.principal_for(token) == "site-a"
+    assert tokens.principal_for(token + "x") is None
+    assert tokens.principal_for("") is None
+
+
+def test_token_is_stored_only_as_sha256(tokens):
+    token = tokens.create("site-a")
+    with tokens.sql.connect() as conn:
+        rows = [tuple(row) for row in conn.execute(select(models.token)).all()]
+    assert len(rows) == 1
+    assert all(token not in str(value) for value in rows[0])
+    assert hashlib.sha256(token.encode()).hexdigest() in rows[0]
+
+
+def test_duplicate_token_name_conflicts(tokens):
+    token = tokens.create("site-a")
+    with pytest.raises(errors.Conflict):
+        tokens.create("site-a")
+    assert tokens.principal_for(token) == "site-a"
+
+
+def test_revoke_token(tokens):
+    token = tokens.create("site-a")
+    other = tokens.create("site-b")
+    tokens.revoke("site-a")
+    assert tokens.principal_for(token) is None
+    assert tokens.principal_for(other) == "site-b"
+    with pytest.raises(errors.NotFound):
+        tokens.revoke("site-a")
+    with pytest.raises(errors.NotFound):
+        tokens.revoke("never")
+    assert tokens.principal_for(tokens.create("site-a")) == "site-a"
+
+
+def test_list_tokens(timed, clock):
+    assert timed.list() == []
+    timed.create("b-site")
+    clock.advance(1)
+    timed.create("a-site")
+    assert timed.list() == [
+        {"name": "a-site", "created_at": clock.now},
+        {"name": "b-site", "created_at": clock.now - 1},
+    ]

@@ -55,7 +55,8 @@ def _healthy(port: int) -> bool:
 
 
 def run_demo(db_url: str | None) -> None:
-    from edge_kombu.server.db import create_db_engine, describe, migrate, resolve_db_url
+    from edge_kombu.server.db import describe, migrate, resolve_db_url
+    from edge_kombu.server.sql import create_db_engine
 
     url = resolve_db_url(db_url)
     click.echo(f"database: {describe(url)}")

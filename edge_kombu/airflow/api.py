@@ -50,10 +50,8 @@ class EdgeASGI:
         with self._lock:
             if self._flask is None:
                 return
-            broker = self._flask.extensions["edge_kombu"]
-            broker.registry.close()  # answer waiting long-polls now
-            broker.stop()
-            broker.store.engine.dispose()
+            # Answer waiting long-polls now, stop the threads, close the pool.
+            self._flask.extensions["edge_kombu"].shutdown()
             self._wsgi.executor.shutdown(wait=False)
             self._flask = self._wsgi = None
 

@@ -21,7 +21,8 @@ from airflow.utils.db_manager import BaseDBManager
 from sqlalchemy.engine import Engine
 
 from edge_kombu.server import db, models
-from edge_kombu.server.db import alembic_config, create_db_engine, migrate
+from edge_kombu.server.db import alembic_config, migrate
+from edge_kombu.server.sql import create_db_engine
 
 
 class EdgeDBManager(BaseDBManager):

@@ -42,11 +42,11 @@ def task_logs():
     global _logs
     with _lock:
         if _logs is None:
-            from edge_kombu.server.db import create_db_engine, resolve_db_url
+            from edge_kombu.server.db import resolve_db_url
             from edge_kombu.server.logs import TaskLogs
-            from edge_kombu.server.store import Store
+            from edge_kombu.server.sql import SQL
 
-            _logs = TaskLogs(Store(create_db_engine(resolve_db_url(), pool_size=4)))
+            _logs = TaskLogs(SQL.from_url(resolve_db_url(), pool_size=4))
         return _logs
 
 

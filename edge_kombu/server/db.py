@@ -1,4 +1,4 @@
-"""Which database the edge API uses, the engine for it, and schema migration.
+"""Which database the edge API uses, and schema migration (the engine: :mod:`.sql`).
 
 Resolution order of the database URL: the ``--db`` option or ``EDGE_KOMBU_DB_URL``;
 else Airflow's ``[database] sql_alchemy_conn`` when Airflow is installed and
@@ -12,7 +12,6 @@ import logging
 import os
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 
 log = logging.getLogger(__name__)
@@ -76,38 +75,6 @@ def normalize_url(url: str) -> str:
     if driver:
         parsed = parsed.set(drivername=driver)
     return parsed.render_as_string(hide_password=False)
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # Let the DB-API stop issuing its own BEGIN; we emit BEGIN IMMEDIATE below, so
-    # a transaction that reads before it writes can never lose a race for the lock.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _sqlite_begin(conn) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """Create the engine for ``url`` with the settings each backend needs."""
-    url = normalize_url(url)
-    backend = make_url(url).get_backend_name()
-    if backend == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    kwargs: dict = {"pool_size": pool_size, "max_overflow": 2 * pool_size, "pool_pre_ping": True}
-    if backend in ("mysql", "mariadb"):
-        kwargs["pool_recycle"] = 3600
-        kwargs["isolation_level"] = "READ COMMITTED"
-    return create_engine(url, **kwargs)
 
 
 def alembic_config(engine: Engine):

@@ -8,7 +8,8 @@ import subprocess
 from alembic.script import ScriptDirectory
 
 from edge_kombu.server import models
-from edge_kombu.server.db import alembic_config, create_db_engine
+from edge_kombu.server.db import alembic_config
+from edge_kombu.server.sql import create_db_engine
 from tests.helpers import BIN
 
 EDGE_TABLES = {*models.metadata.tables, models.VERSION_TABLE}

@@ -69,9 +69,9 @@ def _workload(*, queue: str = "default", pool_slots: int = 1, priority_weight: i
                        bundle_info=BundleInfo(name="dags-folder"))
 
 
-def _messages(store) -> dict[str, dict]:
+def _messages(sql) -> dict[str, dict]:
     """Messages in the edge database by Celery task id."""
-    with store.engine.connect() as conn:
+    with sql.connect() as conn:
         rows = conn.execute(select(models.message)).mappings().all()
     found = {}
     for row in rows:
@@ -91,7 +91,7 @@ def test_missing_api_url_is_a_configuration_error(airflow_in_process, monkeypatc
         EdgeExecutor()
 
 
-def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, edge_env, store):
+def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, edge_env, sql):
     from airflow.utils.state import TaskInstanceState
 
     big = _workload(queue="remote", pool_slots=3, priority_weight=1000)
@@ -101,7 +101,7 @@ def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, ed
         executor.queue_workload(workload, session=None)
     executor.heartbeat()  # publishes, then syncs once
 
-    messages = _messages(store)
+    messages = _messages(sql)
     assert set(messages) == {w.ti.external_executor_id for w in (big, small, negative)}
     by_ti = {w.ti.key: messages[w.ti.external_executor_id] for w in (big, small, negative)}
     assert (by_ti[big.ti.key]["queue"], by_ti[big.ti.key]["slots"],
@@ -127,7 +127,7 @@ def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, ed
     assert mgets == 2  # one request per sync
 
 
-def test_revoke_reaches_the_edge_worker(executor, edge_env, token, store, tmp_path):
+def test_revoke_reaches_the_edge_worker(executor, edge_env, token, sql, tmp_path):
     """A revoked workload is discarded by the worker that receives it (REVOKED, acked)."""
     from celery.result import AsyncResult
 
@@ -159,7 +159,7 @@ def test_revoke_reaches_the_edge_worker(executor, edge_env, token, store, tmp_pa
         assert control.add_consumer("remote", destination=hostname, reply=True)
         result = AsyncResult(task_id, app=executor.celery_app)
         wait_for(lambda: result.state == "REVOKED", timeout=30, message="REVOKED")
-        wait_for(lambda: not _messages(store), timeout=30, message="message acknowledged")
+        wait_for(lambda: not _messages(sql), timeout=30, message="message acknowledged")
         assert "Discarding revoked task" in worker.log()
         assert "Executing Airflow workload" not in worker.log()
     finally:

@@ -26,7 +26,7 @@ def readers(airflow_in_process, db_url, monkeypatch):
     monkeypatch.setattr(airflow_logs, "_logs", None)  # this process's engine, on db_url
     yield airflow_logs
     if airflow_logs._logs is not None:
-        airflow_logs._logs.store.engine.dispose()
+        airflow_logs._logs.sql.dispose()
 
 
 def ti(try_number: int = 2, map_index: int | None = -1):
@@ -34,8 +34,8 @@ def ti(try_number: int = 2, map_index: int | None = -1):
                            try_number=try_number)
 
 
-def test_remote_log_io_streams_the_pushed_lines(readers, store, monkeypatch):
-    logs = TaskLogs(store)
+def test_remote_log_io_streams_the_pushed_lines(readers, sql, monkeypatch):
+    logs = TaskLogs(sql)
     monkeypatch.setattr(readers, "READ_SIZE", 16)  # many ranges, cut inside lines
     io = readers.EdgeRemoteLogIO.from_config()
     assert io.stream("dag_id=dag/attempt=2.log", ti()) == ([], [])
@@ -51,8 +51,8 @@ def test_remote_log_io_streams_the_pushed_lines(readers, store, monkeypatch):
     io.upload("any/path.log", ti())  # nothing to do on the api-server: it was pushed already
 
 
-def test_executor_shows_a_running_try_from_the_database(readers, store):
-    logs = TaskLogs(store)
+def test_executor_shows_a_running_try_from_the_database(readers, sql):
+    logs = TaskLogs(sql)
     assert readers.running_task_log(ti(), 1) == ([], [])  # nothing pushed: Airflow's way
     logs.append(TaskInstanceTry("dag", "task", "run", -1, 1), 0, LINES[0] + "\n")
     sources, lines = readers.running_task_log(ti(try_number=3, map_index=None), 1)

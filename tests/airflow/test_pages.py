@@ -63,11 +63,11 @@ def test_pages_in_airflow_show_airflow_tasks_to_airflow_users_only(tmp_path):
 
         # An edge worker's token is no Airflow session.
         worker_token = site.python(
-            "from edge_kombu.server.db import create_db_engine, normalize_url\n"
-            "from edge_kombu.server.store import Store\n"
+            "from edge_kombu.server.credentials import Credentials\n"
+            "from edge_kombu.server.sql import SQL\n"
             "from airflow.configuration import conf\n"
-            "url = normalize_url(conf.get('database', 'sql_alchemy_conn'))\n"
-            "print(Store(create_db_engine(url)).create_token('page-prober'))").strip()
+            "url = conf.get('database', 'sql_alchemy_conn')\n"
+            "print(Credentials(SQL.from_url(url)).create('page-prober'))").strip()
         refused = requests.get(f"{site.base_url}/edge/ui/workers", timeout=30,
                                headers={"Authorization": f"Bearer {worker_token}"})
         assert refused.status_code == 401, refused.text

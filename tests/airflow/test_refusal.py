@@ -82,9 +82,8 @@ def test_missing_dag_files_fail_the_task_with_a_log_line_that_says_so(site):
 def test_another_major_airflow_version_fails_on_the_worker_saying_so(site):
     from celery import Celery
 
-    from edge_kombu.server.db import create_db_engine
     from edge_kombu.server.logs import TaskInstanceTry, TaskLogs
-    from edge_kombu.server.store import Store
+    from edge_kombu.server.sql import SQL
 
     ti = {"id": str(uuid.uuid4()), "dag_id": "old_site", "task_id": "t", "run_id": "r",
           "try_number": 1, "map_index": -1, "pool_slots": 1, "queue": "default",
@@ -106,12 +105,12 @@ def test_another_major_airflow_version_fails_on_the_worker_saying_so(site):
     finally:
         app.close()
 
-    engine = create_db_engine(site.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], pool_size=1)
+    sql = SQL.from_url(site.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], pool_size=1)
     try:
-        stored = TaskLogs(Store(engine)).read(TaskInstanceTry(
+        stored = TaskLogs(sql).read(TaskInstanceTry(
             dag_id="old_site", task_id="t", run_id="r", map_index=-1, try_number=1)).data
     finally:
-        engine.dispose()
+        sql.dispose()
     line = json.loads(stored)
     assert line["level"] == "error" and "the central site Airflow 2.10.5" in line["event"]
     assert requests.get(f"{site.edge_url}/api/v1/health", timeout=10).ok

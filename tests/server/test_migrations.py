@@ -14,13 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from edge_kombu.server import models
-from edge_kombu.server.db import (
-    alembic_config,
-    create_db_engine,
-    current_revision,
-    describe,
-    normalize_url,
-)
+from edge_kombu.server.db import alembic_config, current_revision, describe, normalize_url
+from edge_kombu.server.sql import create_db_engine
 from tests.helpers import BIN, ROOT
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from edge_kombu.server.workers import WorkerRegistry
 from edge_kombu.worker import control
 from tests.helpers import BIN, ROOT, Process, wait_for
 
@@ -153,11 +152,6 @@ def edge_workers(tmp_path, env_for, request, api_factory):
 
 
 @pytest.fixture
-def registry(store) -> WorkerRegistry:
-    return WorkerRegistry(store)
-
-
-@pytest.fixture
 def sender(token):
     """``sender(api)`` gives ``publish(task, *args, queue=..., slots=...)`` for tests.edge_tasks."""
     from celery import Celery
@@ -188,9 +182,9 @@ def send(sender, api):
     return sender(api)
 
 
-def queue_depth(store, name: str) -> dict:
+def queue_depth(broker, name: str) -> dict:
     """``{"ready": n, "leased": n}`` of a queue on the server."""
-    for queue in store.queue_overview():
+    for queue in broker.queue_overview():
         if queue["name"] == name:
             return {"ready": queue["ready"], "leased": queue["leased"]}
     return {"ready": 0, "leased": 0}

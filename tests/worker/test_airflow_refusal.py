@@ -37,7 +37,7 @@ def test_version_rules():
 @pytest.mark.skipif(importlib.util.find_spec("airflow") is not None,
                     reason="this worker has Airflow; see tests/airflow/test_refusal.py")
 def test_worker_without_airflow_fails_the_workload_and_says_why(
-        edge_workers, env_for, api, celery_client, store, tmp_path):
+        edge_workers, env_for, api, celery_client, sql, tmp_path):
     env = env_for(api, AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(tmp_path / "logs"))
     worker = edge_workers("no-airflow", env=env)
 
@@ -53,7 +53,7 @@ def test_worker_without_airflow_fails_the_workload_and_says_why(
     # The task's log on the server (what Airflow's UI shows) says the same.
     ti = TaskInstanceTry(dag_id="remote_dag", task_id="extract", run_id="manual__1",
                          map_index=-1, try_number=1)
-    stored = wait_for(lambda: TaskLogs(store).read(ti).data, message="pushed log line")
+    stored = wait_for(lambda: TaskLogs(sql).read(ti).data, message="pushed log line")
     line = json.loads(stored)
     assert line["level"] == "error" and "apache-airflow is not installed" in line["event"]
     assert line["worker"] == worker.hostname

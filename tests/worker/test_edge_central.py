@@ -62,7 +62,7 @@ def test_central_commands_take_effect_on_the_live_worker(edge_workers, central, 
 
 
 def test_maintenance_survives_a_restart(edge_workers, env_for, api, send, tmp_path, registry,
-                                        store):
+                                        broker):
     worker = edge_workers("r1")
     worker.edge("maintenance", "on", "--comments", "until the disk is replaced")
     worker.edge("stop", "--wait")
@@ -72,18 +72,18 @@ def test_maintenance_survives_a_restart(edge_workers, env_for, api, send, tmp_pa
 
     marker = tmp_path / "queued.done"
     queued = send("touch", str(marker))
-    wait_for(lambda: queue_depth(store, "remote")["ready"] == 1, message="task queued")
+    wait_for(lambda: queue_depth(broker, "remote")["ready"] == 1, message="task queued")
     again = edge_workers("r1")
     status = again.status()
     assert status["state"] == "maintenance mode" and status["consuming"] == []
     assert status["maintenance_comment"] == "until the disk is replaced"
     heartbeats_pass(again)
-    assert not marker.exists() and queue_depth(store, "remote")["ready"] == 1
+    assert not marker.exists() and queue_depth(broker, "remote")["ready"] == 1
     again.edge("maintenance", "off")
     assert queued.get(timeout=30) == "queued.done"
 
 
-def test_local_control_while_the_api_is_down(edge_workers, api, send, tmp_path, registry, store):
+def test_local_control_while_the_api_is_down(edge_workers, api, send, tmp_path, registry, broker):
     worker = edge_workers("o1")
     api.stop()
     wait_for(lambda: worker.status()["api_reachable"] is False, message="API seen down")
@@ -99,7 +99,7 @@ def test_local_control_while_the_api_is_down(edge_workers, api, send, tmp_path, 
     # The consumer reconnected in maintenance: it takes no task until maintenance is off.
     marker = tmp_path / "after.done"
     result = send("touch", str(marker))
-    wait_for(lambda: queue_depth(store, "remote")["ready"] == 1, message="task queued")
+    wait_for(lambda: queue_depth(broker, "remote")["ready"] == 1, message="task queued")
     heartbeats_pass(worker)
     assert not marker.exists()
     worker.edge("maintenance", "off")

@@ -27,7 +27,7 @@ def heartbeats_pass(worker, count: int = 2) -> None:
 
 
 def test_maintenance_pending_then_mode_takes_no_task_and_off_resumes(
-        edge_workers, send, tmp_path, registry, store):
+        edge_workers, send, tmp_path, registry, broker):
     worker = edge_workers("m1", concurrency=2)
     first, first_started, first_release = held_task(send, tmp_path, "first")
     wait_for(first_started.exists, message="first task started")
@@ -42,7 +42,7 @@ def test_maintenance_pending_then_mode_takes_no_task_and_off_resumes(
 
     later_marker = tmp_path / "later.done"
     later = send("touch", str(later_marker))
-    wait_for(lambda: queue_depth(store, "remote")["ready"] == 1, message="second task queued")
+    wait_for(lambda: queue_depth(broker, "remote")["ready"] == 1, message="second task queued")
     heartbeats_pass(worker)
     assert not later_marker.exists()
 
@@ -53,7 +53,7 @@ def test_maintenance_pending_then_mode_takes_no_task_and_off_resumes(
              message="server sees maintenance mode")
     heartbeats_pass(worker)
     assert not later_marker.exists()
-    assert queue_depth(store, "remote") == {"ready": 1, "leased": 0}
+    assert queue_depth(broker, "remote") == {"ready": 1, "leased": 0}
 
     switched = time.monotonic()
     status = last_json(worker.edge("maintenance", "off").stdout)
@@ -81,7 +81,7 @@ def test_maintenance_wait_returns_once_running_tasks_finished(edge_workers, send
 
 
 def test_stop_wait_lets_the_running_task_finish_then_exits_0(edge_workers, send, tmp_path,
-                                                             registry, store):
+                                                             registry, broker):
     worker = edge_workers("st1", concurrency=2)
     result, started, release = held_task(send, tmp_path, "s")
     wait_for(started.exists, message="task started")
@@ -101,12 +101,12 @@ def test_stop_wait_lets_the_running_task_finish_then_exits_0(edge_workers, send,
     assert worker.proc.wait(30) == 0
     print(f"task released -> worker exited in {exited:.2f}s")
     assert result.get(timeout=30) == "s.started"
-    assert queue_depth(store, "remote") == {"ready": 0, "leased": 0}  # acked, not redelivered
+    assert queue_depth(broker, "remote") == {"ready": 0, "leased": 0}  # acked, not redelivered
     wait_for(lambda: registry.get("st1@localhost")["state"] == "offline", message="offline")
     assert not worker.socket.exists()
 
 
-def test_stop_drain_timeout_terminates_the_running_task(edge_workers, send, tmp_path, store):
+def test_stop_drain_timeout_terminates_the_running_task(edge_workers, send, tmp_path, broker):
     worker = edge_workers("st2", concurrency=2)
     result, started, _ = held_task(send, tmp_path, "t")
     wait_for(started.exists, message="task started")
@@ -118,7 +118,7 @@ def test_stop_drain_timeout_terminates_the_running_task(edge_workers, send, tmp_
     print(f"stop --drain-timeout 1 returned after {took:.2f}s")
     assert wait_for(lambda: result.state == "REVOKED",
                     message="terminated task reported revoked")
-    assert queue_depth(store, "remote") == {"ready": 0, "leased": 0}
+    assert queue_depth(broker, "remote") == {"ready": 0, "leased": 0}
 
 
 def test_sigterm_reports_terminating_while_the_task_finishes(edge_workers, send, tmp_path,

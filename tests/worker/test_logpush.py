@@ -15,8 +15,8 @@ FAST = PushSettings(interval=0.05, chunk_size=1024, flush_timeout=10.0)
 
 
 @pytest.fixture
-def logs(store) -> TaskLogs:
-    return TaskLogs(store)
+def logs(sql) -> TaskLogs:
+    return TaskLogs(sql)
 
 
 @pytest.fixture

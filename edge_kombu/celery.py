@@ -1,7 +1,8 @@
 """The Celery app of edge workers: ``celery -A edge_kombu worker -Q remote [-c N] [-n NAME]``.
 
-Configured at import from Airflow's settings, without importing Airflow (see
-:mod:`edge_kombu.worker.settings` for the lookup order: environment, then airflow.cfg):
+Configured from Airflow's settings, without importing Airflow, when its configuration is
+first read (not at import; see :mod:`edge_kombu.worker.settings` for the lookup order:
+environment, then airflow.cfg):
 
 ===============================================  ======================================
 ``[edge] api_url`` / ``AIRFLOW__EDGE__API_URL``  the edge API; broker and result backend
@@ -20,51 +21,36 @@ Configured at import from Airflow's settings, without importing Airflow (see
 
 The credential travels in the transport options, never in a URL Celery prints.
 Anything missing is reported when a worker starts (one line, exit code 1), so
-``celery -A edge_kombu edge status`` and other commands work without it.
+``celery -A edge_kombu edge status`` and other commands work without it. What the
+command line or the code using the app sets (``app.conf...``) wins over these.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-import edge_kombu  # noqa: F401 - registers the edge transport
 from edge_kombu.airflow.worker.workload import register as register_airflow_tasks
-from edge_kombu.worker import settings
 from edge_kombu.worker.bootstep import install
+from edge_kombu.worker.settings import WorkerSettings, current
 
 POOL = "edge_kombu.worker.pool:SlotPool"
 
 
-def _tls() -> dict | None:
-    ca, cert, key = (settings.option("edge", k) for k in ("ca_bundle", "client_cert", "client_key"))
-    if not (ca or cert):
-        return None
-    options: dict = {}
-    if ca:
-        options["ca_certs"] = ca
-    if cert:
-        options["certfile"] = cert
-    if key:
-        options["keyfile"] = key
-    return options
-
-
-def configure(app: Celery) -> None:
-    url = settings.api_url()
-    edge_url = f"edge+{url}" if url else None
-    transport_options = settings.credential().transport_options()
-    tls = _tls()
-    app.conf.update(
+def celery_settings(settings: WorkerSettings) -> dict:
+    """The Celery settings of an edge worker with ``settings``."""
+    edge_url = f"edge+{settings.api_url}" if settings.api_url else None
+    transport_options = settings.credential.transport_options()
+    return dict(
         broker_url=edge_url,
         result_backend=edge_url,
         broker_transport_options=dict(transport_options),
         result_backend_transport_options=dict(transport_options),
-        broker_use_ssl=tls,
+        broker_use_ssl=dict(settings.ssl) if settings.ssl else None,
         worker_pool=POOL,
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        task_default_queue=settings.option("operators", "default_queue", "default"),
+        task_default_queue=settings.default_queue,
         worker_send_task_events=False,
         # An edge site's link may be down for a while: keep reconnecting, never give up.
         broker_connection_retry_on_startup=True,
@@ -72,11 +58,20 @@ def configure(app: Celery) -> None:
         # A lost connection must not kill running tasks: their messages stay leased until
         # the server hears from this worker again (or gives up on it).
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        include=settings.includes(),
+        include=list(settings.includes),
     )
 
 
+def configure(sender: Celery, **kwargs) -> None:
+    """Fill the app's configuration from :func:`~edge_kombu.worker.settings.current` as it
+    is first read (Celery's ``on_configure``), leaving what was set already."""
+    conf = sender.conf  # still pending: writes go to the app's own changes
+    for key, value in celery_settings(current()).items():
+        if key not in conf.changes:
+            conf[key] = value
+
+
 app = Celery("edge_kombu")
-configure(app)
+app.on_configure.connect(configure, sender=app, weak=False)
 install(app)
 register_airflow_tasks(app)  # execute_workload, when Airflow is installed

@@ -1,22 +1,22 @@
 """The Celery app of the EdgeExecutor, built from Airflow's configuration.
 
-Broker and result backend are ``edge+<[edge] api_url>``. The credential, in this order:
-``EDGE_KOMBU_TOKEN``, a token in ``[edge] token_file``, the shared secret
-``[core] internal_api_secret_key``. TLS: ``[edge] ca_bundle``, ``client_cert``,
-``client_key``. It travels in the transport options, never in a URL Celery prints.
+Broker and result backend are ``edge+<[edge] api_url>``. The credential, in the order
+the edge workers look for it (:func:`~edge_kombu.transport.settings.find_credential`):
+``EDGE_KOMBU_TOKEN``, a token file (``EDGE_KOMBU_TOKEN_FILE`` or ``[edge] token_file``),
+the shared secret ``[core] internal_api_secret_key``. TLS: ``[edge] ca_bundle``,
+``client_cert``, ``client_key``. It travels in the transport options, never in a URL
+Celery prints.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from celery import Celery
 
-import edge_kombu  # noqa: F401 - registers the edge transport
+from edge_kombu.transport.settings import ENV_TOKEN, find_credential, ssl_options
 
-ENV_TOKEN = "EDGE_KOMBU_TOKEN"
 APP_NAME = "edge_kombu.airflow"
 
 
@@ -43,33 +43,16 @@ def api_url(conf: Any) -> str:
 
 def credential_options(conf: Any) -> dict[str, str]:
     """``{"token": ...}`` or ``{"secret": ...}`` for the transport and the result backend."""
-    token = os.environ.get(ENV_TOKEN, "").strip()
-    if token:
-        return {"token": token}
-    token_file = _get(conf, "edge", "token_file")
-    if token_file:
-        path = Path(token_file).expanduser()
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise EdgeConfigError(f"[edge] token_file {path}: {exc.strerror}") from None
-        if not token:
-            raise EdgeConfigError(f"[edge] token_file {path} is empty")
-        return {"token": token}
-    secret = _get(conf, "core", "internal_api_secret_key")
-    if secret:
-        return {"secret": secret}
-    raise EdgeConfigError(
-        "no credential for the edge API: set [core] internal_api_secret_key (shared with the "
-        f"edge API), [edge] token_file or {ENV_TOKEN}"
-    )
-
-
-def tls_options(conf: Any) -> dict[str, str] | None:
-    ca, cert, key = (_get(conf, "edge", k) for k in ("ca_bundle", "client_cert", "client_key"))
-    options = {name: value for name, value in
-               (("ca_certs", ca), ("certfile", cert), ("keyfile", key)) if value}
-    return options or None
+    credential = find_credential(partial(_get, conf))
+    if credential.problem:
+        raise EdgeConfigError(credential.problem)
+    options = credential.transport_options()
+    if not options:
+        raise EdgeConfigError(
+            "no credential for the edge API: set [core] internal_api_secret_key (shared with "
+            f"the edge API), [edge] token_file or {ENV_TOKEN}"
+        )
+    return options
 
 
 def celery_config(conf: Any) -> dict[str, Any]:
@@ -81,7 +64,7 @@ def celery_config(conf: Any) -> dict[str, Any]:
         "result_backend": url,
         "broker_transport_options": dict(credential),
         "result_backend_transport_options": dict(credential),
-        "broker_use_ssl": tls_options(conf),
+        "broker_use_ssl": ssl_options(partial(_get, conf)),
         "broker_connection_retry_on_startup": True,
         "accept_content": ["json"],
         "task_serializer": "json",

@@ -5,7 +5,8 @@ A :class:`~celery.backends.base.KeyValueStoreBackend`: ``mget`` is one request
 server so chords work, and results expire after ``result_expires`` on the server.
 
 Options (``result_backend_transport_options``): ``token``, ``secret``,
-``client_name``, ``read_timeout``, ``connect_retries``. TLS comes from
+``client_name``, ``read_timeout``, ``connect_retries``, as the transport's
+(:class:`~edge_kombu.transport.settings.ClientSettings`). TLS comes from
 ``result_backend_transport_options['ssl']`` or else ``broker_use_ssl``. Storing and
 reading a result retry while the API is unreachable (``result_backend_always_retry``
 defaults to True here; ``result_backend_max_retries`` bounds it).
@@ -19,8 +20,8 @@ from celery.backends.base import KeyValueStoreBackend
 from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
-from edge_kombu.transport.client import EdgeClient
-from edge_kombu.transport.kombu import _tls_settings
+from edge_kombu.transport.client import EdgeClient, client_for
+from edge_kombu.transport.settings import ClientSettings
 
 
 def _decode(value) -> str | bytes | None:
@@ -55,17 +56,8 @@ class EdgeBackend(KeyValueStoreBackend):
     @cached_property
     def api(self) -> EdgeClient:
         options = self._options
-        verify, cert = _tls_settings(options.get("ssl") or self.app.conf.get("broker_use_ssl"))
-        return EdgeClient(
-            self.url,
-            token=options.get("token"),
-            secret=options.get("secret"),
-            client_name=options.get("client_name"),
-            verify=verify,
-            cert=cert,
-            read_timeout=float(options.get("read_timeout", 30.0)),
-            connect_retries=int(options.get("connect_retries", 3)),
-        )
+        use_ssl = options.get("ssl") or self.app.conf.get("broker_use_ssl")
+        return client_for(ClientSettings.from_kombu(self.url, options, use_ssl))
 
     def __reduce__(self, args=(), kwargs=None):
         return super().__reduce__(args, dict(kwargs or {}, url=self.url, expires=self.expires))

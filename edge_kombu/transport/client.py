@@ -13,8 +13,6 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import jwt
 import requests
@@ -35,42 +33,19 @@ from edge_kombu.protocol import (
     PROTOCOL_VERSION,
     jwt_signing_key,
 )
+from edge_kombu.transport.settings import (
+    DEFAULT_CONNECT_RETRIES,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_SIZE,
+    DEFAULT_READ_TIMEOUT,
+    ENV_SECRET,
+    ENV_TOKEN,
+    ClientSettings,
+    Endpoint,
+)
 
-ENV_TOKEN = "EDGE_KOMBU_TOKEN"
 #: Report another edge-kombu version than the installed one (compatibility testing).
 ENV_REPORTED_VERSION = "EDGE_KOMBU_REPORTED_VERSION"
-ENV_SECRET = "AIRFLOW__CORE__INTERNAL_API_SECRET_KEY"
-
-#: Seconds to establish a TCP/TLS connection.
-DEFAULT_CONNECT_TIMEOUT = 10.0
-#: Seconds to wait for an answer (long-polls add their wait to this).
-DEFAULT_READ_TIMEOUT = 30.0
-#: Retries of requests that could not connect (safe to repeat: nothing was sent).
-DEFAULT_CONNECT_RETRIES = 3
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the API is, and the credential embedded in its URL (if any)."""
-
-    base_url: str
-    token: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        """Split ``http(s)://[:TOKEN@]host[:port][/prefix]`` into base URL and token."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"edge API URL must look like https://host[:port][/prefix], got scheme "
-                f"{parts.scheme!r}"
-            )
-        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        token = unquote(parts.password) if parts.password else None
-        return cls(base, token)
 
 
 def reported_version() -> str:
@@ -89,7 +64,11 @@ logging.getLogger("urllib3.connectionpool").addFilter(_DropRetryWarnings())
 
 
 class EdgeClient:
-    """Calls the routes of :mod:`edge_kombu.protocol` and raises :mod:`edge_kombu.errors`."""
+    """Calls the routes of :mod:`edge_kombu.protocol` and raises :mod:`edge_kombu.errors`.
+
+    Takes its credential as given (or from the URL): the fallbacks to the environment
+    are :class:`~edge_kombu.transport.settings.ClientSettings`' (see :func:`client_for`).
+    """
 
     def __init__(
         self,
@@ -103,12 +82,12 @@ class EdgeClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         connect_retries: int = DEFAULT_CONNECT_RETRIES,
-        pool_size: int = 16,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         endpoint = Endpoint.parse(url)
         self.base_url = endpoint.base_url
-        self.token = token or endpoint.token or os.environ.get(ENV_TOKEN) or None
-        self.secret = None if self.token else (secret or os.environ.get(ENV_SECRET) or None)
+        self.token = token or endpoint.token or None
+        self.secret = None if self.token else (secret or None)
         if not self.token and not self.secret:
             raise errors.AuthenticationFailed(
                 f"no credential for {self.base_url}: put a worker token in the URL "
@@ -236,3 +215,19 @@ class EdgeClient:
     def close(self) -> None:
         self._http.close()
         self._http_once.close()
+
+
+def client_for(settings: ClientSettings) -> EdgeClient:
+    """The client every worker-side user of the edge API gets: built from ``settings``."""
+    return EdgeClient(
+        settings.url,
+        token=settings.token,
+        secret=settings.secret,
+        client_name=settings.client_name,
+        verify=settings.verify,
+        cert=settings.cert,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        connect_retries=settings.connect_retries,
+        pool_size=settings.pool_size,
+    )

@@ -11,7 +11,8 @@ Transport options (``broker_transport_options``)
     ``token``, ``secret``: the credential, instead of the URL or the environment.
     ``client_name``: name shown on the server (default: the host name).
     ``polling_max_wait``: seconds one long-poll may wait on the server (default 10).
-    ``connect_retries`` (3), ``read_timeout`` (30): HTTP behaviour.
+    ``connect_retries`` (3), ``read_timeout`` (30): HTTP behaviour
+    (:class:`~edge_kombu.transport.settings.ClientSettings`).
 
 TLS (``broker_use_ssl``)
     ``ca_certs``: CA bundle to verify the server; ``cert_reqs=ssl.CERT_NONE`` turns
@@ -35,7 +36,8 @@ Features
 ``Connection.drain_events(timeout=T)`` waits up to T seconds, as kombu's callers expect
 (remote-control replies are collected until the first timeout), while the long-poll
 goes on in the background. In a Celery worker it returns early when the loop has work
-queued (acks, control commands: see :mod:`.worker_loop`) or the worker is stopping.
+queued (acks, control commands: see :mod:`edge_kombu.worker.loop`) or the worker is
+stopping.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from __future__ import annotations
 import logging
 import queue as queue_mod
 import socket
-import ssl
+import sys
 import threading
 import time
 import uuid
@@ -60,10 +62,8 @@ from kombu.utils.objects import cached_property
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_BATCH, pool_slots
 from edge_kombu.transport.acks import AckSender
-from edge_kombu.transport.client import EdgeClient
-from edge_kombu.transport.flower import install_if_flower
-from edge_kombu.transport.worker_loop import celery_worker_stopping
-from edge_kombu.transport.worker_loop import install as install_worker_loop_nudge
+from edge_kombu.transport.client import EdgeClient, client_for
+from edge_kombu.transport.settings import ClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,6 @@ class Transport(virtual.Transport):
     def __init__(self, client, **kwargs) -> None:
         super().__init__(client, **kwargs)
         _LIVE_TRANSPORTS.add(self)
-        install_if_flower()  # in a Flower process: its Broker page reads the edge API
         self.session_id = uuid.uuid4().hex
         options = client.transport_options or {}
         self.polling_max_wait = float(options.get("polling_max_wait", DEFAULT_POLLING_MAX_WAIT))
@@ -479,21 +478,15 @@ class Transport(virtual.Transport):
         self.unrouted: dict[tuple[str, str], float] = {}  # (exchange, key) -> skip until
 
     @cached_property
-    def api(self) -> EdgeClient:
+    def client_settings(self) -> ClientSettings:
+        """The API client's settings, from this connection's URL, options and ``ssl``."""
         client = self.client
-        options = client.transport_options or {}
-        verify, cert = _tls_settings(client.ssl)
-        return EdgeClient(
-            _api_url(client),
-            token=options.get("token"),
-            secret=options.get("secret"),
-            client_name=options.get("client_name"),
-            verify=verify,
-            cert=cert,
-            connect_timeout=client.connect_timeout or 10.0,
-            read_timeout=float(options.get("read_timeout", 30.0)),
-            connect_retries=int(options.get("connect_retries", 3)),
-        )
+        return ClientSettings.from_kombu(_api_url(client), client.transport_options, client.ssl,
+                                         connect_timeout=client.connect_timeout)
+
+    @cached_property
+    def api(self) -> EdgeClient:
+        return client_for(self.client_settings)
 
     def establish_connection(self):
         hello = self.api.call("hello")
@@ -581,7 +574,7 @@ class Transport(virtual.Transport):
             try:
                 return poller.get(max(0.0, min(DRAIN_SLICE, deadline - time.monotonic())))
             except TimeoutError:
-                if time.monotonic() >= deadline or celery_worker_stopping():
+                if time.monotonic() >= deadline or _celery_worker_stopping():
                     raise
 
     def nudge(self) -> None:
@@ -633,7 +626,14 @@ def nudge_consumers() -> None:
         transport.nudge()
 
 
-install_worker_loop_nudge(nudge_consumers)  # acks queued by pool threads go out at once
+def _celery_worker_stopping() -> bool:
+    """True once this process's Celery worker was asked to stop (warm or cold)."""
+    state = sys.modules.get("celery.worker.state")  # loaded only in a worker
+    if state is None:
+        return False
+    # As celery.worker.state.maybe_shutdown reads them: 0 is an exit code, False is unset.
+    return any(flag is not None and flag is not False
+               for flag in (state.should_stop, state.should_terminate))
 
 
 def _api_url(client) -> str:
@@ -648,19 +648,3 @@ def _api_url(client) -> str:
     vhost = (client.virtual_host or "/").strip("/")
     return f"{scheme}://{netloc}/{vhost}" if vhost else f"{scheme}://{netloc}"
 
-
-def _tls_settings(use_ssl) -> tuple[bool | str, str | tuple[str, str] | None]:
-    """``requests`` verify/cert from kombu's ``ssl`` (``broker_use_ssl``) setting."""
-    if not isinstance(use_ssl, dict):
-        return True, None
-    verify: bool | str = True
-    if use_ssl.get("cert_reqs") == ssl.CERT_NONE:
-        verify = False
-    elif use_ssl.get("ca_certs"):
-        verify = use_ssl["ca_certs"]
-    cert = None
-    if use_ssl.get("certfile"):
-        cert = use_ssl["certfile"]
-        if use_ssl.get("keyfile"):
-            cert = (use_ssl["certfile"], use_ssl["keyfile"])
-    return verify, cert

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import atexit
 import logging
+from dataclasses import replace
 
 from celery import bootsteps, signals
 
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_NAME_LENGTH
-from edge_kombu.transport.client import EdgeClient
-from edge_kombu.transport.kombu import _tls_settings
-from edge_kombu.worker import control, settings
+from edge_kombu.transport.client import EdgeClient, client_for
+from edge_kombu.transport.settings import ENV_TOKEN, ENV_TOKEN_FILE
+from edge_kombu.worker import control
 from edge_kombu.worker.lifecycle import EdgeWorker
+from edge_kombu.worker.settings import WorkerSettings, broker_client_settings, current
 
 log = logging.getLogger(__name__)
 
@@ -37,30 +39,27 @@ class StartupError(Exception):
     """The worker cannot start; the message is the one line shown to the user."""
 
 
-def api_url_of(app) -> str | None:
-    url = app.conf.broker_url
-    if isinstance(url, str) and url.startswith("edge+"):
-        return url[len("edge+"):]
-    return None
+#: Seconds the start-up checks and the heartbeats' client wait for an answer.
+READ_TIMEOUT = 15.0
+#: Quick retries of the start-up checks when the API cannot be reached.
+STARTUP_CONNECT_RETRIES = 2
 
 
-def _client(app, url: str, connect_retries: int) -> EdgeClient:
-    options = app.conf.broker_transport_options or {}
-    verify, cert = _tls_settings(app.conf.broker_use_ssl)
+def _client(app, settings: WorkerSettings, *, connect_retries: int) -> EdgeClient:
     try:
-        return EdgeClient(url, token=options.get("token"), secret=options.get("secret"),
-                          client_name=options.get("client_name"), verify=verify, cert=cert,
-                          read_timeout=15.0, connect_retries=connect_retries)
+        client_settings = broker_client_settings(app)
+        return client_for(replace(client_settings, read_timeout=READ_TIMEOUT,
+                                  connect_retries=connect_retries))
     except ValueError as exc:
-        raise StartupError(f"invalid edge API URL {url!r}: {exc}") from None
+        raise StartupError(f"invalid edge API URL {app.conf.broker_url!r}: {exc}") from None
     except errors.AuthenticationFailed as exc:
         if not exc.message.startswith("no credential"):
             raise StartupError(exc.message) from None
-        unusable = settings.credential().source
+        problem = settings.credential.problem
         raise StartupError(
-            f"no credential for {url}"
-            + (f": {unusable} cannot be used" if unusable else "")
-            + f"; set {settings.ENV_TOKEN}, a token file ({settings.ENV_TOKEN_FILE} or [edge] "
+            f"no credential for {client_settings.url}"
+            + (f": {problem}" if problem else "")
+            + f"; set {ENV_TOKEN}, a token file ({ENV_TOKEN_FILE} or [edge] "
             "token_file) or the shared secret ([core] internal_api_secret_key)"
         ) from None
 
@@ -79,34 +78,34 @@ def _check_queues(names) -> None:
 def preflight(worker) -> EdgeWorker:
     """Check the configuration and register with the API; raise StartupError."""
     app = worker.app
-    url = api_url_of(app)
-    if not url:
+    settings = current()
+    url = app.conf.broker_url
+    if not (isinstance(url, str) and url.startswith("edge+")):
         raise StartupError(
-            f"no edge API URL: set [edge] api_url in {settings.config_path()} "
+            f"no edge API URL: set [edge] api_url in {settings.config_path} "
             "or AIRFLOW__EDGE__API_URL"
         )
     queues = list(app.amqp.queues.consume_from)
     _check_queues(queues)
-    client = _client(app, url, connect_retries=2)
+    client = _client(app, settings, connect_retries=STARTUP_CONNECT_RETRIES)
     try:
         client.call("hello")
     except errors.EdgeConnectionError as exc:
         raise StartupError(exc.message) from None
     except errors.AuthenticationFailed as exc:
-        source = settings.credential().source or "the configured credential"
+        source = settings.credential.source or "the configured credential"
         raise StartupError(
             f"the edge API at {client.base_url} rejected the credential ({source}): {exc.message}"
         ) from None
     except errors.EdgeError as exc:
         raise StartupError(f"the edge API at {client.base_url} refused: {exc.message}") from None
     client.close()
-    run_dir = settings.run_dir()
     # Heartbeats retry on their own schedule: no quick retries (and their log lines) inside.
     edge = EdgeWorker(
         name=worker.hostname, queues=queues, concurrency=int(worker.concurrency),
-        client=_client(app, url, connect_retries=0),
-        interval=settings.heartbeat_interval(),
-        socket_path=control.socket_path(run_dir, worker.hostname),
+        client=_client(app, settings, connect_retries=0),
+        interval=settings.heartbeat_interval,
+        socket_path=control.socket_path(settings.run_dir, worker.hostname),
     )
     try:
         answer = edge.register()

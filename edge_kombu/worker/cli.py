@@ -14,14 +14,16 @@ from pathlib import Path
 
 import click
 
+from edge_kombu.protocol import WORKER_MAINTENANCE_MODE
+
 #: Seconds between two looks while waiting (``--wait``).
 POLL = 0.2
 
 
 def _run_dir() -> Path:
-    from edge_kombu.worker import settings
+    from edge_kombu.worker.settings import current
 
-    return settings.run_dir()
+    return current().run_dir
 
 
 def _pick(name: str | None) -> tuple[Path, dict]:
@@ -96,7 +98,7 @@ def maintenance(switch: str, comments: str | None, wait: bool, name: str | None)
     on = switch == "on"
     state = _call(path, {"command": "maintenance", "on": on, "comment": comments})
     shown = None
-    while on and wait and state["state"] != "maintenance mode":
+    while on and wait and state["state"] != WORKER_MAINTENANCE_MODE:
         if not state["maintenance"]:
             raise click.ClickException("maintenance was switched off while waiting")
         if state["held"] != shown:

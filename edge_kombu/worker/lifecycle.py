@@ -10,7 +10,7 @@ Threads
     requests come in on the socket's threads. Neither touches the consumer: every
     change of the task consumer or the pool runs on the consumer's own thread
     (``consumer.call_soon``, which nudges the transport so it runs within
-    milliseconds: see :mod:`edge_kombu.transport.worker_loop`).
+    milliseconds: see :mod:`edge_kombu.worker.loop`).
 
 Maintenance
     On: the task queues are cancelled (remote control stays), running tasks finish;
@@ -36,7 +36,15 @@ from pathlib import Path
 from celery.worker import state as worker_state
 
 from edge_kombu import errors
-from edge_kombu.protocol import pool_slots
+from edge_kombu.protocol import (
+    WORKER_IDLE,
+    WORKER_MAINTENANCE_MODE,
+    WORKER_MAINTENANCE_PENDING,
+    WORKER_RUNNING,
+    WORKER_STARTING,
+    WORKER_TERMINATING,
+    pool_slots,
+)
 from edge_kombu.transport.client import EdgeClient
 from edge_kombu.transport.kombu import nudge_consumers
 from edge_kombu.worker import sysinfo
@@ -108,15 +116,15 @@ class EdgeWorker:
 
     def reported_state(self) -> str:
         if self.consumer is None:
-            return "starting"
+            return WORKER_STARTING
         if self.stopping:
-            return "terminating"
+            return WORKER_TERMINATING
         busy = self.busy()
         # While the consumer reconnects it consumes nothing, and it applies the desired
         # state before it consumes again: the local switch is already in force.
         if self.applied_maintenance if self.attached else self.maintenance:
-            return "maintenance pending" if busy else "maintenance mode"
-        return "running" if busy else "idle"
+            return WORKER_MAINTENANCE_PENDING if busy else WORKER_MAINTENANCE_MODE
+        return WORKER_RUNNING if busy else WORKER_IDLE
 
     def running(self) -> list[dict]:
         return [
@@ -187,7 +195,7 @@ class EdgeWorker:
         """The first heartbeat (state ``starting``); raises what the API answers."""
         sysinfo.prime()
         generation = self._generation
-        answer = self.client.call("worker/heartbeat", self._beat("starting"),
+        answer = self.client.call("worker/heartbeat", self._beat(WORKER_STARTING),
                                   timeout=REQUEST_TIMEOUT)
         self.api_reachable = True
         self.last_heartbeat = time.time()

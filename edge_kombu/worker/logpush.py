@@ -20,10 +20,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_LOG_CHUNK
+from edge_kombu.transport.client import EdgeClient, client_for
+from edge_kombu.worker.settings import broker_client_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ DEFAULT_CHUNK_SIZE = 524288
 DEFAULT_FLUSH_TIMEOUT = 10.0
 #: Seconds an ended task's pusher keeps retrying in the background before giving up.
 DEFAULT_GIVE_UP_AFTER = 3600.0
+#: Quick retries of a push that could not connect (the next tick retries anyway).
+CONNECT_RETRIES = 1
+#: Pooled connections of the log client (one pusher per running task).
+POOL_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -210,16 +216,10 @@ def _size(path: str) -> int:
         return 0
 
 
-def client_for(app):
-    """An EdgeClient with the credential and TLS settings of ``app``'s broker connection."""
-    from edge_kombu.transport.client import EdgeClient
-    from edge_kombu.transport.kombu import _tls_settings
-
-    url = app.conf.broker_url
-    if not (isinstance(url, str) and url.startswith("edge+")):
+def log_client_for(app) -> EdgeClient | None:
+    """A client for pushing logs, with the credential and TLS settings of ``app``'s broker
+    connection (None unless it is an edge broker)."""
+    settings = broker_client_settings(app)
+    if settings is None:
         return None
-    options = app.conf.broker_transport_options or {}
-    verify, cert = _tls_settings(app.conf.broker_use_ssl)
-    return EdgeClient(url[len("edge+"):], token=options.get("token"),
-                      secret=options.get("secret"), client_name=options.get("client_name"),
-                      verify=verify, cert=cert, connect_retries=1, pool_size=4)
+    return client_for(replace(settings, connect_retries=CONNECT_RETRIES, pool_size=POOL_SIZE))

@@ -1,9 +1,16 @@
-"""Worker settings read the way Airflow reads them, without importing Airflow.
+"""An edge worker's settings, read the way Airflow reads them, without importing Airflow.
 
-An option ``[section] key`` comes from the environment variable
+:func:`current` reads them once per process into a frozen :class:`WorkerSettings`: the
+``celery -A edge_kombu`` app configures itself from it (see :mod:`edge_kombu.celery`),
+and the lifecycle, ``celery edge``, the heartbeats' system info and the Airflow refusal
+read it. An option ``[section] key`` comes from the environment variable
 ``AIRFLOW__SECTION__KEY`` first, then from ``airflow.cfg`` (``$AIRFLOW_CONFIG``, else
-``$AIRFLOW_HOME/airflow.cfg``, ``AIRFLOW_HOME`` defaulting to ``~/airflow``), read
-with :mod:`configparser`. Stdlib only.
+``$AIRFLOW_HOME/airflow.cfg``, ``AIRFLOW_HOME`` defaulting to ``~/airflow``), read with
+:mod:`configparser`; empty counts as unset. Stdlib only.
+
+How the API is reached from there (URL, credential, TLS) is the transport's: the app
+hands it over as Celery settings, and :func:`broker_client_settings` reads them back as
+:class:`~edge_kombu.transport.settings.ClientSettings` for the worker's own clients.
 """
 
 from __future__ import annotations
@@ -11,107 +18,126 @@ from __future__ import annotations
 import configparser
 import os
 import tempfile
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
-ENV_TOKEN = "EDGE_KOMBU_TOKEN"
-ENV_TOKEN_FILE = "EDGE_KOMBU_TOKEN_FILE"
+from edge_kombu.transport.settings import ClientSettings, Credential, find_credential, ssl_options
+
 ENV_RUN_DIR = "EDGE_KOMBU_RUN_DIR"
 ENV_INCLUDE = "EDGE_KOMBU_INCLUDE"
 
 #: Seconds between two heartbeats (Airflow's edge worker: ``[edge] heartbeat_interval``).
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
+#: ``task_default_queue`` unless ``[operators] default_queue`` names another (as Airflow).
+DEFAULT_QUEUE = "default"
+#: ``[edge] push_logs`` values that mean yes (as Airflow's ``conf.getboolean``).
+_TRUE = ("true", "t", "1", "yes", "on")
 
 
-def airflow_home() -> Path:
-    return Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+class AirflowOptions:
+    """Reads ``[section] key`` from the environment, then ``airflow.cfg`` (parsed once)."""
+
+    def __init__(self, env: Mapping[str, str], config_path: Path) -> None:
+        self.env = env
+        self.config_path = config_path
+        self._parser: configparser.ConfigParser | None = None
+
+    def __call__(self, section: str, key: str) -> str | None:
+        value = self.env.get(f"AIRFLOW__{section.upper()}__{key.upper()}")
+        if value:
+            return value
+        return self._cfg().get(section, key, fallback=None) or None
+
+    def _cfg(self) -> configparser.ConfigParser:
+        if self._parser is None:
+            parser = configparser.ConfigParser(interpolation=None, strict=False)
+            try:
+                parser.read(self.config_path, encoding="utf-8")
+            except configparser.Error:
+                parser = configparser.ConfigParser(interpolation=None, strict=False)
+            self._parser = parser
+        return self._parser
 
 
-@lru_cache(maxsize=4)
-def _read_cfg(path: str, mtime: float) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    parser.read(path, encoding="utf-8")
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    """What an edge worker reads from its environment and ``airflow.cfg``."""
+
+    airflow_home: Path
+    config_path: Path
+    #: ``[edge] api_url``: the edge API (broker and result backend are ``edge+<api_url>``).
+    api_url: str | None = None
+    credential: Credential = field(default_factory=Credential)
+    #: ``broker_use_ssl`` from ``[edge] ca_bundle``, ``client_cert``, ``client_key``.
+    ssl: Mapping[str, str] | None = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    default_queue: str = DEFAULT_QUEUE
+    #: Extra task modules the worker imports (``EDGE_KOMBU_INCLUDE``, comma separated).
+    includes: tuple[str, ...] = ()
+    #: Where workers put their control sockets (shared by the worker and ``celery edge``).
+    run_dir: Path
+    #: ``[edge] push_logs``: push Airflow task logs to the edge API.
+    push_logs: bool = True
+    #: ``[logging] base_log_folder``: where Airflow task logs are written on this host.
+    base_log_folder: Path
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Read every setting from ``env`` (default: the process environment) and
+        ``airflow.cfg``."""
+        env = os.environ if env is None else env
+        home = Path(env.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+        config_path = Path(env.get("AIRFLOW_CONFIG") or home / "airflow.cfg").expanduser()
+        option = AirflowOptions(env, config_path)
+        url = option("edge", "api_url")
+        return cls(
+            airflow_home=home,
+            config_path=config_path,
+            api_url=url.strip() if url else None,
+            credential=find_credential(option, env),
+            ssl=ssl_options(option),
+            heartbeat_interval=_positive_float(option("edge", "heartbeat_interval"),
+                                               DEFAULT_HEARTBEAT_INTERVAL),
+            default_queue=option("operators", "default_queue") or DEFAULT_QUEUE,
+            includes=tuple(name.strip() for name in env.get(ENV_INCLUDE, "").split(",")
+                           if name.strip()),
+            run_dir=_run_dir(env, home),
+            push_logs=(option("edge", "push_logs") or "True").strip().lower() in _TRUE,
+            base_log_folder=Path(option("logging", "base_log_folder")
+                                 or home / "logs").expanduser(),
+        )
 
 
-def config_path() -> Path:
-    return Path(os.environ.get("AIRFLOW_CONFIG") or airflow_home() / "airflow.cfg").expanduser()
+@cache
+def current() -> WorkerSettings:
+    """This process's settings, read on first use (a worker's environment and
+    ``airflow.cfg`` are what it started with)."""
+    return WorkerSettings.load()
 
 
-def option(section: str, key: str, default: str | None = None) -> str | None:
-    """``[section] key`` from the environment or airflow.cfg; empty counts as unset."""
-    value = os.environ.get(f"AIRFLOW__{section.upper()}__{key.upper()}")
-    if value:
-        return value
-    path = config_path()
+def broker_client_settings(app) -> ClientSettings | None:
+    """The API client settings of ``app``'s ``edge+`` broker connection (else None)."""
+    url = app.conf.broker_url
+    if not (isinstance(url, str) and url.startswith("edge+")):
+        return None
+    return ClientSettings.from_kombu(url[len("edge+"):], app.conf.broker_transport_options,
+                                     app.conf.broker_use_ssl)
+
+
+def _positive_float(raw: str | None, default: float) -> float:
     try:
-        parser = _read_cfg(str(path), path.stat().st_mtime)
-    except (OSError, configparser.Error):
-        return default
-    value = parser.get(section, key, fallback=None)
-    return value if value else default
-
-
-@dataclass(frozen=True)
-class Credential:
-    token: str | None = None
-    secret: str | None = None
-    source: str = ""
-
-    def transport_options(self) -> dict:
-        if self.token:
-            return {"token": self.token}
-        if self.secret:
-            return {"secret": self.secret}
-        return {}
-
-
-def credential() -> Credential:
-    """Worker token (env, token file) or else the shared secret; empty when none is set."""
-    token = os.environ.get(ENV_TOKEN)
-    if token:
-        return Credential(token=token.strip(), source=ENV_TOKEN)
-    token_file = os.environ.get(ENV_TOKEN_FILE) or option("edge", "token_file")
-    if token_file:
-        path = Path(token_file).expanduser()
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            return Credential(source=f"token file {path} ({exc.strerror})")
-        return Credential(token=token or None, source=f"token file {path}")
-    secret = option("core", "internal_api_secret_key")
-    if secret:
-        return Credential(secret=secret, source="[core] internal_api_secret_key")
-    return Credential()
-
-
-def api_url() -> str | None:
-    url = option("edge", "api_url")
-    return url.strip() if url else None
-
-
-def heartbeat_interval() -> float:
-    raw = option("edge", "heartbeat_interval")
-    try:
-        value = float(raw) if raw else DEFAULT_HEARTBEAT_INTERVAL
+        value = float(raw) if raw else default
     except ValueError:
-        return DEFAULT_HEARTBEAT_INTERVAL
-    return value if value > 0 else DEFAULT_HEARTBEAT_INTERVAL
+        return default
+    return value if value > 0 else default
 
 
-def run_dir() -> Path:
-    """Where workers put their control sockets (shared by the worker and ``celery edge``)."""
-    explicit = os.environ.get(ENV_RUN_DIR)
+def _run_dir(env: Mapping[str, str], home: Path) -> Path:
+    explicit = env.get(ENV_RUN_DIR)
     if explicit:
         return Path(explicit).expanduser()
-    home = airflow_home()
-    if os.environ.get("AIRFLOW_HOME") or home.is_dir():
+    if env.get("AIRFLOW_HOME") or home.is_dir():
         return home / "edge_kombu" / "run"
     return Path(tempfile.gettempdir()) / f"edge-kombu-{os.getuid()}"
-
-
-def includes() -> list[str]:
-    """Extra task modules the worker imports (``EDGE_KOMBU_INCLUDE``, comma separated)."""
-    raw = os.environ.get(ENV_INCLUDE, "")
-    return [name.strip() for name in raw.split(",") if name.strip()]

@@ -9,11 +9,11 @@ from importlib import metadata
 import psutil
 
 from edge_kombu.transport.client import reported_version
-from edge_kombu.worker import settings
+from edge_kombu.worker.settings import current
 
 
 def _disk_path() -> str:
-    home = settings.airflow_home()
+    home = current().airflow_home
     return str(home) if home.is_dir() else os.getcwd()
 
 

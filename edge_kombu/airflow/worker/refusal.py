@@ -21,13 +21,12 @@ import time
 from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from celery import current_task
 
 from edge_kombu.protocol import HEADER_AIRFLOW_VERSION
-from edge_kombu.worker import settings
-from edge_kombu.worker.logpush import LogPusher, client_for
+from edge_kombu.worker.logpush import LogPusher, log_client_for
+from edge_kombu.worker.settings import current
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +96,7 @@ def write_task_log(workload: dict, level: str, event: str, client=None) -> None:
     task = task_of(workload)
     if task is None:
         return
-    folder = settings.option("logging", "base_log_folder",
-                             str(settings.airflow_home() / "logs"))
-    path = Path(folder).expanduser() / workload["log_path"]
+    path = current().base_log_folder / workload["log_path"]
     pusher = LogPusher(client, path, task) if client is not None else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +139,6 @@ def refuse_unrunnable(workload_json: str) -> None:
 @cache  # one client per app, not one per refused workload
 def push_client(app):
     """The client for task logs if ``[edge] push_logs`` (default True), else None."""
-    enabled = (settings.option("edge", "push_logs", "True") or "").strip().lower()
-    if enabled not in ("true", "t", "1", "yes", "on"):
+    if not current().push_logs:
         return None
-    return client_for(app)
+    return log_client_for(app)

@@ -29,7 +29,7 @@ from edge_kombu.worker.logpush import (
     DEFAULT_INTERVAL,
     LogPusher,
     PushSettings,
-    client_for,
+    log_client_for,
 )
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def push_settings(conf) -> PushSettings:
 
 @cache
 def _log_client():
-    return client_for(current_task.app)
+    return log_client_for(current_task.app)
 
 
 def _start_log_pusher(workload, conf) -> LogPusher | None:

@@ -3,17 +3,21 @@
 Flower (2.x) reads queue lengths with a broker client of its own and knows only AMQP
 (RabbitMQ's management API) and Redis; for any other URL it answers 404. In a Flower
 process (``celery -A edge_kombu flower`` or ``celery --broker edge+https://… flower``)
-the edge transport teaches it ``edge+http(s)://``: each queue's length is a passive
+:func:`install` teaches it ``edge+http(s)://``: each queue's length is a passive
 ``queue/declare`` through the same transport, with the same token and TLS settings as
 the workers. Flower shows *Ready* (waiting messages) and *Consumers* (live consumer
 sessions); *Messages* is ready plus nothing else it can see, *Unacked* and *Idle since*
 stay empty (the edge Queues page and ``/metrics`` show leased messages).
+
+Flower has no plugin interface for brokers: :func:`install` wraps its ``Broker``
+factory. :mod:`edge_kombu` calls it when Flower starts (Flower's start-up loads the
+app's task modules, which sends Celery's ``import_modules`` signal).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+from types import ModuleType
 
 from kombu import Connection
 
@@ -48,10 +52,9 @@ class EdgeBroker:
         return await asyncio.get_running_loop().run_in_executor(None, self._lengths, list(names))
 
 
-def install_if_flower() -> None:
-    """In a Flower process, route ``edge+`` broker URLs to :class:`EdgeBroker` (once)."""
-    views = sys.modules.get("flower.views")
-    if views is None or getattr(views.Broker, "edge_kombu", False):
+def install(views: ModuleType) -> None:
+    """Route ``edge+`` broker URLs of Flower's ``views`` module to :class:`EdgeBroker` (once)."""
+    if getattr(views.Broker, "edge_kombu", False):
         return
     original = views.Broker
 

@@ -17,6 +17,10 @@ environment, then airflow.cfg):
 ``EDGE_KOMBU_INCLUDE``                           extra task modules, comma separated
 ``EDGE_KOMBU_RUN_DIR``                           control sockets (``$AIRFLOW_HOME/
                                                  edge_kombu/run``)
+``[edge] push_logs``                             push Airflow task logs to the edge API
+                                                 (True)
+``[logging] base_log_folder``                    Airflow task logs on this host
+                                                 (``$AIRFLOW_HOME/logs``)
 ===============================================  ======================================
 
 The credential travels in the transport options, never in a URL Celery prints.

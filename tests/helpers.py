@@ -4,6 +4,7 @@ workers) started and stopped by PID."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+#: Debian's browser, handed to Playwright by the page tests (no browser download).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 class FakeClock:

@@ -30,6 +30,10 @@ from edge_kombu.worker.settings import WorkerSettings, broker_client_settings, c
 
 log = logging.getLogger(__name__)
 
+#: Seconds the start-up checks and the heartbeats' client wait for an answer.
+READ_TIMEOUT = 15.0
+#: Quick retries of the start-up checks when the API cannot be reached.
+STARTUP_CONNECT_RETRIES = 2
 
 #: The edge workers of this process (one, unless a test embeds several).
 _STARTED: list[EdgeWorker] = []
@@ -37,12 +41,6 @@ _STARTED: list[EdgeWorker] = []
 
 class StartupError(Exception):
     """The worker cannot start; the message is the one line shown to the user."""
-
-
-#: Seconds the start-up checks and the heartbeats' client wait for an answer.
-READ_TIMEOUT = 15.0
-#: Quick retries of the start-up checks when the API cannot be reached.
-STARTUP_CONNECT_RETRIES = 2
 
 
 def _client(app, settings: WorkerSettings, *, connect_retries: int) -> EdgeClient:

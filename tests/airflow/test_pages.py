@@ -11,8 +11,7 @@ import requests
 
 from tests.airflow.site import AirflowSite
 from tests.conftest import IN_CI
-from tests.helpers import ROOT, wait_for
-from tests.worker.test_monitoring_pages import CHROMIUM
+from tests.helpers import CHROMIUM, ROOT, wait_for
 
 DAG = '''
 from __future__ import annotations

@@ -22,6 +22,20 @@ from tests.helpers import BIN, ROOT, Process, wait_for
 HEARTBEAT_INTERVAL = 1.0
 
 
+def held_task(send, tmp_path, label: str):
+    """A task that runs until its release file appears; returns (result, marker, release)."""
+    marker, release = tmp_path / f"{label}.started", tmp_path / f"{label}.release"
+    return send("hold", str(marker), str(release)), marker, release
+
+
+def heartbeats_pass(worker, count: int = 2) -> None:
+    """Wait until the worker sent ``count`` more heartbeats (it had time to act)."""
+    for _ in range(count):
+        last = worker.status()["last_heartbeat"]
+        wait_for(lambda last=last: worker.status()["last_heartbeat"] > last,
+                 timeout=10 * HEARTBEAT_INTERVAL, message="next heartbeat")
+
+
 def edge_env(tmp: Path, api_url: str | None, token: str | None, **extra: str) -> dict:
     """The environment of an edge worker and of ``celery edge`` next to it."""
     env = {key: value for key, value in os.environ.items()

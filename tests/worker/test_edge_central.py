@@ -10,8 +10,7 @@ import time
 import pytest
 
 from tests.helpers import BIN, wait_for
-from tests.worker.conftest import queue_depth
-from tests.worker.test_edge_lifecycle import heartbeats_pass, held_task
+from tests.worker.conftest import heartbeats_pass, held_task, queue_depth
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,23 +7,14 @@ import time
 import pytest
 
 from tests.helpers import wait_for
-from tests.worker.conftest import HEARTBEAT_INTERVAL, last_json, queue_depth
+from tests.worker.conftest import (
+    heartbeats_pass,
+    held_task,
+    last_json,
+    queue_depth,
+)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def held_task(send, tmp_path, label: str):
-    """A task that runs until its release file appears; returns (result, marker, release)."""
-    marker, release = tmp_path / f"{label}.started", tmp_path / f"{label}.release"
-    return send("hold", str(marker), str(release)), marker, release
-
-
-def heartbeats_pass(worker, count: int = 2) -> None:
-    """Wait until the worker sent ``count`` more heartbeats (it had time to act)."""
-    for _ in range(count):
-        last = worker.status()["last_heartbeat"]
-        wait_for(lambda last=last: worker.status()["last_heartbeat"] > last,
-                 timeout=10 * HEARTBEAT_INTERVAL, message="next heartbeat")
 
 
 def test_maintenance_pending_then_mode_takes_no_task_and_off_resumes(

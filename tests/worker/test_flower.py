@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from tests.helpers import BIN, Process, free_port, wait_for
-from tests.worker.test_edge_lifecycle import held_task
+from tests.worker.conftest import held_task
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import IN_CI
-from tests.helpers import ROOT, wait_for
-from tests.worker.test_edge_lifecycle import held_task
+from tests.helpers import CHROMIUM, ROOT, wait_for
+from tests.worker.conftest import held_task
 
 pytestmark = pytest.mark.timeout(240)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN, VIEWER = ("admin", "admin-secret-1"), ("viewer", "viewer-secret-1")
 
 

@@ -12,6 +12,7 @@ route) and ``GET /api/v1/openapi.json``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 #: Version of edge-kombu, which is also the version of its wire protocol: peers with the
 #: same major version interoperate; a different minor or patch version is reported as a
@@ -56,6 +57,28 @@ MAX_LOG_CHUNK = 1_048_576
 MAX_LOG_READ = 8 * MAX_LOG_CHUNK
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout")
+
+# -- bounds of every value a request may carry --------------------------------------------
+# Integers are bounded to the columns that store them on every database (INTEGER is 32-bit
+# on PostgreSQL and MySQL, BIGINT 64-bit), so an out-of-range value is a 400 naming the
+# field, not a database error.
+
+#: Largest value of a 32-bit INTEGER column (slots, map index, try number, concurrency).
+MAX_INT32 = 2**31 - 1
+#: Largest value of a 64-bit BIGINT column (milliseconds, byte offsets, counters).
+MAX_INT64 = 2**63 - 1
+#: Most slots a worker or a task may have.
+MAX_SLOTS = MAX_INT32
+#: Longest expiry or TTL in seconds (100 years): keeps every time stamp a finite number.
+MAX_SECONDS = 100 * 365 * 86400
+#: Deepest nesting of a request's JSON (objects and arrays).
+MAX_JSON_DEPTH = 64
+#: Highest message priority kept (AMQP's range; the broker orders by at most 255).
+MAX_PRIORITY = 255
+#: Strings stored in text columns: PostgreSQL refuses the NUL character.
+NO_NUL = "^[^\\u0000]*$"
+#: The protocol header: a version of this major, ``MAJOR[.MINOR[.PATCH]]``.
+PROTOCOL_PATTERN = "^[0-9]+(\\.[0-9]+){0,2}$"
 
 #: States a worker reports of itself (as Airflow's edge worker has them).
 WORKER_REPORTED_STATES = (
@@ -112,8 +135,9 @@ def pool_slots(headers: dict | None) -> int:
     slots = (headers or {}).get(HEADER_POOL_SLOTS)
     if slots is None:
         return 1
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ValueError(f"headers.{HEADER_POOL_SLOTS} must be an integer >= 1, got {slots!r}")
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+        raise ValueError(f"headers.{HEADER_POOL_SLOTS} must be an integer from 1 to "
+                         f"{MAX_SLOTS}, got {slots!r}")
     return slots
 
 
@@ -131,36 +155,63 @@ def versions_differ(ours: str, theirs: str) -> str | None:
 
 
 def protocol_major(version: str) -> int:
-    """Return the major number of a ``MAJOR.MINOR`` protocol version string."""
-    head = str(version).split(".", 1)[0]
-    if not head.isdigit():
-        raise ValueError(f"protocol version {version!r} is not of the form MAJOR.MINOR")
-    return int(head)
+    """Return the major number of a ``MAJOR.MINOR[.PATCH]`` protocol version string."""
+    version = str(version)
+    if len(version) > 32 or not re.fullmatch(PROTOCOL_PATTERN, version):
+        raise ValueError(f"protocol version {version[:32]!r} is not of the form "
+                         "MAJOR.MINOR[.PATCH]")
+    return int(version.split(".", 1)[0])
 
 
 # -- JSON Schemas of request bodies -------------------------------------------------
 
-_NAME = {"type": "string", "maxLength": MAX_NAME_LENGTH}
-_QUEUE_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
+def _text(max_length: int, min_length: int = 0) -> dict:
+    """A string stored in a text column: bounded, and without NUL."""
+    return {"type": "string", "minLength": min_length, "maxLength": max_length,
+            "pattern": NO_NUL}
+
+
+def _integer(minimum: int, maximum: int, *, nullable: bool = False) -> dict:
+    return {"type": ["integer", "null"] if nullable else "integer",
+            "minimum": minimum, "maximum": maximum}
+
+
+def _number(minimum: float, maximum: float, *, nullable: bool = False) -> dict:
+    return {"type": ["number", "null"] if nullable else "number",
+            "minimum": minimum, "maximum": maximum}
+
+
+_NAME = _text(MAX_NAME_LENGTH)
+_QUEUE_NAME = _text(MAX_NAME_LENGTH, 1)
 _SESSION = {"type": "string", "minLength": 8, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
-_TAG = {"type": "string", "minLength": 1, "maxLength": 64}
+_TAG = _text(64, 1)
 _TAGS = {"type": "array", "items": _TAG, "maxItems": MAX_BATCH}
-_KEY = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
-_ARGUMENTS = {"type": ["object", "null"]}
-_SECONDS = {"type": ["number", "null"], "minimum": 0}
+_KEY = _text(MAX_KEY_LENGTH, 1)
+_SECONDS = _number(0, MAX_SECONDS, nullable=True)
+#: Milliseconds as AMQP gives them (``x-expires``, ``x-message-ttl``, ``expiration``).
+_MILLISECONDS_MAX = MAX_SECONDS * 1000
+#: A UNIX time stamp (seconds) up to the year 2100.
+_TIMESTAMP = _number(0, 4_102_444_800, nullable=True)
+#: Queue arguments: free-form, but the TTLs the broker reads are bounded here (their
+#: type and sign are the broker's to check, with its own message).
+_ARGUMENTS = {
+    "type": ["object", "null"],
+    "properties": {"x-expires": {"maximum": _MILLISECONDS_MAX},
+                   "x-message-ttl": {"maximum": _MILLISECONDS_MAX}},
+}
 
 
 #: A task instance try, by its Airflow coordinates (the TI's uuid is informational).
 _TASK_INSTANCE = {
-    "dag_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-    "task_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-    "run_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-    "map_index": {"type": "integer", "minimum": -1},
-    "try_number": {"type": "integer", "minimum": 0},
-    "ti_id": {"type": ["string", "null"], "maxLength": 36},
+    "dag_id": _text(MAX_ID_LENGTH, 1),
+    "task_id": _text(MAX_ID_LENGTH, 1),
+    "run_id": _text(MAX_ID_LENGTH, 1),
+    "map_index": _integer(-1, MAX_INT32),
+    "try_number": _integer(0, MAX_INT32),
+    "ti_id": {"type": ["string", "null"], "maxLength": 36, "pattern": NO_NUL},
 }
 _TASK_INSTANCE_REQUIRED = ("dag_id", "task_id", "run_id", "map_index", "try_number")
-_LOG_OFFSET = {"type": "integer", "minimum": 0}
+_LOG_OFFSET = _integer(0, MAX_INT64)
 
 
 def _obj(properties: dict, required: tuple = ()) -> dict:
@@ -173,16 +224,69 @@ def _obj(properties: dict, required: tuple = ()) -> dict:
 
 
 #: The message as kombu's virtual transport builds it (``Channel.prepare_message``).
+#: Headers and properties are free-form; what the server stores from them (the task id
+#: and name of Celery's headers, the slots, the expiration) is bounded here.
 MESSAGE_SCHEMA = {
     "type": "object",
     "properties": {
         "body": {"type": ["string", "null"]},
         "content-type": {"type": ["string", "null"]},
         "content-encoding": {"type": ["string", "null"]},
-        "headers": {"type": ["object", "null"]},
-        "properties": {"type": "object"},
+        "headers": {
+            "type": ["object", "null"],
+            "properties": {
+                "id": {"pattern": NO_NUL},
+                "task": {"pattern": NO_NUL},
+                HEADER_POOL_SLOTS: {"maximum": MAX_SLOTS},
+            },
+        },
+        "properties": {
+            "type": "object",
+            "properties": {
+                # kombu sends milliseconds as a string of digits.
+                "expiration": {"type": ["string", "number", "null"],
+                               "pattern": "^[0-9]{1,15}(\\.[0-9]{1,6})?$",
+                               "minimum": 0, "maximum": _MILLISECONDS_MAX},
+            },
+        },
     },
     "required": ["body", "properties"],
+}
+
+#: What a heartbeat says about the host (``worker/sysinfo.py``): the known measures are
+#: typed; a newer worker may add others, as single values.
+_SCALAR = {"type": ["string", "number", "boolean", "null"], "maxLength": 256}
+_SYSINFO = {
+    "type": "object",
+    "maxProperties": 32,
+    "properties": {
+        "cpu_percent": _number(0, 100, nullable=True),
+        "memory_percent": _number(0, 100, nullable=True),
+        "memory_used_bytes": _integer(0, MAX_INT64, nullable=True),
+        "disk_free_bytes": _integer(0, MAX_INT64, nullable=True),
+        "load_avg": {"type": ["array", "null"], "maxItems": 3, "items": _number(0, 1e6)},
+    },
+    "additionalProperties": _SCALAR,
+}
+#: Versions of the worker's software by name (edge_kombu, celery, python, airflow).
+_VERSIONS = {
+    "type": "object",
+    "maxProperties": 32,
+    "propertyNames": {"maxLength": 64},
+    "additionalProperties": {"type": ["string", "null"], "maxLength": 64},
+}
+#: One task a worker runs (``EdgeWorker.running``).
+_RUNNING_TASK = {
+    "type": "object",
+    "maxProperties": 32,
+    "properties": {
+        "id": _KEY,
+        "name": _text(MAX_NAME_LENGTH),
+        "slots": _integer(1, MAX_SLOTS),
+        "started": _TIMESTAMP,
+    },
+    "required": ["id", "name"],
+    "additionalProperties": _SCALAR,
 }
 
 REQUESTS: dict[str, dict] = {
@@ -233,14 +337,14 @@ REQUESTS: dict[str, dict] = {
     "consume": _obj(
         {
             "session": _SESSION,
-            "total_slots": {"type": ["integer", "null"], "minimum": 1},
+            "total_slots": _integer(1, MAX_SLOTS, nullable=True),
             "queues": {
                 "type": "array",
                 "maxItems": 1000,
                 "items": _obj({"name": _QUEUE_NAME, "no_ack": {"type": "boolean"}}, ("name",)),
             },
             "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
-            "max_slots": {"type": ["integer", "null"], "minimum": 0},
+            "max_slots": _integer(0, MAX_SLOTS, nullable=True),
             "max_messages": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH},
         },
         ("session", "queues"),
@@ -263,23 +367,24 @@ REQUESTS: dict[str, dict] = {
     "worker/heartbeat": _obj(
         {
             "name": _QUEUE_NAME,
-            "instance": {"type": "string", "minLength": 8, "maxLength": 64},
+            "instance": _text(64, 8),
             "state": {"enum": list(WORKER_REPORTED_STATES)},
             "queues": {"type": "array", "items": _QUEUE_NAME, "maxItems": 256},
-            "slots_total": {"type": "integer", "minimum": 1},
-            "slots_used": {"type": "integer", "minimum": 0},
-            "running": {"type": "array", "maxItems": 10_000, "items": {"type": "object"}},
-            "sysinfo": {"type": "object"},
-            "versions": {"type": "object"},
+            "slots_total": _integer(1, MAX_SLOTS),
+            "slots_used": _integer(0, MAX_SLOTS),
+            "running": {"type": "array", "maxItems": 10_000, "items": _RUNNING_TASK},
+            "sysinfo": _SYSINFO,
+            "versions": _VERSIONS,
             "maintenance": {"type": "boolean"},
-            "maintenance_comment": {"type": ["string", "null"], "maxLength": 1024},
-            "maintenance_changed_at": {"type": ["number", "null"]},
-            "session": {"type": ["string", "null"], "maxLength": 64},
+            "maintenance_comment": {"type": ["string", "null"], "maxLength": 1024,
+                                    "pattern": NO_NUL},
+            "maintenance_changed_at": _TIMESTAMP,
+            "session": {"type": ["string", "null"], "maxLength": 64, "pattern": NO_NUL},
         },
         ("name", "instance", "state", "queues", "slots_total"),
     ),
     "worker/deregister": _obj(
-        {"name": _QUEUE_NAME, "instance": {"type": "string", "maxLength": 64},
+        {"name": _QUEUE_NAME, "instance": _text(64),
          "maintenance": {"type": "boolean"}},
         ("name", "instance"),
     ),
@@ -298,7 +403,8 @@ REQUESTS: dict[str, dict] = {
     ),
     "results/delete": _obj({"key": _KEY}, ("key",)),
     "results/incr": _obj(
-        {"key": _KEY, "amount": {"type": "integer"}, "expires": _SECONDS}, ("key",)
+        {"key": _KEY, "amount": _integer(-MAX_INT64, MAX_INT64), "expires": _SECONDS},
+        ("key",),
     ),
     "results/expire": _obj({"key": _KEY, "expires": _SECONDS}, ("key", "expires")),
     "logs/push": _obj(
@@ -317,6 +423,78 @@ REQUESTS: dict[str, dict] = {
         },
         _TASK_INSTANCE_REQUIRED,
     ),
+}
+
+# -- JSON Schemas of answers (200) ----------------------------------------------------------
+# Fields may be added in a minor version: answers allow more than they list.
+
+
+def _answer(properties: dict) -> dict:
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_NULLABLE_STR = {"type": ["string", "null"]}
+#: A result: UTF-8 text, ``{"base64": ...}`` for other bytes, or null when absent.
+_RESULT_VALUE = {"oneOf": [
+    {"type": "null"},
+    {"type": "string"},
+    _answer({"base64": _STR}),
+]}
+_NOTHING = {"type": "object"}
+_SETTLED = _answer({"settled": _INT, "unknown": {"type": "array", "items": _STR}})
+
+RESPONSES: dict[str, dict] = {
+    "exchange/declare": _NOTHING,
+    "exchange/delete": _NOTHING,
+    "queue/declare": _answer({"name": _STR, "messages": _INT, "consumers": _INT}),
+    "queue/delete": _answer({"messages": _INT}),
+    "queue/purge": _answer({"messages": _INT}),
+    "queue/bind": _NOTHING,
+    "queue/unbind": _NOTHING,
+    "publish": _answer({"routed": _INT}),
+    "consume": _answer({"messages": {"type": "array", "items": _answer(
+        {"queue": _STR, "message": {"type": "object"}})}}),
+    "ack": _SETTLED,
+    "reject": _SETTLED,
+    "hello": _answer({
+        "principal": _STR, "version": _STR, "protocol": _STR, "max_wait": {"type": "number"},
+        "lease_timeout": {"type": "number"}, "max_body_bytes": _INT,
+    }),
+    "session/close": _answer({"released": _INT}),
+    "session/wake": _NOTHING,
+    "worker/heartbeat": _answer({
+        "state": {"enum": list(WORKER_STATES)}, "maintenance": {"type": "boolean"},
+        "maintenance_comment": _NULLABLE_STR, "shutdown": {"type": "boolean"},
+        "queues": {"type": "array", "items": _STR},
+        "concurrency": {"type": ["integer", "null"]}, "version_warning": _NULLABLE_STR,
+    }),
+    "worker/deregister": _NOTHING,
+    "results/get": _answer({"value": _RESULT_VALUE}),
+    "results/mget": _answer({"values": {"type": "array", "items": _RESULT_VALUE}}),
+    "results/set": _NOTHING,
+    "results/delete": _NOTHING,
+    "results/incr": _answer({"value": _INT}),
+    "results/expire": _answer({"found": {"type": "boolean"}}),
+    "logs/push": _answer({"length": _INT}),
+    "logs/read": _answer({"found": {"type": "boolean"}, "data": _STR, "offset": _INT,
+                          "next_offset": _INT, "length": _INT}),
+}
+
+#: Error answers beyond those of every route (400, 401, 403, 413, 426, 429, 503): what
+#: each route's own rules may answer.
+ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
+    "exchange/declare": (404, 409),  # passive and missing; redeclared with another type
+    "queue/declare": (404,),  # passive and missing
+    "queue/bind": (404,),  # exchange or queue missing
+    "publish": (404, 422),  # exchange missing; mandatory and unroutable
+    "consume": (410,),  # the session was closed
+    "ack": (404,),  # no tag leased by this session
+    "reject": (404,),
+    "worker/heartbeat": (409,),  # the name is online in another process
+    "results/incr": (409,),  # the stored value is not an integer
+    "logs/push": (409,),  # the offset does not follow the stored log
 }
 
 #: Routes that may be sent again when the connection broke before an answer came (a
@@ -358,4 +536,5 @@ SUMMARIES: dict[str, str] = {
     "logs/read": "Read a task's log from a byte offset (at most `limit` bytes).",
 }
 
-assert set(SUMMARIES) == set(REQUESTS)
+assert set(SUMMARIES) == set(REQUESTS) == set(RESPONSES)
+assert set(ROUTE_ERRORS) <= set(REQUESTS)

@@ -7,7 +7,6 @@ are validated against the JSON Schemas of :mod:`edge_kombu.protocol` before a ha
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -265,8 +264,10 @@ def _decode_value(body: dict) -> bytes:
     if body.get("encoding", "utf-8") == "base64":
         try:
             return base64.b64decode(body["value"], validate=True)
-        except binascii.Error:
-            raise errors.InvalidRequest("value: not valid base64") from None
+        except ValueError:  # binascii.Error, or characters beyond ASCII
+            raise errors.InvalidRequest(
+                "value: not valid base64 (encoding base64 takes A-Z, a-z, 0-9, +, / and "
+                "= padding)") from None
     return body["value"].encode("utf-8")
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 
-from flask import Flask, jsonify, request
+from flask import Flask, Request, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream, get_input_stream
 
 from edge_kombu import errors
 from edge_kombu.server import metrics
@@ -22,6 +25,7 @@ from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.logs import TaskLogs
 from edge_kombu.server.results import Results
 from edge_kombu.server.sql import SQL
+from edge_kombu.server.validation import RequestJSON
 from edge_kombu.server.wakeup import (
     LocalWakeup,
     PostgresListener,
@@ -108,6 +112,27 @@ def build_services(config: ServerConfig) -> Services:
     )
 
 
+class BoundedRequest(Request):
+    """A request whose body is refused with 413 beyond the limit, with or without
+    Content-Length.
+
+    Without Content-Length (chunked), werkzeug stops reading at ``MAX_CONTENT_LENGTH`` and
+    hands on what it read: a truncated body. Reading one byte more tells a body at the
+    limit from one beyond it.
+    """
+
+    @cached_property
+    def stream(self):
+        limit = self.max_content_length
+        if (limit is None or self.content_length is not None
+                or "wsgi.input_terminated" not in self.environ):
+            return get_input_stream(self.environ, max_content_length=limit)
+        body = LimitedStream(self.environ["wsgi.input"], limit + 1, is_max=True).readall()
+        if len(body) > limit:
+            raise RequestEntityTooLarge()
+        return io.BytesIO(body)
+
+
 def create_app(config: ServerConfig, *, start_background: bool = True,
                access=None) -> Flask:
     """Create the API app; ``start_background`` starts the reaper and wake-up threads.
@@ -115,7 +140,9 @@ def create_app(config: ServerConfig, *, start_background: bool = True,
     ``access`` decides who sees the web pages (default: the configured admin/viewer).
     """
     app = Flask("edge_kombu")
+    app.request_class = BoundedRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json = RequestJSON(app)
     app.json.sort_keys = False
     services = build_services(config)
     app.extensions["edge_kombu"] = services
@@ -131,6 +158,18 @@ def create_app(config: ServerConfig, *, start_background: bool = True,
 
 
 def _register_error_handlers(app: Flask, config: ServerConfig) -> None:
+    @app.before_request
+    def no_nul_in_url():
+        # Path parts and query parameters reach text columns (a worker's name in a page
+        # action, the jobs page's filters); PostgreSQL refuses NUL in text.
+        if "\x00" in request.path:
+            raise errors.InvalidRequest("the URL path must not contain the NUL character")
+        for name, value in request.args.items(multi=True):
+            if "\x00" in name or "\x00" in value:
+                raise errors.InvalidRequest(
+                    f"query parameter {name.replace(chr(0), '')[:64]!r} must not contain "
+                    "the NUL character")
+
     @app.errorhandler(NotSignedIn)
     def not_signed_in(exc: NotSignedIn):
         return jsonify({"error": "unauthorized" if exc.status == 401 else "forbidden",

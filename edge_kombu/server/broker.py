@@ -131,7 +131,9 @@ def _positive_ms(arguments: dict, key: str) -> int | None:
 
 def _parse_tag(tag: str) -> tuple[int, str] | None:
     ident, _, nonce = tag.partition(".")
-    if not ident.isdigit() or not nonce:
+    # A tag this server never made is unknown: ASCII digits within BIGINT, a short nonce.
+    if not (ident.isascii() and ident.isdigit()) or len(ident) > 18 or not nonce \
+            or len(nonce) > 16:
         return None
     return int(ident), nonce
 

@@ -77,23 +77,38 @@ def airflow_ti(message: dict) -> dict:
         args = json.loads(body)[0]
         ti = json.loads(args[0])["ti"]
         return {
-            "dag_id": str(ti["dag_id"])[:250],
-            "ti_task_id": str(ti["task_id"])[:250],
-            "run_id": str(ti["run_id"])[:250],
-            "map_index": int(ti.get("map_index", -1)),
-            "try_number": int(ti.get("try_number") or 0) or None,
+            "dag_id": _text(ti["dag_id"]),
+            "ti_task_id": _text(ti["task_id"]),
+            "run_id": _text(ti["run_id"]),
+            "map_index": _int32(ti.get("map_index", -1)),
+            "try_number": _int32(ti.get("try_number") or 0) or None,
         }
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         # A workload we cannot read still runs; it only shows without its Airflow detail.
         log.debug("no Airflow task instance in message: %s", exc)
         return {}
+
+
+def _text(value) -> str:
+    """A string for a 250-character text column: no NUL (PostgreSQL refuses it), no lone
+    surrogate (no database stores one)."""
+    text = str(value).encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "")[:250]
+
+
+def _int32(value) -> int:
+    """An integer for an INTEGER column, else ValueError (the job shows without it)."""
+    number = int(value)
+    if not -(2**31) <= number < 2**31:
+        raise ValueError(f"{number} is beyond a 32-bit integer")
+    return number
 
 
 def result_state(value: bytes) -> str | None:
     """The job state a stored Celery result means, if it is JSON with a known status."""
     try:
         meta = json.loads(bytes(value))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return _CELERY_STATES.get(meta.get("status")) if isinstance(meta, dict) else None
 

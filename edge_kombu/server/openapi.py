@@ -1,11 +1,24 @@
-"""The OpenAPI document of the broker API, built from the protocol's schemas."""
+"""The OpenAPI document of the broker API, built from the protocol's schemas.
+
+Every status a route can answer is listed with the error body every error has
+(``{"error": ..., "message": ...}``); tests/test_openapi_fuzz.py holds the server to it.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 from edge_kombu import __version__
-from edge_kombu.protocol import API_PATH, HEADER_PROTOCOL, PROTOCOL_VERSION, REQUESTS, SUMMARIES
+from edge_kombu.protocol import (
+    API_PATH,
+    HEADER_PROTOCOL,
+    PROTOCOL_VERSION,
+    REQUESTS,
+    RESPONSES,
+    ROUTE_ERRORS,
+    SUMMARIES,
+    protocol_major,
+)
 
 _ERROR = {
     "type": "object",
@@ -13,55 +26,85 @@ _ERROR = {
     "required": ["error", "message"],
 }
 _ERRORS = {
-    "400": "Invalid request: the message names the field and the limit.",
-    "401": "Missing, unknown, revoked or expired credential.",
-    "404": "Unknown queue, exchange, route or delivery tag.",
-    "409": "Conflict with the current state.",
-    "410": "The consumer session was closed or expired.",
-    "413": "Request body larger than the server accepts.",
-    "426": "Client protocol major version differs from the server's.",
-    "503": "Database unavailable; retry.",
+    400: "Invalid request: the message names the field and the limit.",
+    401: "Missing, unknown, revoked or expired credential.",
+    403: "The credential may not do this (its scope); the message says what it may do.",
+    404: "Unknown queue, exchange or delivery tag.",
+    409: "Conflict with the current state.",
+    410: "The consumer session was closed or expired.",
+    413: "Request body larger than the server accepts (with or without Content-Length).",
+    422: "A mandatory message matched no queue.",
+    426: "Client protocol major version differs from the server's.",
+    429: "Too many requests (or failed credentials) from this client; see Retry-After.",
+    503: "Database unavailable; retry.",
 }
+#: What every authenticated route may answer, whatever it does.
+_EVERY_ROUTE = (400, 401, 403, 413, 426, 429, 503)
+
+
+def _errors(*codes: int) -> dict:
+    return {
+        str(code): {
+            "description": _ERRORS[code],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code in sorted(codes)
+    }
+
+
+def _ok(schema: dict, text: str = "Done.") -> dict:
+    return {"200": {"description": text, "content": {"application/json": {"schema": schema}}}}
 
 
 @lru_cache(maxsize=1)
 def openapi_document() -> dict:
-    error_responses = {
-        code: {
-            "description": text,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
-        for code, text in _ERRORS.items()
+    major = protocol_major(PROTOCOL_VERSION)
+    protocol_header = {
+        "name": HEADER_PROTOCOL,
+        "in": "header",
+        "required": True,
+        "description": f"The client's protocol version; this server accepts {major}.x.",
+        "schema": {"type": "string", "pattern": f"^{major}(\\.[0-9]+){{0,2}}$",
+                   "example": PROTOCOL_VERSION},
     }
     paths = {
         f"{API_PATH}/health": {
             "get": {
+                "operationId": "health",
                 "summary": "Liveness; the only route without authentication.",
                 "security": [],
-                "responses": {"200": {"description": "The server is up."}},
+                "responses": {
+                    **_ok({"type": "object", "required": ["status", "version", "protocol"],
+                           "properties": {"status": {"const": "ok"},
+                                          "version": {"type": "string"},
+                                          "protocol": {"type": "string"}}},
+                          "The server is up."),
+                    **_errors(429),
+                },
             }
-        }
+        },
+        f"{API_PATH}/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {**_ok({"type": "object"}, "The OpenAPI document."),
+                              **_errors(401, 403, 429)},
+            }
+        },
     }
     for route, schema in REQUESTS.items():
         paths[f"{API_PATH}/{route}"] = {
             "post": {
                 "operationId": route.replace("/", "_"),
                 "summary": SUMMARIES[route],
-                "parameters": [
-                    {
-                        "name": HEADER_PROTOCOL,
-                        "in": "header",
-                        "required": True,
-                        "schema": {"type": "string", "example": PROTOCOL_VERSION},
-                    }
-                ],
+                "parameters": [protocol_header],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": schema}},
                 },
                 "responses": {
-                    "200": {"description": "Done.", "content": {"application/json": {}}},
-                    **error_responses,
+                    **_ok(RESPONSES[route]),
+                    **_errors(*_EVERY_ROUTE, *ROUTE_ERRORS.get(route, ())),
                 },
             }
         }

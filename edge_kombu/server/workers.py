@@ -28,6 +28,8 @@ from sqlalchemy.exc import IntegrityError
 
 from edge_kombu import errors
 from edge_kombu.protocol import (
+    MAX_NAME_LENGTH,
+    MAX_SLOTS,
     VERSION,
     WORKER_IDLE,
     WORKER_MAINTENANCE_EXIT,
@@ -294,8 +296,9 @@ class WorkerRegistry:
     def change_queues(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> dict:
         add, remove = list(add), set(remove)
         for queue in add:
-            if not queue or len(queue) > 256:
-                raise errors.InvalidRequest(f"queue names must be 1 to 256 characters: {queue!r}")
+            if not queue or len(queue) > MAX_NAME_LENGTH or "\x00" in queue:
+                raise errors.InvalidRequest(f"queue names must be 1 to {MAX_NAME_LENGTH} "
+                                            f"characters without NUL: {queue[:300]!r}")
 
         def merged(row) -> str:
             current = _loads(row["desired_queues"], None) or _loads(row["queues"], [])
@@ -307,8 +310,8 @@ class WorkerRegistry:
         return self._change(name, desired_queues=merged)
 
     def set_concurrency(self, name: str, concurrency: int) -> dict:
-        if concurrency < 1:
-            raise errors.InvalidRequest(f"concurrency must be >= 1, got {concurrency}")
+        if not 1 <= concurrency <= MAX_SLOTS:
+            raise errors.InvalidRequest(f"concurrency must be from 1 to {MAX_SLOTS}")
         return self._change(name, desired_concurrency=concurrency)
 
     def remove(self, name: str) -> None:

@@ -46,9 +46,19 @@ def age(seconds: float | None) -> str:
     return f"{seconds // 3600}h"
 
 
+def _measure(value, top: float) -> bool:
+    """Whether a worker-reported value is a number the pages can show (0 to ``top``)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= top
+
+
+@bp.app_template_filter("percent")
+def percent(value) -> str:
+    return f"{value:.0f} %" if _measure(value, 1e6) else "—"
+
+
 @bp.app_template_filter("bytes")
 def human_bytes(value) -> str:
-    if not isinstance(value, (int, float)):
+    if not _measure(value, 2**80):
         return "—"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":

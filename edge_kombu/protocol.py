@@ -135,9 +135,10 @@ def pool_slots(headers: dict | None) -> int:
     slots = (headers or {}).get(HEADER_POOL_SLOTS)
     if slots is None:
         return 1
-    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
-        raise ValueError(f"headers.{HEADER_POOL_SLOTS} must be an integer from 1 to "
-                         f"{MAX_SLOTS}, got {slots!r}")
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"headers.{HEADER_POOL_SLOTS} must be an integer >= 1, got {slots!r}")
+    if slots > MAX_SLOTS:
+        raise ValueError(f"headers.{HEADER_POOL_SLOTS} must be <= {MAX_SLOTS}")
     return slots
 
 

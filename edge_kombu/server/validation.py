@@ -84,7 +84,7 @@ def _check_text(text: str) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise errors.InvalidRequest(
-                "request body: a string holds a lone UTF-16 surrogate (a \\ud800-\\udfff "
+                "request body: a string holds a lone surrogate (a \\ud800-\\udfff "
                 "escape without its pair), which is not Unicode text") from None
 
 

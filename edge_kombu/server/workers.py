@@ -311,7 +311,7 @@ class WorkerRegistry:
 
     def set_concurrency(self, name: str, concurrency: int) -> dict:
         if not 1 <= concurrency <= MAX_SLOTS:
-            raise errors.InvalidRequest(f"concurrency must be from 1 to {MAX_SLOTS}")
+            raise errors.InvalidRequest(f"concurrency must be >= 1 and <= {MAX_SLOTS}")
         return self._change(name, desired_concurrency=concurrency)
 
     def remove(self, name: str) -> None:

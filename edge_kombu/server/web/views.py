@@ -92,10 +92,17 @@ def index():
     return redirect(url_for("edge_ui.workers"))
 
 
+def _edge_kombu_version(worker: dict) -> str | None:
+    """The edge-kombu version a worker reported, if it reported one as text."""
+    versions = worker["versions"]
+    version = versions.get("edge_kombu") if isinstance(versions, dict) else None
+    return version if isinstance(version, str) else None
+
+
 @bp.get("/workers")
 def workers():
     fleet = _services().workers.list()
-    versions = {w["versions"].get("edge_kombu") for w in fleet if w["state"] not in GONE}
+    versions = {_edge_kombu_version(w) for w in fleet if w["state"] not in GONE}
     versions.discard(None)
     return _render("workers", workers=fleet, gone=GONE, server_version=__version__,
                    mixed_versions=len(versions) > 1)

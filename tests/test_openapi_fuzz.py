@@ -51,8 +51,9 @@ def fuzz(api, tmp_path, label: str, seconds: int, headers: dict) -> collections.
     args = [str(BIN / "schemathesis"), "--config-file", str(config), "--no-color", "run",
             str(document), "--url", api.url, "--checks", ",".join(CHECKS),
             # One worker: with several, hypothesis's strategy descriptions (ast, in threads)
-            # hit a CPython 3.11 SystemError inside schemathesis now and then.
-            "--max-time", str(seconds), "--workers", "1", "--request-timeout", "30",
+            # hit a CPython 3.11 SystemError inside schemathesis now and then. A consume may
+            # wait up to 60 s (protocol.MAX_WAIT_SECONDS).
+            "--max-time", str(seconds), "--workers", "1", "--request-timeout", "75",
             "--report", "ndjson", "--report-dir", str(reports)]
     for name, value in headers.items():
         args += ["--header", f"{name}: {value}"]

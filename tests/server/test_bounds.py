@@ -296,6 +296,14 @@ def test_page_actions_and_filters_are_bounded(paged_api, registry):
     answer = act("w1", "queues", {"add": ["a\x00"]})
     assert "without NUL" in error_message(answer, 400)
     assert "URL path must not contain" in error_message(act("w%00", "shutdown", {}), 400)
+    for comment in (5, ["x"], "a\x00"):
+        answer = act("w1", "maintenance", {"on": True, "comment": comment})
+        assert "comment: text without NUL" in error_message(answer, 400)
+    for change in ({"add": "abc"}, {"remove": {"a": 1}}):
+        assert "lists of queue names" in error_message(act("w1", "queues", change), 400)
+    assert registry.get("w1")["queues"] == ["q"] and not registry.get("w1")["maintenance"]
+    answer = requests.get(f"{paged_api.url}/ui/jobs?before={BIG}", auth=ADMIN, timeout=10)
+    assert f"before must be 0 to {MAX_INT64}" in error_message(answer, 400)
     for query in ("queue=%00", "worker=a%00", "q=%00", "%00=1"):
         answer = requests.get(f"{paged_api.url}/ui/jobs?{query}", auth=ADMIN, timeout=10)
         assert "must not contain the NUL character" in error_message(answer, 400)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from edge_kombu import __version__, errors
+from edge_kombu.protocol import MAX_INT64
 from edge_kombu.server.jobs import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, STATES, is_internal_queue
 from edge_kombu.server.web.access import ADMIN, current_user, require_admin
 from edge_kombu.server.workers import GONE
@@ -121,6 +122,8 @@ def jobs():
         raise errors.InvalidRequest("before and limit must be integers") from None
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise errors.InvalidRequest(f"limit must be 1 to {MAX_PAGE_SIZE}, got {limit}")
+    if before is not None and not 0 <= before <= MAX_INT64:
+        raise errors.InvalidRequest(f"before must be 0 to {MAX_INT64}")
     filters = {"state": state, "queue": args.get("queue") or None,
                "worker": args.get("worker") or None, "text": args.get("q") or None}
     history = _services().jobs
@@ -168,7 +171,10 @@ def worker_action(name: str, action: str):
         on = body.get("on")
         if not isinstance(on, bool):
             raise errors.InvalidRequest("on: must be true or false")
-        worker = registry.request_maintenance(name, on, body.get("comment"))
+        comment = body.get("comment")
+        if comment is not None and (not isinstance(comment, str) or "\x00" in comment):
+            raise errors.InvalidRequest("comment: text without NUL characters")
+        worker = registry.request_maintenance(name, on, comment)
     elif action == "shutdown":
         worker = registry.request_shutdown(name)
     elif action == "remove":
@@ -176,7 +182,8 @@ def worker_action(name: str, action: str):
         return jsonify(removed=name)
     elif action == "queues":
         add, remove = body.get("add") or [], body.get("remove") or []
-        if not all(isinstance(q, str) for q in [*add, *remove]):
+        if not (isinstance(add, list) and isinstance(remove, list)
+                and all(isinstance(q, str) for q in [*add, *remove])):
             raise errors.InvalidRequest("add, remove: lists of queue names")
         worker = registry.change_queues(name, add=add, remove=remove)
     elif action == "concurrency":

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from edge_kombu import errors
 from edge_kombu.server import metrics
 from edge_kombu.server.api import bp
+from edge_kombu.server.audit import AuditLog
 from edge_kombu.server.auth import Authenticator
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import ServerConfig
@@ -48,6 +49,7 @@ class Services:
     results: Results
     credentials: Credentials
     workers: WorkerRegistry
+    audit: AuditLog
     jobs: JobHistory
     logs: TaskLogs
     housekeeping: Housekeeping
@@ -80,7 +82,9 @@ def build_services(config: ServerConfig) -> Services:
                     starvation_guard=config.starvation_guard, waiters=waiters, history=jobs)
     results = Results(sql, history=jobs)
     credentials = Credentials(sql)
-    workers = WorkerRegistry(sql, broker=broker, jobs=jobs, worker_timeout=config.worker_timeout)
+    audit = AuditLog(sql)
+    workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,
+                             worker_timeout=config.worker_timeout)
     logs = TaskLogs(sql, retention_days=config.log_retention_days)
     housekeeping = Housekeeping(sql, broker=broker, results=results, workers=workers, jobs=jobs,
                                 logs=logs, job_retention=config.job_retention,
@@ -101,6 +105,7 @@ def build_services(config: ServerConfig) -> Services:
         results=results,
         credentials=credentials,
         workers=workers,
+        audit=audit,
         jobs=jobs,
         logs=logs,
         housekeeping=housekeeping,

@@ -388,10 +388,13 @@ def audit(target, limit, as_json, db_url) -> None:
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
+    def one_line(text: str | None) -> str:
+        return " ".join((text or "").split())  # a comment's line breaks would break the table
+
     click.echo(_table(
         [[datetime.fromtimestamp(e["at"], UTC).strftime("%Y-%m-%d %H:%M:%S"),
-          f"{e['actor']} ({e['via']})", e["action"], e["target"], e["detail"] or "",
-          e["comment"] or ""] for e in entries],
+          one_line(f"{e['actor']} ({e['via']})"), e["action"], one_line(e["target"]),
+          one_line(e["detail"]), one_line(e["comment"])] for e in entries],
         ["TIME (UTC)", "ACTOR", "ACTION", "TARGET", "DETAIL", "COMMENT"],
     ))
 

@@ -172,6 +172,34 @@ def token_revoke(name, db_url) -> None:
     click.echo(f"revoked the token of {name}", err=True)
 
 
+def _actor_option(func):
+    return click.option(
+        "--actor",
+        help="Who acts, as the audit log records it (default: your OS user name).",
+    )(func)
+
+
+def _actor(name: str | None):
+    """The audit log's actor of this command: ``--actor``, else the OS user."""
+    import getpass
+    import os
+
+    from edge_kombu.server.audit import Actor
+
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+            name = f"uid {os.getuid()}"
+    return Actor(name, "cli")
+
+
+def _audit(db_url: str | None):
+    from edge_kombu.server.audit import AuditLog
+
+    return AuditLog(_sql(db_url))
+
+
 def _registry(db_url: str | None):
     from edge_kombu.server.broker import Broker
     from edge_kombu.server.config import DEFAULT_WORKER_TIMEOUT, env_float
@@ -278,23 +306,32 @@ def worker() -> None:
     """Steer one edge worker; takes effect at its next heartbeat."""
 
 
+def _comments_option(func):
+    return click.option("--comments", help="Why, for the audit log.")(func)
+
+
 @worker.command("maintenance")
 @click.argument("name")
 @click.argument("switch", type=click.Choice(["on", "off"]))
 @click.option("--comments", help="Why (required for on).")
+@_actor_option
 @_db_option
-def worker_maintenance(name, switch, comments, db_url) -> None:
+def worker_maintenance(name, switch, comments, actor, db_url) -> None:
     """Put NAME into maintenance (stop taking tasks, finish running ones), or take it out."""
-    row = _edge_call(_registry(db_url).request_maintenance, name, switch == "on", comments)
+    row = _edge_call(_registry(db_url).request_maintenance, name, switch == "on", comments,
+                     actor=_actor(actor))
     click.echo(f"{name}: {row['state']}")
 
 
 @worker.command("shutdown")
 @click.argument("name")
+@_comments_option
+@_actor_option
 @_db_option
-def worker_shutdown(name, db_url) -> None:
+def worker_shutdown(name, comments, actor, db_url) -> None:
     """Ask NAME to finish its running tasks and exit."""
-    row = _edge_call(_registry(db_url).request_shutdown, name)
+    row = _edge_call(_registry(db_url).request_shutdown, name, actor=_actor(actor),
+                     comment=comments)
     click.echo(f"{name}: {row['state']}")
 
 
@@ -302,32 +339,64 @@ def worker_shutdown(name, db_url) -> None:
 @click.argument("name")
 @click.option("--add", multiple=True, help="Queue to consume as well (repeatable).")
 @click.option("--remove", multiple=True, help="Queue to stop consuming (repeatable).")
+@_comments_option
+@_actor_option
 @_db_option
-def worker_queues(name, add, remove, db_url) -> None:
+def worker_queues(name, add, remove, comments, actor, db_url) -> None:
     """Change the queues NAME consumes."""
     if not add and not remove:
         _fail("give --add and/or --remove")
-    row = _edge_call(_registry(db_url).change_queues, name, add, remove)
+    row = _edge_call(_registry(db_url).change_queues, name, add, remove, actor=_actor(actor),
+                     comment=comments)
     click.echo(f"{name}: queues {','.join(row['desired_queues'])}")
 
 
 @worker.command("concurrency")
 @click.argument("name")
 @click.argument("slots", type=int)
+@_comments_option
+@_actor_option
 @_db_option
-def worker_concurrency(name, slots, db_url) -> None:
+def worker_concurrency(name, slots, comments, actor, db_url) -> None:
     """Set NAME's slot budget (its concurrency)."""
-    _edge_call(_registry(db_url).set_concurrency, name, slots)
+    _edge_call(_registry(db_url).set_concurrency, name, slots, actor=_actor(actor),
+               comment=comments)
     click.echo(f"{name}: concurrency {slots}")
 
 
 @worker.command("remove")
 @click.argument("name")
+@_comments_option
+@_actor_option
 @_db_option
-def worker_remove(name, db_url) -> None:
+def worker_remove(name, comments, actor, db_url) -> None:
     """Forget NAME (only when offline or unknown)."""
-    _edge_call(_registry(db_url).remove, name)
+    _edge_call(_registry(db_url).remove, name, actor=_actor(actor), comment=comments)
     click.echo(f"removed {name}")
+
+
+@main.command()
+@click.option("--worker", "target", help="Only actions on this worker (or token) name.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@_db_option
+def audit(target, limit, as_json, db_url) -> None:
+    """Who did what: central actions on workers and tokens, newest first."""
+    from datetime import datetime
+
+    entries = _audit(db_url).recent(target=target, limit=limit)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    def one_line(text: str | None) -> str:
+        return " ".join((text or "").split())  # a comment's line breaks would break the table
+
+    click.echo(_table(
+        [[datetime.fromtimestamp(e["at"], UTC).strftime("%Y-%m-%d %H:%M:%S"),
+          one_line(f"{e['actor']} ({e['via']})"), e["action"], one_line(e["target"]),
+          one_line(e["detail"]), one_line(e["comment"])] for e in entries],
+        ["TIME (UTC)", "ACTOR", "ACTION", "TARGET", "DETAIL", "COMMENT"],
+    ))
 
 
 @main.command()

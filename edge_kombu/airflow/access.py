@@ -24,6 +24,9 @@ COOKIE = "_token"
 class AirflowAccess:
     """Page access decided by Airflow's auth manager."""
 
+    #: Where the audit log says the actions of these users come from.
+    via = "airflow"
+
     def _token(self) -> str | None:
         token = request.cookies.get(COOKIE)
         if token:

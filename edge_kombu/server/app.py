@@ -15,6 +15,7 @@ from werkzeug.wsgi import LimitedStream, get_input_stream
 from edge_kombu import errors
 from edge_kombu.server import metrics
 from edge_kombu.server.api import bp
+from edge_kombu.server.audit import AuditLog
 from edge_kombu.server.auth import Authenticator
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import ServerConfig
@@ -52,6 +53,7 @@ class Services:
     results: Results
     credentials: Credentials
     workers: WorkerRegistry
+    audit: AuditLog
     jobs: JobHistory
     logs: TaskLogs
     housekeeping: Housekeeping
@@ -84,7 +86,9 @@ def build_services(config: ServerConfig) -> Services:
                     starvation_guard=config.starvation_guard, waiters=waiters, history=jobs)
     results = Results(sql, history=jobs)
     credentials = Credentials(sql)
-    workers = WorkerRegistry(sql, broker=broker, jobs=jobs, worker_timeout=config.worker_timeout)
+    audit = AuditLog(sql)
+    workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,
+                             worker_timeout=config.worker_timeout)
     logs = TaskLogs(sql, retention_days=config.log_retention_days)
     housekeeping = Housekeeping(sql, broker=broker, results=results, workers=workers, jobs=jobs,
                                 logs=logs, job_retention=config.job_retention,
@@ -105,6 +109,7 @@ def build_services(config: ServerConfig) -> Services:
         results=results,
         credentials=credentials,
         workers=workers,
+        audit=audit,
         jobs=jobs,
         logs=logs,
         housekeeping=housekeeping,

@@ -217,3 +217,18 @@ queue_sample = Table(
     Column("oldest_age", Double, nullable=True),
     Index("ix_edge_kombu_queue_sample_minute", "minute"),
 )
+
+audit = Table(
+    "edge_kombu_audit",
+    metadata,
+    # Who did what (server/audit.py): one row per central action, newest = highest seq.
+    Column("seq", _ID, primary_key=True, autoincrement=True),
+    Column("acted_at", Double, nullable=False),
+    Column("actor", _NAME, nullable=False),
+    Column("via", String(16), nullable=False),  # cli, page, airflow, worker, internal
+    Column("action", String(32), nullable=False),
+    Column("target", _NAME, nullable=False),  # a worker's or a token's name
+    Column("detail", String(1024), nullable=True),  # what changed
+    Column("comment", String(1024), nullable=True),  # why, in the actor's words
+    Index("ix_edge_kombu_audit_target_seq", "target", "seq"),
+)

@@ -45,6 +45,7 @@ from edge_kombu.protocol import (
     versions_differ,
 )
 from edge_kombu.server import models as m
+from edge_kombu.server.audit import Actor, AuditLog
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import DEFAULT_WORKER_TIMEOUT
 from edge_kombu.server.jobs import JobHistory
@@ -77,13 +78,16 @@ class WorkerRegistry:
     """Worker rows, each method one transaction of ``sql``.
 
     ``broker`` closes a silent worker's consumer session and tells which queues hold what;
-    ``jobs``, if given, hears which tasks each heartbeat lists as running.
+    ``jobs``, if given, hears which tasks each heartbeat lists as running; ``audit`` (by
+    default one on ``sql``) records every admin request with its actor, in its transaction.
     """
 
     def __init__(self, sql: SQL, *, broker: Broker, jobs: JobHistory | None = None,
+                 audit: AuditLog | None = None,
                  worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> None:
         self._reported: tuple = ()
         self.sql = sql
+        self.audit = audit if audit is not None else AuditLog(sql)
         self.broker = broker
         self.jobs = jobs
         self.worker_timeout = worker_timeout
@@ -142,6 +146,12 @@ class WorkerRegistry:
                 if row["instance"] != instance:
                     values["first_online"] = now
                 conn.execute(update(m.worker).where(m.worker.c.name == name).values(**values))
+            if row is not None and changed_at != row["maintenance_changed_at"] \
+                    and maintenance != bool(row["maintenance"]):
+                # The worker's own `celery edge maintenance` won over the admins' setting.
+                self.audit.record(Actor(name, "worker"),
+                                  "maintenance on" if maintenance else "maintenance off", name,
+                                  detail="on the worker host", comment=comment, conn=conn)
             if self.jobs is not None:
                 self.jobs.running(conn, name, beat.get("running") or [], now)
         return {
@@ -263,7 +273,12 @@ class WorkerRegistry:
             "heartbeat_age": round(now - row["last_heartbeat"], 1),
         }
 
-    def _change(self, name: str, **values) -> dict:
+    def _change(self, name: str, values: dict, *, action: str, actor: Actor | None,
+                comment: str | None = None, detail=None) -> dict:
+        """Write ``values`` to the worker's row and the audit entry, in one transaction.
+
+        ``values["desired_queues"]`` and ``detail`` may be functions of the locked row.
+        """
         with self.sql.transaction() as tx:
             row = tx.conn.execute(
                 self.sql.lock_rows(select(m.worker).where(m.worker.c.name == name))
@@ -275,9 +290,12 @@ class WorkerRegistry:
             if "maintenance" in values:
                 values["state"] = _state_after_request(row, values["maintenance"])
             tx.conn.execute(update(m.worker).where(m.worker.c.name == name).values(**values))
+            self.audit.record(actor, action, name, comment=comment, conn=tx.conn,
+                              detail=detail(row, values) if callable(detail) else detail)
         return self.get(name)
 
-    def request_maintenance(self, name: str, on: bool, comment: str | None = None) -> dict:
+    def request_maintenance(self, name: str, on: bool, comment: str | None = None, *,
+                            actor: Actor | None = None) -> dict:
         values = {"maintenance": on, "maintenance_changed_at": self.clock()}
         if on:
             if not comment:
@@ -285,15 +303,19 @@ class WorkerRegistry:
             values["maintenance_comment"] = comment[:1024]
         else:
             values["maintenance_comment"] = None
-        return self._change(name, **values)
+        return self._change(name, values, action="maintenance on" if on else "maintenance off",
+                            actor=actor, comment=comment)
 
-    def request_shutdown(self, name: str) -> dict:
+    def request_shutdown(self, name: str, *, actor: Actor | None = None,
+                         comment: str | None = None) -> dict:
         worker = self.get(name)
         if worker["state"] in GONE:
             raise errors.Conflict(f"worker {name!r} is {worker['state']}; nothing to shut down")
-        return self._change(name, shutdown_requested=True, state=WORKER_SHUTDOWN_REQUEST)
+        return self._change(name, {"shutdown_requested": True, "state": WORKER_SHUTDOWN_REQUEST},
+                            action="shutdown", actor=actor, comment=comment)
 
-    def change_queues(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> dict:
+    def change_queues(self, name: str, add: Iterable[str] = (), remove: Iterable[str] = (), *,
+                      actor: Actor | None = None, comment: str | None = None) -> dict:
         add, remove = list(add), set(remove)
         for queue in add:
             if not queue or len(queue) > MAX_NAME_LENGTH or "\x00" in queue:
@@ -307,14 +329,26 @@ class WorkerRegistry:
                 raise errors.InvalidRequest("a worker must keep at least one queue")
             return json.dumps(queues)
 
-        return self._change(name, desired_queues=merged)
+        def detail(_row, values) -> str:
+            parts = [f"{verb} {','.join(sorted(names))}"
+                     for verb, names in (("add", set(add)), ("remove", remove)) if names]
+            return f"{'; '.join(parts)}; now {','.join(json.loads(values['desired_queues']))}"
 
-    def set_concurrency(self, name: str, concurrency: int) -> dict:
+        return self._change(name, {"desired_queues": merged}, action="queues", actor=actor,
+                            comment=comment, detail=detail)
+
+    def set_concurrency(self, name: str, concurrency: int, *, actor: Actor | None = None,
+                        comment: str | None = None) -> dict:
         if not 1 <= concurrency <= MAX_SLOTS:
             raise errors.InvalidRequest(f"concurrency must be >= 1 and <= {MAX_SLOTS}")
-        return self._change(name, desired_concurrency=concurrency)
 
-    def remove(self, name: str) -> None:
+        def detail(row, _values) -> str:
+            return f"{row['desired_concurrency'] or row['slots_total']} -> {concurrency} slots"
+
+        return self._change(name, {"desired_concurrency": concurrency}, action="concurrency",
+                            actor=actor, comment=comment, detail=detail)
+
+    def remove(self, name: str, *, actor: Actor | None = None, comment: str | None = None) -> None:
         worker = self.get(name)
         if worker["state"] not in GONE:
             raise errors.Conflict(
@@ -322,7 +356,9 @@ class WorkerRegistry:
                 "removed (shut it down first)"
             )
         with self.sql.transaction() as tx:
-            tx.conn.execute(delete(m.worker).where(m.worker.c.name == name))
+            if tx.conn.execute(delete(m.worker).where(m.worker.c.name == name)).rowcount:
+                self.audit.record(actor, "remove", name, detail=f"was {worker['state']}",
+                                  comment=comment, conn=tx.conn)
 
     def report_too_big(self) -> list[dict]:
         """Log (once per change) the queues whose tasks no consuming worker can fit."""

@@ -3,6 +3,7 @@ auth manager, showing an Airflow task run by an edge worker with its DAG, task a
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -72,8 +73,31 @@ def test_pages_in_airflow_show_airflow_tasks_to_airflow_users_only(tmp_path):
         assert refused.status_code == 401, refused.text
 
         in_airflow_ui(site, token, hostname, tmp_path)
+        acts_as_the_airflow_user(site, session, hostname)
     finally:
         site.stop()
+
+
+def acts_as_the_airflow_user(site: AirflowSite, session: requests.Session, hostname: str) -> None:
+    """A page action inside Airflow is recorded with the signed-in Airflow user as its actor."""
+    hosts = session.get(f"{site.base_url}/edge/ui/workers", timeout=30).text
+    csrf = hosts.split('name="csrf-token" content="')[1].split('"')[0]
+    user = hosts.split('<span class="who">')[1].split(" (admin)")[0]
+    done = session.post(f"{site.base_url}/edge/ui/actions/workers/{hostname}/maintenance",
+                        json={"on": True, "comment": "audited in Airflow"},
+                        headers={"X-CSRF-Token": csrf}, timeout=30)
+    assert done.status_code == 200, done.text
+    newest = json.loads(site.python(
+        "import json\n"
+        "from edge_kombu.server.audit import AuditLog\n"
+        "from edge_kombu.server.sql import SQL\n"
+        "from airflow.configuration import conf\n"
+        "url = conf.get('database', 'sql_alchemy_conn')\n"
+        f"print(json.dumps(AuditLog(SQL.from_url(url)).recent(target={hostname!r}, limit=1)))"))
+    assert [(e["actor"], e["via"], e["action"], e["comment"]) for e in newest] == [
+        (user, "airflow", "maintenance on", "audited in Airflow")]
+    shown = session.get(f"{site.base_url}/edge/ui/workers", timeout=30).text
+    assert "audited in Airflow" in shown.split('<table id="audit">')[1]
 
 
 def in_airflow_ui(site: AirflowSite, token: str, hostname: str, tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ class BasicAccess:
     """Users and passwords from the server's configuration, over HTTP Basic."""
 
     realm = "edge-kombu"
+    #: Where the audit log says the actions of these users come from.
+    via = "page"
 
     def __init__(self, admin: str | None, viewer: str | None) -> None:
         self.users: dict[str, tuple[str, str]] = {}

@@ -3,7 +3,8 @@
 Pages render on the server; a small script refreshes the live part every few seconds
 by asking for the same URL with ``X-Partial: 1``. Times are sent as ISO 8601 UTC and
 shown in the browser's timezone. Actions call the same
-:class:`~edge_kombu.server.workers.WorkerRegistry` methods as ``edge-kombu worker …``.
+:class:`~edge_kombu.server.workers.WorkerRegistry` methods as ``edge-kombu worker …``,
+naming the signed-in user as the actor the audit log records.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from edge_kombu import __version__, errors
-from edge_kombu.protocol import MAX_INT64
+from edge_kombu.protocol import MAX_INT64, MAX_NAME_LENGTH
+from edge_kombu.server.audit import Actor
 from edge_kombu.server.jobs import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, STATES, is_internal_queue
 from edge_kombu.server.web.access import ADMIN, current_user, require_admin
 from edge_kombu.server.workers import GONE
@@ -22,6 +24,10 @@ bp = Blueprint("edge_ui", __name__, url_prefix="/ui", template_folder="templates
 
 #: Seconds between refreshes of a page's live part.
 REFRESH_SECONDS = 5
+#: Audit entries the Worker hosts page shows.
+RECENT_ACTIONS = 20
+#: Longest comment an action may carry (the audit log's and maintenance comment's column).
+COMMENT_LENGTH = 1024
 
 
 def _services():
@@ -102,11 +108,18 @@ def _edge_kombu_version(worker: dict) -> str | None:
 
 @bp.get("/workers")
 def workers():
-    fleet = _services().workers.list()
+    services = _services()
+    fleet = services.workers.list()
     versions = {_edge_kombu_version(w) for w in fleet if w["state"] not in GONE}
     versions.discard(None)
+    # Who did what: the latest actions, of one worker with ?worker=NAME.
+    actions_of = request.args.get("worker") or None
+    if actions_of is not None and (len(actions_of) > MAX_NAME_LENGTH or "\0" in actions_of):
+        raise errors.InvalidRequest(
+            f"worker: a name of at most {MAX_NAME_LENGTH} characters, without NUL")
+    actions = services.audit.recent(target=actions_of, limit=RECENT_ACTIONS)
     return _render("workers", workers=fleet, gone=GONE, server_version=__version__,
-                   mixed_versions=len(versions) > 1)
+                   mixed_versions=len(versions) > 1, actions=actions, actions_of=actions_of)
 
 
 @bp.get("/jobs")
@@ -162,35 +175,45 @@ def _body() -> dict:
     return body
 
 
+def _comment(body: dict) -> str | None:
+    comment = body.get("comment")
+    if comment is None:
+        return None
+    if not isinstance(comment, str) or "\0" in comment or len(comment) > COMMENT_LENGTH:
+        raise errors.InvalidRequest(
+            f"comment: text without NUL, of at most {COMMENT_LENGTH} characters")
+    return comment
+
+
 @bp.post("/actions/workers/<name>/<action>")
 def worker_action(name: str, action: str):
-    require_admin()
+    user = require_admin()
+    actor = Actor(user.name, current_app.extensions["edge_kombu_access"].via)
     registry = _services().workers
     body = _body()
+    comment = _comment(body)
     if action == "maintenance":
         on = body.get("on")
         if not isinstance(on, bool):
             raise errors.InvalidRequest("on: must be true or false")
-        comment = body.get("comment")
-        if comment is not None and (not isinstance(comment, str) or "\x00" in comment):
-            raise errors.InvalidRequest("comment: text without NUL characters")
-        worker = registry.request_maintenance(name, on, comment)
+        worker = registry.request_maintenance(name, on, comment, actor=actor)
     elif action == "shutdown":
-        worker = registry.request_shutdown(name)
+        worker = registry.request_shutdown(name, actor=actor, comment=comment)
     elif action == "remove":
-        registry.remove(name)
+        registry.remove(name, actor=actor, comment=comment)
         return jsonify(removed=name)
     elif action == "queues":
         add, remove = body.get("add") or [], body.get("remove") or []
         if not (isinstance(add, list) and isinstance(remove, list)
                 and all(isinstance(q, str) for q in [*add, *remove])):
             raise errors.InvalidRequest("add, remove: lists of queue names")
-        worker = registry.change_queues(name, add=add, remove=remove)
+        worker = registry.change_queues(name, add=add, remove=remove, actor=actor,
+                                        comment=comment)
     elif action == "concurrency":
         value = body.get("concurrency")
         if isinstance(value, bool) or not isinstance(value, int):
             raise errors.InvalidRequest("concurrency: an integer >= 1")
-        worker = registry.set_concurrency(name, value)
+        worker = registry.set_concurrency(name, value, actor=actor, comment=comment)
     else:
         raise errors.NotFound(
             f"no action {action!r}; one of maintenance, shutdown, remove, queues, concurrency")

@@ -117,7 +117,7 @@ def test_cli_and_page_actions_are_recorded_and_shown(api, token, cli):
     assert "No action recorded on someone-else yet" in other.text
     bad = requests.get(f"{api.url}/ui/workers", params={"worker": "a\0b"}, auth=VIEWER,
                        timeout=10)
-    assert "without NUL" in error_message(bad, 400)
+    assert "must not contain the NUL character" in error_message(bad, 400)
 
 
 def test_the_page_escapes_what_actors_wrote(api, token, cli):

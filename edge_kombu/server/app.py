@@ -10,7 +10,7 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from edge_kombu import errors
-from edge_kombu.server import metrics
+from edge_kombu.server import limits, metrics
 from edge_kombu.server.api import bp
 from edge_kombu.server.auth import Authenticator
 from edge_kombu.server.broker import Broker
@@ -123,6 +123,7 @@ def create_app(config: ServerConfig, *, start_background: bool = True,
     app.register_blueprint(bp)
     app.register_blueprint(web_bp)
     metrics.install(app, services)
+    limits.install(app, config)
     _register_error_handlers(app, config)
     if start_background:
         services.start()

@@ -159,9 +159,8 @@ class BodyDeadline:
         message = (f"the request body did not arrive within {self.limit:g} s "
                    "(EDGE_KOMBU_REQUEST_TIMEOUT)")
         late = TimeoutError(message) if self.app_done else RequestBodyTimeout(message)
-        if remaining <= 0:
-            raise late
-        with gevent.Timeout(remaining, late):
+        # Past the deadline, what has arrived (or the end of the body) is still read.
+        with gevent.Timeout(max(remaining, 0.001), late):
             return self.reader.read(size)
 
 

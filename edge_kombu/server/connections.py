@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 RESERVED_FILES = 256
 #: Seconds between two warnings about one address over its connection cap.
 REFUSAL_LOG_INTERVAL = 60.0
+#: Seconds a refused connection is kept (answered, not read) before it is closed, so that
+#: a client reconnecting at once cannot make the server spend its CPU on refusals...
+REFUSED_HOLD = 10.0
+#: ... while fewer than this share of the connection pool is spent on held refusals.
+REFUSED_HOLD_SHARE = 0.5
 
 
 def raise_open_files_limit(connections: int) -> int:
@@ -172,6 +177,7 @@ class EdgeGeventWorker(GeventWorker):
         config = self.app.config_obj
         self.request_limit = config.request_timeout
         self.address_cap = AddressCap(config.max_connections_per_address)
+        self.refusals_held = 0
         self.connections: dict[gevent.Greenlet, Connection] = {}
         super().init_process()
 
@@ -181,7 +187,7 @@ class EdgeGeventWorker(GeventWorker):
             return
         address = addr[0] if isinstance(addr, tuple) else "unix"
         if not self.address_cap.admit(address):
-            _refuse(client, self.address_cap.cap)
+            self.refuse(client)
             return
         me = gevent.getcurrent()
         self.connections[me] = Connection(client)
@@ -193,6 +199,18 @@ class EdgeGeventWorker(GeventWorker):
         finally:
             del self.connections[me]
             self.address_cap.release(address)
+
+    def refuse(self, client) -> None:
+        """Answer 429 over the cap, then hold the connection a while: refusing costs the
+        server more than reconnecting costs the client."""
+        _answer_429(client, self.address_cap.cap)
+        if self.refusals_held < self.worker_connections * REFUSED_HOLD_SHARE:
+            self.refusals_held += 1
+            try:
+                gevent.sleep(REFUSED_HOLD)
+            finally:
+                self.refusals_held -= 1
+        client.close()
 
     def timeout_ctx(self) -> RequestArrival:
         return RequestArrival(self.connections[gevent.getcurrent()], limit=self.request_limit,
@@ -212,17 +230,16 @@ class EdgeGeventWorker(GeventWorker):
             deadline.app_done = True
 
 
-def _refuse(client, cap: int) -> None:
-    """Answer 429 on a plain connection (a TLS one is just closed: no handshake for it)."""
+def _answer_429(client, cap: int) -> None:
+    """Answer 429 on a plain connection (a TLS one gets no handshake, hence no answer)."""
+    if isinstance(client, ssl.SSLSocket):
+        return
+    body = (b'{"error": "too_many_requests", "message": "too many connections from your '
+            b'address (at most %d at once)"}' % cap)
     try:
-        if not isinstance(client, ssl.SSLSocket):
-            body = (b'{"error": "too_many_requests", "message": "too many connections from '
-                    b'your address (at most %d at once)"}' % cap)
-            client.settimeout(1.0)
-            client.sendall(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json"
-                           b"\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
-                           % len(body) + body)
+        client.settimeout(1.0)
+        client.sendall(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                       b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                       % (REFUSED_HOLD, len(body)) + body)
     except OSError:
         pass
-    finally:
-        client.close()

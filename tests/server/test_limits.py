@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import resource
 import select
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -301,3 +304,20 @@ def test_no_cap_per_address_when_set_to_zero(api_factory):
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize(("soft", "hard", "fitting", "soft_after"), [
+    (1024, 20000, 5000, 5256),  # raised to fit
+    (1024, 2048, 2048 - 256, 2048),  # raised to the hard limit, fewer connections fit
+])
+def test_open_files_limit_is_raised_for_the_connections(soft, hard, fitting, soft_after):
+    """In a child process with the given limits (the test's own stay as they are)."""
+    _, our_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if our_hard != resource.RLIM_INFINITY and our_hard < hard:
+        pytest.skip(f"this machine's hard limit on open files is {our_hard}")
+    script = ("import resource; from edge_kombu.server.connections import raise_open_files_limit;"
+              f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}));"
+              "print(raise_open_files_limit(5000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == [str(fitting), str(soft_after)]

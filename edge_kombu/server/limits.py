@@ -31,6 +31,7 @@ from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from edge_kombu import errors
 from edge_kombu.server.config import ServerConfig
 from edge_kombu.server.web.access import basic_user_name
 
@@ -75,9 +76,9 @@ def install(app: Flask, config: ServerConfig) -> Limiter | None:
         breached = limiter.current_limit
         wait = math.ceil(breached.reset_at - time.time()) if breached else 60
         wait = max(1, wait)
-        body = {"error": "too_many_requests",
-                "message": f"{exc.description} (at most {exc.limit.limit}); retry in {wait} s"}
-        return jsonify(body), 429, {"Retry-After": str(wait)}
+        err = errors.TooManyRequests(
+            f"{exc.description} (at most {exc.limit.limit}); retry in {wait} s")
+        return jsonify(err.to_json()), err.status, {"Retry-After": str(wait)}
 
     return limiter
 

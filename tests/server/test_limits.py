@@ -321,3 +321,27 @@ def test_open_files_limit_is_raised_for_the_connections(soft, hard, fitting, sof
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
     assert out == [str(fitting), str(soft_after)]
+
+
+def test_a_worker_behind_a_blocked_address_waits_and_goes_on(api_factory, token, worker_factory):
+    """Failures of a neighbour behind the same address block the address for the window:
+    the worker there gets 429 (a connection error to kombu), keeps running, and takes tasks
+    again once the window has passed."""
+    from celery import Celery
+
+    api = api_factory(env={"EDGE_KOMBU_AUTH_FAILURE_LIMIT": "3 per 20 seconds"})
+    broker_url = api.url.replace("http://", f"edge+http://:{token}@")
+    worker = worker_factory(broker_url, name="neighbour")
+    client = client_from("127.0.0.1")
+    for _ in range(3):
+        error_message(hello(client, api, "ekt_stale-token"), 401)
+    wait_for(lambda: "too many failed credentials from 127.0.0.1" in worker.log(), timeout=30,
+             message="the worker refused with 429")
+    app = Celery("limits_client", broker=broker_url, backend=broker_url, set_as_current=False)
+    app.conf.update(task_acks_late=True, broker_connection_retry=False)
+    try:
+        assert wait_for(lambda: app.send_task("tests.celery_app.add", (2, 3)).get(timeout=10) == 5,
+                        timeout=60, message="a task run after the window")
+    finally:
+        app.close()
+    assert worker.alive()

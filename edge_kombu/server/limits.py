@@ -5,8 +5,9 @@ counts as a failure:
 
 * per source address, on every route but ``/api/v1/health`` (API tokens and JWTs, the pages'
   and ``/metrics``' Basic passwords): ``auth_failure_limit`` (default 10 per minute);
-* per user name of the pages' Basic sign-in, from any address: ``login_failure_limit``
-  (default 5 per minute), against password guessing spread over many addresses.
+* per user name of the pages' (and ``/metrics``') Basic sign-in, from any address:
+  ``login_failure_limit`` (default 5 per minute), against password guessing spread over
+  many addresses.
 
 Before a request is served its address (and its user name) is checked: once over the limit
 every request from it is answered 429 with ``Retry-After``, **even one with a good
@@ -37,8 +38,6 @@ from edge_kombu.server.web.access import basic_user_name
 
 #: Routes answered whatever the address did (load balancers probe them).
 UNLIMITED_ENDPOINTS = frozenset({"edge_api.health"})
-#: The pages' blueprint, whose Basic sign-in is also limited per user name.
-PAGES_BLUEPRINT = "edge_ui"
 
 
 def install(app: Flask, config: ServerConfig) -> Limiter | None:
@@ -61,7 +60,7 @@ def install(app: Flask, config: ServerConfig) -> Limiter | None:
             config.login_failure_limit,
             key_function=lambda: basic_user_name() or "",
             scope="failed-sign-ins-per-user",
-            exempt_when=lambda: request.blueprint != PAGES_BLUEPRINT or not basic_user_name(),
+            exempt_when=lambda: not basic_user_name(),
             deduct_when=credential_failed,
             error_message=lambda: f"too many failed sign-ins as {basic_user_name()!r}",
         ))

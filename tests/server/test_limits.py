@@ -123,9 +123,11 @@ def test_page_sign_in_is_limited_per_user_name_from_any_address(api_factory):
                            "EDGE_KOMBU_UI_VIEWER": ":".join(VIEWER),
                            "EDGE_KOMBU_LOGIN_FAILURE_LIMIT": "3 per minute",
                            "EDGE_KOMBU_AUTH_FAILURE_LIMIT": "100 per minute"})
-    # Guesses for one user name spread over three addresses.
-    for address in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+    # Guesses for one user name spread over three addresses, one of them at /metrics.
+    for address in ("127.0.0.1", "127.0.0.2"):
         error_message(page(client_from(address), api, "admin", f"guess-{address}"), 401)
+    error_message(client_from("127.0.0.3").get(f"{api.url}/metrics", auth=("admin", "guess"),
+                                               timeout=10), 401)
     elsewhere = client_from("127.0.0.4")
     refused = page(elsewhere, api, *ADMIN)  # the right password, from a fresh address
     retry_after(refused)

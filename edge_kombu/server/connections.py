@@ -14,7 +14,9 @@ long-poll) and a request whose body stops coming holds it for ever. This worker:
   any long-poll), so workers keep reusing their connections;
 * caps the connections open at once from one source address (``max_connections_per_address``,
   0 for no cap: behind a reverse proxy every client has the proxy's address); a connection
-  over the cap is answered 429 and closed at once.
+  over the cap is answered 429 (plain HTTP; over TLS it is not answered) and closed
+  ``REFUSED_HOLD`` seconds later, so that reconnecting at once gains the client nothing
+  and costs the server little.
 
 The capacity itself (``max_connections`` per process) and the open-files limit it needs are
 set by :mod:`edge_kombu.server.serve`.

@@ -7,8 +7,11 @@ time) answered nobody for the whole flood."""
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
+
+import pytest
 
 from tests.helpers import wait_for
 from tests.server.flood import ConnectionFlood, probe_health
@@ -17,6 +20,11 @@ FLOOD = 5000
 MEASURE_SECONDS = 30.0
 
 
+HARD_FILES_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+@pytest.mark.skipif(HARD_FILES_LIMIT != resource.RLIM_INFINITY and HARD_FILES_LIMIT < FLOOD + 1000,
+                    reason="the hard limit on open files is below what the flood needs")
 def test_a_connection_flood_from_one_address_does_not_lock_out_workers(
         api, broker_url, worker_factory, celery_client):
     worker_factory(broker_url, name="flooded")

@@ -104,6 +104,15 @@ class EdgeConnectionError(EdgeError, ConnectionError):
     code = "connection_error"
 
 
+class TooManyRequests(EdgeConnectionError):
+    """Too many failed credentials, or connections, from this address (429); served again
+    after ``Retry-After``. A connection error, so kombu and Celery retry with their back-off
+    instead of stopping the worker."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (
@@ -117,6 +126,7 @@ _BY_CODE = {
         VersionMismatch,
         Unroutable,
         ServiceUnavailable,
+        TooManyRequests,
     )
 }
 

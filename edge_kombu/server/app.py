@@ -13,7 +13,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
 
 from edge_kombu import errors
-from edge_kombu.server import metrics
+from edge_kombu.server import limits, metrics
 from edge_kombu.server.api import bp
 from edge_kombu.server.audit import AuditLog
 from edge_kombu.server.auth import Authenticator
@@ -155,6 +155,7 @@ def create_app(config: ServerConfig, *, start_background: bool = True,
     app.register_blueprint(bp)
     app.register_blueprint(web_bp)
     metrics.install(app, services)
+    limits.install(app, config)
     _register_error_handlers(app, config)
     if start_background:
         services.start()

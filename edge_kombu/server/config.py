@@ -28,6 +28,16 @@ DEFAULT_LOG_RETENTION_DAYS = 30.0
 DEFAULT_WAKE_POLL_INTERVAL = 0.2
 #: Seconds a finished job stays in the jobs history (the Jobs page).
 DEFAULT_JOB_RETENTION = 7 * 24 * 3600.0
+#: Connections one server process serves at once (idle long-polls cost a greenlet each).
+DEFAULT_MAX_CONNECTIONS = 10000
+#: Connections one source address may hold open at once in one process (0: no cap).
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 500
+#: Seconds a request may take to arrive, headers and body, from its first byte.
+DEFAULT_REQUEST_TIMEOUT = 30.0
+#: Failed credentials (API and pages) one source address may send before it gets 429.
+DEFAULT_AUTH_FAILURE_LIMIT = "10 per minute"
+#: Failed sign-ins to the pages per user name (from any address) before that name gets 429.
+DEFAULT_LOGIN_FAILURE_LIMIT = "5 per minute"
 #: Who may read ``/metrics``: "basic" (the web pages' users) or "none" (anyone).
 METRICS_AUTH_CHOICES = ("basic", "none")
 
@@ -41,6 +51,30 @@ def env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    """The integer in environment variable ``name``, or ``default`` if unset or empty."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def check_rate_limit(name: str, value: str) -> None:
+    """A rate limit such as ``10 per minute`` or ``5/second``, or ``off``."""
+    from limits import parse_many
+
+    if value == "off":
+        return
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a rate limit such as '10 per minute' or '5/second', "
+                         f"or 'off'; got {value!r}") from None
 
 
 def shared_secret_from_environment() -> str | None:
@@ -86,6 +120,14 @@ class ServerConfig:
     metrics_auth: str = "basic"
     job_retention: float = DEFAULT_JOB_RETENTION
     log_retention_days: float = DEFAULT_LOG_RETENTION_DAYS
+    # Hostile clients (see connections.py and limits.py).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    auth_failure_limit: str = DEFAULT_AUTH_FAILURE_LIMIT
+    login_failure_limit: str = DEFAULT_LOGIN_FAILURE_LIMIT
+    trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For is believed
+    rate_limit_storage: str = "memory://"  # where failures are counted (limits library URI)
 
     def __post_init__(self) -> None:
         if self.secret_key is not None and len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -114,6 +156,16 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0 seconds")
         if self.log_retention_days <= 0:
             raise ValueError("log_retention_days must be > 0 days")
+        if self.max_connections < 1:
+            raise ValueError("EDGE_KOMBU_MAX_CONNECTIONS must be >= 1")
+        if self.max_connections_per_address < 0:
+            raise ValueError("EDGE_KOMBU_MAX_CONNECTIONS_PER_ADDRESS must be >= 0 (0: no cap)")
+        if self.request_timeout <= 0:
+            raise ValueError("EDGE_KOMBU_REQUEST_TIMEOUT must be > 0 seconds")
+        if self.trusted_proxies < 0:
+            raise ValueError("EDGE_KOMBU_TRUSTED_PROXIES must be >= 0")
+        check_rate_limit("EDGE_KOMBU_AUTH_FAILURE_LIMIT", self.auth_failure_limit)
+        check_rate_limit("EDGE_KOMBU_LOGIN_FAILURE_LIMIT", self.login_failure_limit)
 
     @classmethod
     def from_environment(cls, db_url: str, **overrides) -> ServerConfig:
@@ -138,6 +190,17 @@ class ServerConfig:
             "log_retention_days": env_float(
                 "EDGE_KOMBU_LOG_RETENTION_DAYS", log_retention_days_default()
             ),
+            "max_connections": env_int("EDGE_KOMBU_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
+            "max_connections_per_address": env_int(
+                "EDGE_KOMBU_MAX_CONNECTIONS_PER_ADDRESS", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+            ),
+            "request_timeout": env_float("EDGE_KOMBU_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT),
+            "auth_failure_limit": os.environ.get("EDGE_KOMBU_AUTH_FAILURE_LIMIT")
+            or DEFAULT_AUTH_FAILURE_LIMIT,
+            "login_failure_limit": os.environ.get("EDGE_KOMBU_LOGIN_FAILURE_LIMIT")
+            or DEFAULT_LOGIN_FAILURE_LIMIT,
+            "trusted_proxies": env_int("EDGE_KOMBU_TRUSTED_PROXIES", 0),
+            "rate_limit_storage": os.environ.get("EDGE_KOMBU_RATE_LIMIT_STORAGE") or "memory://",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(db_url=db_url, **values)

@@ -30,6 +30,7 @@ _ERRORS = {
     401: "Missing, unknown, revoked or expired credential.",
     403: "The credential may not do this (its scope); the message says what it may do.",
     404: "Unknown queue, exchange or delivery tag.",
+    408: "The request's headers and body did not arrive within the request timeout.",
     409: "Conflict with the current state.",
     410: "The consumer session was closed or expired.",
     413: "Request body larger than the server accepts (with or without Content-Length).",
@@ -39,7 +40,7 @@ _ERRORS = {
     503: "Database unavailable; retry.",
 }
 #: What every authenticated route may answer, whatever it does.
-_EVERY_ROUTE = (400, 401, 403, 413, 426, 429, 503)
+_EVERY_ROUTE = (400, 401, 403, 408, 413, 426, 429, 503)
 
 
 def _errors(*codes: int) -> dict:

@@ -1,4 +1,5 @@
-"""Serve the edge API with gunicorn's gevent worker (long-polls cost a greenlet each)."""
+"""Serve the edge API with gunicorn's gevent worker (long-polls cost a greenlet each),
+bounded against hostile clients by :class:`~edge_kombu.server.connections.EdgeGeventWorker`."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import tempfile
 from gunicorn.app.base import BaseApplication
 
 from edge_kombu.server.config import ServerConfig
+from edge_kombu.server.connections import raise_open_files_limit
 
 log = logging.getLogger(__name__)
 
-#: Concurrent connections per worker process: idle long-polls from up to this many workers.
-DEFAULT_WORKER_CONNECTIONS = 2000
+WORKER_CLASS = "edge_kombu.server.connections.EdgeGeventWorker"
 
 
 class APIServer(BaseApplication):
@@ -29,7 +30,7 @@ class APIServer(BaseApplication):
         keyfile: str | None = None,
         ca_certs: str | None = None,
         require_client_cert: bool = False,
-        worker_connections: int = DEFAULT_WORKER_CONNECTIONS,
+        worker_connections: int | None = None,
         access_log: bool = False,
     ) -> None:
         self.config_obj = config
@@ -37,11 +38,17 @@ class APIServer(BaseApplication):
             # Counters of all processes in one /metrics: prometheus-client's multiprocess
             # mode, set before the workers fork and import it.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="edge-kombu-prom-")
+        wanted = worker_connections or config.max_connections
+        # Set here, before the workers fork: they inherit the limit.
+        fitting = raise_open_files_limit(wanted)
+        if fitting < wanted:
+            log.warning("serving at most %d connections per process, not %d: the limit on open "
+                        "files (ulimit -n) is too low; raise its hard limit", fitting, wanted)
         self.options = {
             "bind": bind,
             "workers": workers,
-            "worker_class": "gevent",
-            "worker_connections": worker_connections,
+            "worker_class": WORKER_CLASS,
+            "worker_connections": fitting,
             # Keep-alive longer than any long-poll, so workers reuse their connections.
             "keepalive": int(config.max_wait) + 65,
             "graceful_timeout": 3,  # waiting long-polls are answered at once on stop

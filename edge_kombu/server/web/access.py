@@ -94,6 +94,17 @@ class BasicAccess:
         return User(name=name, role=known[1], csrf=csrf)
 
 
+def basic_user_name() -> str | None:
+    """The user name of this request's Basic credentials, if any (for rate limits)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(value.strip()).decode("utf-8").partition(":")[0] or None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
 def current_user() -> User:
     """The signed-in user of this request; raises :class:`NotSignedIn` (401/403)."""
     if "edge_user" not in g:

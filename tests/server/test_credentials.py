@@ -67,7 +67,16 @@ def test_list_tokens(timed, clock):
     timed.create("b-site")
     clock.advance(1)
     timed.create("a-site")
-    assert timed.list() == [
-        {"name": "a-site", "created_at": clock.now},
-        {"name": "b-site", "created_at": clock.now - 1},
+    timed.create("central-x", kind="central", expires=60)
+    timed.create("c-*", queues=["q1", "q2"], publish=["q3"], issue_token=False)
+    listed = timed.list()
+    assert listed == [
+        {"name": "a-site", "kind": "worker", "queues": ["celery"], "publish": [], "token": True,
+         "created_at": clock.now, "expires_at": None, "last_used_at": None},
+        {"name": "b-site", "kind": "worker", "queues": ["celery"], "publish": [], "token": True,
+         "created_at": clock.now - 1, "expires_at": None, "last_used_at": None},
+        {"name": "c-*", "kind": "worker", "queues": ["q1", "q2"], "publish": ["q3"],
+         "token": False, "created_at": clock.now, "expires_at": None, "last_used_at": None},
+        {"name": "central-x", "kind": "central", "queues": [], "publish": [], "token": True,
+         "created_at": clock.now, "expires_at": clock.now + 60, "last_used_at": None},
     ]

@@ -1,0 +1,281 @@
+"""Who may do what: every route against every kind of credential, on real API servers.
+
+Site A (workers ``site-a-*``, queue ``qa``, may also publish to ``qa-callbacks``) and site
+B (``site-b-*``, queue ``qb``) each hold a worker token; A's scope also reaches A's
+workers through shared-secret JWTs (on a server with ``shared_secret_scope = worker``)
+and OIDC JWTs (a local key pair, the JWKS in a file). A central token and central
+shared-secret JWTs may do everything; revoked and expired tokens nothing. Each action
+below is one of site A's, or one only the centre may do: the allowed credentials succeed,
+the others get 403 naming what they may do (401 for revoked and expired).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+import uuid
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from edge_kombu.protocol import (
+    AIRFLOW_TASK_NAME,
+    JWT_ALGORITHM,
+    JWT_AUDIENCE,
+    JWT_ROUTE_CLAIM,
+    jwt_signing_key,
+)
+from edge_kombu.server.config import ENV_SECRET
+from tests.helpers import wait_for
+from tests.server.helpers import error_message, post
+
+ISSUER = "https://issuer.example.test"
+AUDIENCE = "edge-kombu-test"
+TI = {"dag_id": "dag", "task_id": "task", "run_id": "run-1", "map_index": -1, "try_number": 1}
+
+SITE_A = ("token-a", "jwt-worker-a", "oidc-a")
+CENTRAL = ("central", "jwt-central")
+ALL = (*SITE_A, "token-b", *CENTRAL, "revoked", "expired")
+
+
+def task_message(task_id: str, group: str | None = None, *, airflow: bool = False) -> dict:
+    body = json.dumps([[json.dumps({"ti": TI})], {}, {}]) if airflow else "[[], {}, {}]"
+    return {"body": base64.b64encode(body.encode()).decode(), "content-type": "application/json",
+            "headers": {"id": task_id, "task": AIRFLOW_TASK_NAME if airflow else "tests.add",
+                        "group": group},
+            "properties": {"body_encoding": "base64"}}
+
+
+def mint_shared(secret: str, sub: str, route: str, lifetime: int = 60) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "aud": JWT_AUDIENCE, "iat": now, "exp": now + lifetime,
+                       JWT_ROUTE_CLAIM: route}, jwt_signing_key(secret), algorithm=JWT_ALGORITHM)
+
+
+class OIDCIssuer:
+    """A local OIDC issuer: an RSA key pair whose public half is in a JWKS file."""
+
+    def __init__(self, path) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update(kid="test-key", use="sig", alg="RS256")
+        self.jwks_file = path / "jwks.json"
+        self.jwks_file.write_text(json.dumps({"keys": [jwk]}))
+
+    def mint(self, sub: str, *, audience: str = AUDIENCE, issuer: str = ISSUER,
+             lifetime: int = 600, key=None) -> str:
+        now = int(time.time())
+        return jwt.encode({"sub": sub, "aud": audience, "iss": issuer, "iat": now,
+                           "exp": now + lifetime}, key or self.key, algorithm="RS256",
+                          headers={"kid": "test-key"})
+
+
+@pytest.fixture
+def world(api_factory, tokens, tmp_path):
+    """Two API servers on one database, the credentials, and site A's and B's tasks."""
+    secret = secrets.token_hex(16)
+    issuer = OIDCIssuer(tmp_path)
+    env = {ENV_SECRET: secret, "EDGE_KOMBU_OIDC_ISSUER": ISSUER,
+           "EDGE_KOMBU_OIDC_AUDIENCE": AUDIENCE, "EDGE_KOMBU_OIDC_JWKS_FILE": str(issuer.jwks_file)}
+    main = api_factory(env=env)
+    scoped = api_factory(env={ENV_SECRET: secret, "EDGE_KOMBU_SHARED_SECRET_SCOPE": "worker"})
+    token_a = tokens.create("site-a-*", queues=["qa"], publish=["qa-callbacks"])
+    token_b = tokens.create("site-b-*", queues=["qb"])
+    central = tokens.create("scheduler", kind="central")
+    revoked = tokens.create("gone-*", queues=["qa"])
+    tokens.revoke("gone-*")
+    expired = tokens.create("old-*", queues=["qa"], expires=0.5)
+
+    fixed = {"token-a": token_a, "token-b": token_b, "central": central, "revoked": revoked,
+             "expired": expired}
+    creds = {
+        **{kind: (main, lambda route, t=t: t) for kind, t in fixed.items()},
+        "jwt-central": (main, lambda route: mint_shared(secret, "centre", route)),
+        "jwt-worker-a": (scoped, lambda route: mint_shared(secret, "site-a-7", route)),
+        "oidc-a": (main, lambda route: issuer.mint("site-a-9")),
+    }
+
+    def call(kind: str, route: str, body: dict):
+        server, credential = creds[kind]
+        return post(server, route, body, token=credential(route))
+
+    def ok(kind: str, route: str, body: dict) -> dict:
+        response = call(kind, route, body)
+        assert response.status_code == 200, (kind, route, response.text)
+        return response.json()
+
+    # The centre's topology and tasks; site A takes ta (group g-a), site B tb (group g-b).
+    for exchange, type_ in (("celery.pidbox", "fanout"), ("tasks", "direct")):
+        ok("central", "exchange/declare", {"name": exchange, "type": type_})
+    for queue in ("qa", "qb", "qa-callbacks"):
+        ok("central", "queue/declare", {"name": queue})
+    ok("central", "queue/bind", {"queue": "qa", "exchange": "tasks", "routing_key": "qa"})
+    ok("central", "publish", {"exchange": "", "routing_key": "qa",
+                              "message": task_message("ta", "g-a", airflow=True)})
+    ok("central", "publish", {"exchange": "", "routing_key": "qb",
+                              "message": task_message("tb", "g-b")})
+    got_a = ok("token-a", "consume", {"session": uuid.uuid4().hex, "queues": [{"name": "qa"}]})
+    got_b = ok("token-b", "consume", {"session": uuid.uuid4().hex, "queues": [{"name": "qb"}]})
+    assert [m["message"]["headers"]["id"] for m in got_a["messages"]] == ["ta"]
+    assert [m["message"]["headers"]["id"] for m in got_b["messages"]] == ["tb"]
+    wait_for(lambda: call("expired", "hello", {}).status_code == 401, timeout=10,
+             message="the short-lived token to expire")
+    return {"call": call, "ok": ok, "issuer": issuer, "secret": secret, "main": main,
+            "scoped": scoped, "tokens": fixed}
+
+
+def _session_of(world, kind: str) -> str:
+    session = uuid.uuid4().hex
+    world["ok"](kind, "consume", {"session": session, "queues": [{"name": "qa"}], "wait": 0})
+    return session
+
+
+# Each action: (what, who may, route, body or a function of the world making it).
+ACTIONS = [
+    ("heartbeat as A's worker", SITE_A + CENTRAL, "worker/heartbeat",
+     {"name": "site-a-1", "instance": "instance-a-1", "state": "idle", "queues": ["qa"],
+      "slots_total": 1}),
+    ("deregister A's worker", SITE_A + CENTRAL, "worker/deregister",
+     {"name": "site-a-1", "instance": "instance-a-1"}),
+    ("consume A's queue", SITE_A + CENTRAL, "consume",
+     lambda w: {"session": uuid.uuid4().hex, "queues": [{"name": "qa"}], "wait": 0}),
+    ("publish to A's queue", SITE_A + CENTRAL, "publish",
+     {"exchange": "", "routing_key": "qa", "message": task_message("t-new")}),
+    ("publish to A's callback queue", SITE_A + CENTRAL, "publish",
+     {"exchange": "", "routing_key": "qa-callbacks", "message": task_message("t-cb")}),
+    ("declare A's queue", SITE_A + CENTRAL, "queue/declare", {"name": "qa"}),
+    ("read A's task result", SITE_A + CENTRAL, "results/get", {"key": "celery-task-meta-ta"}),
+    ("write A's task result", SITE_A + CENTRAL, "results/set",
+     {"key": "celery-task-meta-ta", "value": '{"status": "SUCCESS"}'}),
+    ("count A's chord", SITE_A + CENTRAL, "results/incr", {"key": "chord-unlock-g-a"}),
+    ("read A's group", SITE_A + CENTRAL, "results/mget", {"keys": ["celery-taskset-meta-g-a"]}),
+    ("push A's task log", SITE_A + CENTRAL, "logs/push", {**TI, "offset": 0, "data": ""}),
+    ("read A's task log", SITE_A + CENTRAL, "logs/read", TI),
+    ("close A's session", SITE_A + CENTRAL, "session/close",
+     lambda w: {"session": _session_of(w, "token-a")}),
+    ("broadcast remote control", CENTRAL, "publish",
+     {"exchange": "celery.pidbox", "routing_key": "", "message": task_message("ctl")}),
+    ("purge a task queue", CENTRAL, "queue/purge", {"name": "qa-callbacks"}),
+    ("delete a task queue", CENTRAL, "queue/delete", {"name": "qa-callbacks"}),
+    ("delete an exchange", CENTRAL, "exchange/delete", {"name": "nothing"}),
+    ("bind A's queue to another key", CENTRAL, "queue/bind",
+     {"queue": "qa", "exchange": "tasks", "routing_key": "qb"}),
+    ("read another result key", CENTRAL, "results/get", {"key": "anything"}),
+]
+
+
+def _verdict(kind: str, allowed: tuple, response) -> str | None:
+    """What is wrong with ``response`` to ``kind`` (None: as it must be)."""
+    if kind in allowed:
+        return None if response.status_code == 200 else f"{response.status_code} {response.text}"
+    expected = 401 if kind in ("revoked", "expired") else 403
+    if response.status_code != expected:
+        return f"{response.status_code} instead of {expected}: {response.text}"
+    message = error_message(response, expected)
+    if expected == 401:
+        said = {"revoked": "unknown or revoked", "expired": "has expired"}[kind]
+        return None if said in message else f"401 without {said!r}: {message}"
+    named = ("is scoped to workers" in message and "may consume queues" in message
+             and "central credential" in message)
+    return None if named else f"403 without the scope: {message}"
+
+
+def test_authorization_matrix(world):
+    """Every action by every kind of credential; all wrong answers are reported at once."""
+    wrong = []
+    for what, allowed, route, body in ACTIONS:
+        for kind in ALL:
+            response = world["call"](kind, route, body(world) if callable(body) else body)
+            problem = _verdict(kind, allowed, response)
+            if problem:
+                wrong.append(f"{what} by {kind}: {problem}")
+            for secret in (*world["tokens"].values(), world["secret"]):
+                assert secret not in response.text
+    assert wrong == []
+
+
+def test_hello_tells_the_scope(world):
+    assert world["ok"]("token-a", "hello", {})["scope"] == {
+        "kind": "worker", "workers": "site-a-*", "queues": ["qa"], "publish": ["qa-callbacks"]}
+    assert world["ok"]("oidc-a", "hello", {})["principal"] == "site-a-*"
+    assert world["ok"]("jwt-worker-a", "hello", {})["principal"] == "site-a-*"
+    assert world["ok"]("central", "hello", {})["scope"] == {"kind": "central"}
+    assert world["ok"]("jwt-central", "hello", {})["principal"] == "shared-secret:centre"
+
+
+def test_site_b_cannot_touch_site_a(world):
+    call = world["call"]
+    refusals = {
+        "consume": {"session": uuid.uuid4().hex, "queues": [{"name": "qa"}]},
+        "results/set": {"key": "celery-task-meta-ta", "value": "forged"},
+        "results/mget": {"keys": ["celery-task-meta-tb", "celery-task-meta-ta"]},
+        "worker/heartbeat": {"name": "site-a-1", "instance": "forged-1", "state": "idle",
+                             "queues": ["qa"], "slots_total": 1},
+    }
+    for route, body in refusals.items():
+        message = error_message(call("token-b", route, body), 403)
+        assert "'site-b-*'" in message and "['qb']" in message, message
+    # A worker token cannot act in another credential's session, even knowing its id.
+    session = _session_of(world, "token-a")
+    for route in ("ack", "reject", "session/wake"):
+        body = {"session": session}
+        if route != "session/wake":
+            body["delivery_tags"] = ["1.x"]
+        assert "opened by another credential" in error_message(call("token-b", route, body), 403)
+    message = error_message(call("token-b", "consume",
+                                 {"session": session, "queues": [{"name": "qb"}]}), 403)
+    assert "belongs to another credential" in message
+
+
+def test_private_queues_belong_to_their_declarer(world):
+    ok, call = world["ok"], world["call"]
+    reply = f"{uuid.uuid4()}.reply.celery.pidbox"
+    ok("token-a", "queue/declare", {"name": reply, "auto_delete": True})
+    ok("token-a", "exchange/declare", {"name": "reply.celery.pidbox", "type": "direct"})
+    ok("token-a", "queue/bind", {"queue": reply, "exchange": "reply.celery.pidbox",
+                                 "routing_key": reply.split(".reply.")[0]})
+    ok("token-a", "consume", {"session": uuid.uuid4().hex,
+                              "queues": [{"name": reply, "no_ack": True}]})
+    for route, body in (("queue/declare", {"name": reply}),
+                        ("consume", {"session": uuid.uuid4().hex, "queues": [{"name": reply}]}),
+                        ("queue/delete", {"name": reply}), ("queue/purge", {"name": reply})):
+        assert error_message(call("token-b", route, body), 403)
+    # Its own remote-control queue by its worker name; not another site's.
+    ok("token-a", "queue/declare", {"name": "site-a-1@host.celery.pidbox"})
+    ok("token-a", "queue/bind", {"queue": "site-a-1@host.celery.pidbox",
+                                 "exchange": "celery.pidbox", "routing_key": ""})
+    message = error_message(call("token-b", "queue/declare",
+                                 {"name": "site-a-1@host.celery.pidbox"}), 403)
+    assert "declaring queue 'site-a-1@host.celery.pidbox'" in message
+    # A reply may go to a reply queue; a message to a task queue through it may not.
+    ok("token-b", "publish", {"exchange": "reply.celery.pidbox",
+                              "routing_key": reply.split(".reply.")[0],
+                              "message": task_message("reply")})
+
+
+def test_shared_secret_jwts_live_briefly(world):
+    secret, main = world["secret"], world["main"]
+    token = mint_shared(secret, "centre", "hello", lifetime=3600)
+    message = error_message(post(main, "hello", {}, token=token), 401)
+    assert "lives 3600s" in message and "more than the 300s" in message
+    # A worker-scoped JWT names a worker the centre knows; others are refused.
+    unknown = mint_shared(secret, "nobody", "hello")
+    message = error_message(post(world["scoped"], "hello", {}, token=unknown), 403)
+    assert "no worker entry names it" in message and "--no-token" in message
+
+
+def test_oidc_tokens_are_checked(world, tmp_path):
+    issuer, main = world["issuer"], world["main"]
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for token, expected in (
+        (issuer.mint("site-a-1", audience="other"), "OIDC token rejected"),
+        (issuer.mint("site-a-1", issuer="https://evil.example"), "OIDC token rejected"),
+        (issuer.mint("site-a-1", key=stranger), "OIDC token rejected"),
+        (issuer.mint("site-a-1", lifetime=-60), "OIDC token expired"),
+    ):
+        assert expected in error_message(post(main, "hello", {}, token=token), 401)
+    message = error_message(post(main, "hello", {}, token=issuer.mint("nobody")), 403)
+    assert "no worker entry names it" in message

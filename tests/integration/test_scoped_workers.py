@@ -1,0 +1,65 @@
+"""Real ``celery worker`` processes on worker-scoped tokens: each site runs its own
+tasks, chords included, answers the centre's remote control, and cannot steer another
+site's workers."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery, chord
+
+from tests.helpers import wait_for
+from tests.integration.test_celery import celery_cli, sig, task
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def sites(api, tokens, worker_factory):
+    """Site A (worker site-a-1, queue qa) and site B (site-b-1, qb), each on its own token."""
+    urls = {}
+    for site in ("a", "b"):
+        token = tokens.create(f"site-{site}-*", queues=[f"q{site}"])
+        urls[site] = api.url.replace("http://", f"edge+http://:{token}@")
+    workers = {site: worker_factory(urls[site], name=f"site-{site}-1", queues=f"q{site}")
+               for site in ("a", "b")}
+    return urls, workers
+
+
+@pytest.fixture
+def central_client(api, tokens):
+    url = api.url.replace("http://", f"edge+http://:{tokens.create('scheduler', kind='central')}@")
+    app = Celery("edge_central", broker=url, backend=url, set_as_current=False)
+    app.conf.update(task_acks_late=True, broker_connection_retry=False)
+    yield app, url
+    app.close()
+
+
+def test_each_site_runs_its_tasks_and_chords(sites, central_client):
+    client, _ = central_client
+    _, workers = sites
+    assert task(client, "add", 2, 3, queue="qa").get(timeout=30) == 5
+    assert task(client, "add", 4, 5, queue="qb").get(timeout=30) == 9
+    header = [sig(client, "add", i, 1).set(queue="qa") for i in range(5)]
+    result = chord(header)(sig(client, "tsum").set(queue="qa"))
+    assert result.get(timeout=60) == sum(range(1, 6))
+    for worker in workers.values():
+        assert "403" not in worker.log() and "Forbidden" not in worker.log(), worker.log()
+
+
+def test_remote_control_needs_a_central_credential(sites, central_client):
+    urls, workers = sites
+    _, central_url = central_client
+    refused = celery_cli(urls["a"], "control", "shutdown", "-d", workers["b"].hostname)
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert "broadcasting remote-control commands" in refused.stdout + refused.stderr
+    assert workers["b"].alive()
+    # The centre may: its ping reaches both sites, whose replies come back.
+    pinged = celery_cli(central_url, "inspect", "ping", "--timeout", "5")
+    assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+    for worker in workers.values():
+        assert worker.hostname in pinged.stdout
+    # (shutdown sends no reply: Celery's CLI then says "No nodes replied" and exits 69)
+    celery_cli(central_url, "control", "shutdown", "-d", workers["b"].hostname, "--timeout", "2")
+    wait_for(lambda: not workers["b"].alive(), timeout=30, message="site B's worker to stop")
+    assert "Got shutdown from remote" in workers["b"].log()
+    assert workers["a"].alive()

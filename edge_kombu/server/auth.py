@@ -48,8 +48,8 @@ class OIDCSettings:
 
 def _scope(entry: Entry, credentials: Credentials, *, token_hash: str | None = None,
            name: str | None = None) -> Scope:
-    def still_valid() -> bool:
-        return credentials.still_valid(entry.name, token_hash)
+    def still_valid(fresh: bool = False) -> bool:
+        return credentials.still_valid(entry.name, token_hash, fresh=fresh)
 
     if entry.central:
         return Scope(name or entry.name, True, still_valid=still_valid)
@@ -159,8 +159,9 @@ class Authenticator:
         clock = self.credentials.sql.clock
         credentials = self.credentials
 
-        def still_valid() -> bool:
-            return clock() < float(exp) + self.leeway and credentials.still_valid(entry.name, None)
+        def still_valid(fresh: bool = False) -> bool:
+            return clock() < float(exp) + self.leeway and credentials.still_valid(
+                entry.name, None, fresh=fresh)
 
         return Scope.for_worker(entry.name, entry.name, entry.queues, entry.publish, still_valid)
 

@@ -58,6 +58,7 @@ CLOSED_SESSION_KEPT = 3600.0
 #: A waiting long-poll re-checks its caller's credential at least this often (seconds), so
 #: a revocation cuts it within a second.
 CREDENTIAL_RECHECK = 0.5
+_CREDENTIAL_GONE = "the credential was revoked or expired while the consume waited"
 
 
 @dataclass(frozen=True)
@@ -486,7 +487,7 @@ class Broker:
         total_slots: int | None = None,
         wait: float = 0.0,
         grantee: str | None = None,
-        still_valid: Callable[[], bool] | None = None,
+        still_valid: Callable[..., bool] | None = None,
     ) -> list[Delivery]:
         """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
 
@@ -498,24 +499,41 @@ class Broker:
 
         ``grantee`` (a worker credential) is granted the task messages it leases.
         ``still_valid`` re-checks the caller's credential before each claim, after a claim
-        that found messages (they go back if it failed) and at least every
-        :data:`CREDENTIAL_RECHECK` seconds while waiting: a revocation cuts the poll.
+        that found messages and at least every :data:`CREDENTIAL_RECHECK` seconds while
+        waiting: a revocation cuts the poll and closes the session, so nothing is handed
+        over and its leases are redelivered.
         """
         names = [name for name, _ in queues]
         wait = min(wait, self.max_wait)
         self._touches.touch(session, principal, names)
         deadline = time.monotonic() + wait
+        try:
+            found, waiter = self._poll(session, queues, deadline, still_valid, max_slots=max_slots,
+                                       max_messages=max_messages, total_slots=total_slots,
+                                       grantee=grantee)
+        except errors.AuthenticationFailed:
+            # A revoked credential's session ends: its leases (and any just taken) go back,
+            # and the other consumers of its queues hear of them and of any wake-up it had.
+            self.close_session(session)
+            self.signal(queues=names)
+            raise
+        if waiter.event.is_set() and not waiter.by_session:
+            # Woken for one message that this consume did not claim (it had its answer, or its
+            # wait ran out): a publish wakes one waiter per message, so hand the wake-up on.
+            self.waiters.wake_some({queue: (1, None) for queue in waiter.queues})
+        return found
+
+    def _poll(self, session, queues, deadline, still_valid, **claim_args):
+        """Claim, and wait while nothing comes: the loop of :meth:`consume`."""
+        names = [name for name, _ in queues]
         recheck = still_valid is not None
-        with self.waiters.waiting(names, session, max_slots) as waiter:
+        with self.waiters.waiting(names, session, claim_args["max_slots"]) as waiter:
             while True:
                 waiter.event.clear()
                 self._check_credential(still_valid)
-                found = self.claim(session, queues, max_slots=max_slots,
-                                   max_messages=max_messages, total_slots=total_slots,
-                                   grantee=grantee)
-                if found and recheck and not still_valid():
-                    self._hand_back(session, found)
-                    self._check_credential(still_valid)
+                found = self.claim(session, queues, **claim_args)
+                if found and recheck and not still_valid(fresh=True):
+                    raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
                 remaining = deadline - time.monotonic()
                 if found or remaining <= 0 or waiter.by_session:
                     break
@@ -528,30 +546,12 @@ class Broker:
                 if not woken or waiter.by_session:
                     # Timed out, or this session's capacity changed: let the client ask again.
                     break
-        if waiter.event.is_set() and not waiter.by_session:
-            # Woken for one message that this consume did not claim (it had its answer, or its
-            # wait ran out): a publish wakes one waiter per message, so hand the wake-up on.
-            self.waiters.wake_some({queue: (1, None) for queue in waiter.queues})
-        return found
+        return found, waiter
 
     @staticmethod
-    def _check_credential(still_valid: Callable[[], bool] | None) -> None:
+    def _check_credential(still_valid: Callable[..., bool] | None) -> None:
         if still_valid is not None and not still_valid():
-            raise errors.AuthenticationFailed(
-                "the credential was revoked or expired while the consume waited"
-            )
-
-    def _hand_back(self, session: str, found: list[Delivery]) -> None:
-        """Release leases just taken for a caller whose credential has gone."""
-        tags = [d.message["properties"]["delivery_tag"] for d in found]
-        with self.sql.transaction() as tx:
-            ids, queues, _ = self._leased(tx.conn, session, tags)
-            if ids:
-                tx.conn.execute(
-                    update(m.message).where(m.message.c.id.in_(ids))
-                    .values(session=None, lease_nonce=None, leased_at=None)
-                )
-                tx.queues.update(queues)
+            raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
 
     def session_principal(self, session: str) -> str | None:
         """Who opened ``session`` (None if unknown)."""

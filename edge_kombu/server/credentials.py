@@ -159,13 +159,14 @@ class Credentials:
         self._note_use(exact.name)
         return _entry(exact)
 
-    def still_valid(self, name: str, token_hash: str | None) -> bool:
-        """Whether ``name``'s entry (with this token, if any) still exists and is unexpired."""
+    def still_valid(self, name: str, token_hash: str | None, *, fresh: bool = False) -> bool:
+        """Whether ``name``'s entry (with this token, if any) still exists and is unexpired;
+        answered from memory for :data:`VALIDITY_CACHE` seconds unless ``fresh``."""
         key = f"{name}\x00{token_hash}"
         now = time.monotonic()
         with self._lock:
             cached = self._valid.get(key)
-        if cached is not None and now - cached[1] < VALIDITY_CACHE:
+        if not fresh and cached is not None and now - cached[1] < VALIDITY_CACHE:
             return cached[0]
         t = m.token.c
         where = [t.name == name]

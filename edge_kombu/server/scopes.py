@@ -42,24 +42,25 @@ KINDS = (CENTRAL, WORKER)
 DEFAULT_QUEUES = ("celery",)
 
 
-def _always() -> bool:
+def _always(fresh: bool = False) -> bool:
     return True
 
 
 @dataclass(frozen=True)
 class Scope:
-    """A caller and what it may do; ``still_valid`` re-checks revocation and expiry."""
+    """A caller and what it may do; ``still_valid(fresh=False)`` re-checks revocation and
+    expiry (``fresh``: not from a cache)."""
 
     name: str
     central: bool
     workers: str = ""
     queues: frozenset[str] = frozenset()
     publish: frozenset[str] = frozenset()
-    still_valid: Callable[[], bool] = field(default=_always, compare=False, repr=False)
+    still_valid: Callable[..., bool] = field(default=_always, compare=False, repr=False)
 
     @classmethod
     def for_worker(cls, name: str, workers: str, queues: Iterable[str],
-                   publish: Iterable[str] = (), still_valid: Callable[[], bool] = _always
+                   publish: Iterable[str] = (), still_valid: Callable[..., bool] = _always
                    ) -> Scope:
         return cls(name, False, workers, frozenset(queues), frozenset(publish), still_valid)
 

@@ -16,6 +16,7 @@ import json
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -279,3 +280,36 @@ def test_oidc_tokens_are_checked(world, tmp_path):
         assert expected in error_message(post(main, "hello", {}, token=token), 401)
     message = error_message(post(main, "hello", {}, token=issuer.mint("nobody")), 403)
     assert "no worker entry names it" in message
+
+
+def test_revocation_cuts_a_waiting_consume_and_hands_nothing_over(api, tokens):
+    """A consume waiting when its token is revoked answers 401 within a second; a message
+    published right after the revocation stays in the queue."""
+    central = tokens.create("scheduler", kind="central")
+
+    def depth(queue: str) -> dict:
+        return post(api, "queue/declare", {"name": queue, "passive": True}, token=central).json()
+
+    cut_after = []
+    with ThreadPoolExecutor(1) as pool:
+        for round_, publish in enumerate((True, False, True, True)):
+            name, queue = f"site-r{round_}-*", f"qr{round_}"
+            post(api, "queue/declare", {"name": queue}, token=central).raise_for_status()
+            token = tokens.create(name, queues=[queue])
+            body = {"session": uuid.uuid4().hex, "queues": [{"name": queue}], "wait": 10}
+            future = pool.submit(lambda b=body, t=token: (post(api, "consume", b, token=t),
+                                                          time.monotonic()))
+            wait_for(lambda q=queue: depth(q)["consumers"] == 1, timeout=10,
+                     message="the consume to wait")
+            revoked_at = time.monotonic()
+            tokens.revoke(name)
+            if publish:
+                post(api, "publish", {"exchange": "", "routing_key": queue,
+                                      "message": task_message(f"after-{round_}")},
+                     token=central).raise_for_status()
+            response, answered = future.result(timeout=15)
+            assert "revoked or expired while the consume waited" in error_message(response, 401)
+            cut_after.append(answered - revoked_at)
+            assert depth(queue) == {"name": queue, "messages": int(publish), "consumers": 0}
+    print(f"waiting consumes cut {[round(t, 2) for t in cut_after]} s after revocation")
+    assert max(cut_after) < 1.0, cut_after

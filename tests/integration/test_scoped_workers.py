@@ -63,3 +63,25 @@ def test_remote_control_needs_a_central_credential(sites, central_client):
     wait_for(lambda: not workers["b"].alive(), timeout=30, message="site B's worker to stop")
     assert "Got shutdown from remote" in workers["b"].log()
     assert workers["a"].alive()
+
+
+def test_a_worker_on_an_oidc_identity_runs_its_tasks(api_factory, tokens, worker_factory,
+                                                     tmp_path):
+    """No static secret at the site: its worker presents an identity token from a local
+    issuer; the server maps its subject to the site's entry (recorded without a token)."""
+    from tests.server.test_scopes import AUDIENCE, ISSUER, OIDCIssuer
+
+    issuer = OIDCIssuer(tmp_path)
+    api = api_factory(env={"EDGE_KOMBU_OIDC_ISSUER": ISSUER, "EDGE_KOMBU_OIDC_AUDIENCE": AUDIENCE,
+                           "EDGE_KOMBU_OIDC_JWKS_FILE": str(issuer.jwks_file)})
+    assert tokens.create("site-c-*", queues=["qc"], issue_token=False) is None
+    worker = worker_factory(api.url.replace("http://", f"edge+http://:{issuer.mint('site-c-1')}@"),
+                            name="site-c-1", queues="qc")
+    url = api.url.replace("http://", f"edge+http://:{tokens.create('centre', kind='central')}@")
+    client = Celery("edge_central_oidc", broker=url, backend=url, set_as_current=False)
+    client.conf.update(task_acks_late=True, broker_connection_retry=False)
+    try:
+        assert task(client, "add", 20, 22, queue="qc").get(timeout=30) == 42
+    finally:
+        client.close()
+    assert "Forbidden" not in worker.log()

@@ -313,3 +313,26 @@ def test_revocation_cuts_a_waiting_consume_and_hands_nothing_over(api, tokens):
             assert depth(queue) == {"name": queue, "messages": int(publish), "consumers": 0}
     print(f"waiting consumes cut {[round(t, 2) for t in cut_after]} s after revocation")
     assert max(cut_after) < 1.0, cut_after
+
+
+def test_a_rotated_identity_token_is_read_again_from_its_file(world, tmp_path):
+    """The client re-reads a token file when it changes (Kubernetes rotates projected
+    service-account tokens); the server checks each token it is sent."""
+    from edge_kombu.transport.client import EdgeClient
+
+    issuer, path = world["issuer"], tmp_path / "identity-token"
+    path.write_text(issuer.mint("site-a-3"))
+    client = EdgeClient(world["main"].url, token_file=str(path))
+    try:
+        assert client.call("hello")["principal"] == "site-a-*"
+        path.write_text(issuer.mint("site-a-3", lifetime=-60) + "\n")
+        error = None
+        try:
+            client.call("hello")
+        except Exception as exc:  # noqa: BLE001 - the EdgeError is checked below
+            error = exc
+        assert error is not None and "OIDC token expired" in str(error)
+        path.write_text(issuer.mint("site-b-3"))
+        assert client.call("hello")["principal"] == "site-b-*"
+    finally:
+        client.close()

@@ -15,6 +15,7 @@ _ERROR = {
 _ERRORS = {
     "400": "Invalid request: the message names the field and the limit.",
     "401": "Missing, unknown, revoked or expired credential.",
+    "403": "Outside the credential's scope: the message names what it may do.",
     "404": "Unknown queue, exchange, route or delivery tag.",
     "409": "Conflict with the current state.",
     "410": "The consumer session was closed or expired.",

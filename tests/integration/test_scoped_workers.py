@@ -4,13 +4,32 @@ site's workers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 from celery import Celery, chord
 
-from tests.helpers import wait_for
-from tests.integration.test_celery import celery_cli, sig, task
+from tests.helpers import BIN, ROOT, wait_for
+from tests.server.helpers import AUDIENCE, ISSUER, OIDCIssuer
 
 pytestmark = pytest.mark.timeout(240)
+
+
+def task(client, name, *args, **options):
+    return client.send_task(f"tests.celery_app.{name}", args=args, **options)
+
+
+def sig(client, name, *args):
+    return client.signature(f"tests.celery_app.{name}", args=args)
+
+
+def celery_cli(broker_url: str, *args: str) -> subprocess.CompletedProcess:
+    """``celery -A tests.celery_app …`` with ``broker_url`` (and its credential)."""
+    env = dict(os.environ, EDGE_TEST_BROKER_URL=broker_url, EDGE_TEST_RESULT_URL=broker_url,
+               PYTHONPATH=str(ROOT))
+    return subprocess.run([str(BIN / "celery"), "-A", "tests.celery_app", *args], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 @pytest.fixture
@@ -69,8 +88,6 @@ def test_a_worker_on_an_oidc_identity_runs_its_tasks(api_factory, tokens, worker
                                                      tmp_path):
     """No static secret at the site: its worker presents an identity token from a local
     issuer; the server maps its subject to the site's entry (recorded without a token)."""
-    from tests.server.test_scopes import AUDIENCE, ISSUER, OIDCIssuer
-
     issuer = OIDCIssuer(tmp_path)
     api = api_factory(env={"EDGE_KOMBU_OIDC_ISSUER": ISSUER, "EDGE_KOMBU_OIDC_AUDIENCE": AUDIENCE,
                            "EDGE_KOMBU_OIDC_JWKS_FILE": str(issuer.jwks_file)})

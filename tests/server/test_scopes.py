@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +32,9 @@ from edge_kombu.protocol import (
     jwt_signing_key,
 )
 from edge_kombu.server.config import ENV_SECRET
-from tests.helpers import wait_for
-from tests.server.helpers import error_message, post
+from tests.helpers import BIN, ROOT, wait_for
+from tests.server.helpers import AUDIENCE, ISSUER, OIDCIssuer, error_message, post
 
-ISSUER = "https://issuer.example.test"
-AUDIENCE = "edge-kombu-test"
 TI = {"dag_id": "dag", "task_id": "task", "run_id": "run-1", "map_index": -1, "try_number": 1}
 
 SITE_A = ("token-a", "jwt-worker-a", "oidc-a")
@@ -54,24 +54,6 @@ def mint_shared(secret: str, sub: str, route: str, lifetime: int = 60) -> str:
     now = int(time.time())
     return jwt.encode({"sub": sub, "aud": JWT_AUDIENCE, "iat": now, "exp": now + lifetime,
                        JWT_ROUTE_CLAIM: route}, jwt_signing_key(secret), algorithm=JWT_ALGORITHM)
-
-
-class OIDCIssuer:
-    """A local OIDC issuer: an RSA key pair whose public half is in a JWKS file."""
-
-    def __init__(self, path) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update(kid="test-key", use="sig", alg="RS256")
-        self.jwks_file = path / "jwks.json"
-        self.jwks_file.write_text(json.dumps({"keys": [jwk]}))
-
-    def mint(self, sub: str, *, audience: str = AUDIENCE, issuer: str = ISSUER,
-             lifetime: int = 600, key=None) -> str:
-        now = int(time.time())
-        return jwt.encode({"sub": sub, "aud": audience, "iss": issuer, "iat": now,
-                           "exp": now + lifetime}, key or self.key, algorithm="RS256",
-                          headers={"kid": "test-key"})
 
 
 @pytest.fixture
@@ -336,3 +318,45 @@ def test_a_rotated_identity_token_is_read_again_from_its_file(world, tmp_path):
         assert client.call("hello")["principal"] == "site-b-*"
     finally:
         client.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "edge-kombu"), *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_token_commands_with_scopes(api, db_url):
+    created = _cli("token", "create", "--worker", "wisconsin-*", "--queues", "wq1,wq2",
+                   "--publish", "callbacks", "--expires", "30d", "--db", db_url)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert created.stdout == token + "\n" and token.startswith("ekt_")
+    scope = post(api, "hello", {}, token=token).json()["scope"]
+    assert scope == {"kind": "worker", "workers": "wisconsin-*", "queues": ["wq1", "wq2"],
+                     "publish": ["callbacks"]}
+    central = _cli("token", "create", "--central", "flower", "--db", db_url)
+    assert post(api, "hello", {}, token=central.stdout.strip()).json()["scope"] == {
+        "kind": "central"}
+    bare = _cli("token", "create", "--worker", "oidc-site-*", "--queues", "oq", "--no-token",
+                "--db", db_url)
+    assert bare.returncode == 0 and bare.stdout == "", bare.stderr
+    for args, expected in (
+        (("--worker", "x", "--central", "y"), "give one of --worker NAME or --central NAME"),
+        (("--central", "y", "--queues", "q"), "--queues, --publish and --no-token are for"),
+        (("--worker", "x", "--expires", "soon"), "--expires: 'soon' is not a duration"),
+        (("--worker", "x", "--expires", "-5m"), "is not a duration"),
+    ):
+        refused = _cli("token", "create", *args, "--db", db_url)
+        assert refused.returncode == 1 and expected in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    listing = _cli("token", "list", "--db", db_url).stdout.splitlines()
+    assert listing[0].split() == ["NAME", "KIND", "QUEUES", "PUBLISH", "EXPIRES", "(UTC)",
+                                  "LAST", "USED", "CREATED"]
+    rows = {line.split()[0]: line.split() for line in listing[1:]}
+    assert rows["wisconsin-*"][1:4] == ["worker", "wq1,wq2", "callbacks"]
+    assert rows["wisconsin-*"][5] != "-"  # used by the hello above
+    assert rows["flower"][1:4] == ["central", "-", "-"]
+    assert rows["oidc-site-*"][1:5] == ["worker", "(no", "token)", "oq"]
+    as_json = json.loads(_cli("token", "list", "--json", "--db", db_url).stdout)
+    assert {row["name"] for row in as_json} == {"wisconsin-*", "flower", "oidc-site-*"}
+    assert "ekt_" not in json.dumps(as_json)

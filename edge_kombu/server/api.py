@@ -290,8 +290,9 @@ def session_wake(body: dict) -> dict:
 
 @route("worker/heartbeat")
 def worker_heartbeat(body: dict) -> dict:
-    _scope().check_worker(body["name"], "heartbeating")
-    return _services().workers.heartbeat(body)
+    scope = _scope()
+    scope.check_worker(body["name"], "heartbeating")
+    return _services().workers.heartbeat(body, grantee=None if scope.central else scope.name)
 
 
 @route("worker/deregister")

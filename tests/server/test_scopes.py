@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
 
 from edge_kombu.protocol import (
     AIRFLOW_TASK_NAME,
@@ -31,6 +32,7 @@ from edge_kombu.protocol import (
     JWT_ROUTE_CLAIM,
     jwt_signing_key,
 )
+from edge_kombu.server import models
 from edge_kombu.server.config import ENV_SECRET
 from tests.helpers import BIN, ROOT, wait_for
 from tests.server.helpers import AUDIENCE, ISSUER, OIDCIssuer, error_message, post
@@ -211,6 +213,25 @@ def test_site_b_cannot_touch_site_a(world):
     message = error_message(call("token-b", "consume",
                                  {"session": session, "queues": [{"name": "qb"}]}), 403)
     assert "belongs to another credential" in message
+
+
+
+def test_a_heartbeat_marks_running_only_its_own_jobs(world, sql):
+    def beat(kind: str, worker: str) -> None:
+        world["ok"](kind, "worker/heartbeat", {
+            "name": worker, "instance": f"instance-{worker}", "state": "running",
+            "queues": [], "slots_total": 1, "running": [{"id": "ta"}, {"id": "tb"}]})
+
+    def job(task_id: str) -> tuple:
+        with sql.connect() as conn:
+            row = conn.execute(select(models.job.c.state, models.job.c.worker)
+                               .where(models.job.c.task_id == task_id)).one()
+        return tuple(row)
+
+    beat("token-b", "site-b-1")
+    assert job("ta") == ("received", None) and job("tb") == ("running", "site-b-1")
+    beat("token-a", "site-a-1")
+    assert job("ta") == ("running", "site-a-1") and job("tb") == ("running", "site-b-1")
 
 
 def test_private_queues_belong_to_their_declarer(world):

@@ -102,3 +102,28 @@ def test_a_worker_on_an_oidc_identity_runs_its_tasks(api_factory, tokens, worker
     finally:
         client.close()
     assert "Forbidden" not in worker.log()
+
+
+def test_a_worker_on_a_worker_scoped_shared_secret_runs_its_tasks(api_factory, tokens,
+                                                                  worker_factory):
+    """With shared_secret_scope = worker, a worker holding the secret gets the scope of the
+    entry naming it (its JWTs' sub is its node name): its own queue, not another's."""
+    secret = "s" * 32
+    api = api_factory(env={"AIRFLOW__CORE__INTERNAL_API_SECRET_KEY": secret,
+                           "EDGE_KOMBU_SHARED_SECRET_SCOPE": "worker"})
+    tokens.create("site-d-*", queues=["qd"], issue_token=False)
+    worker = worker_factory(api.url.replace("http://", "edge+http://"), name="site-d-1",
+                            queues="qd", env={"AIRFLOW__CORE__INTERNAL_API_SECRET_KEY": secret})
+    url = api.url.replace("http://", f"edge+http://:{tokens.create('centre', kind='central')}@")
+    client = Celery("edge_central_secret", broker=url, backend=url, set_as_current=False)
+    client.conf.update(task_acks_late=True, broker_connection_retry=False)
+    try:
+        assert task(client, "add", 1, 1, queue="qd").get(timeout=30) == 2
+    finally:
+        client.close()
+    assert "Forbidden" not in worker.log()
+    refused = worker_factory(api.url.replace("http://", "edge+http://"), name="site-d-2",
+                             queues="qother", wait_ready=False,
+                             env={"AIRFLOW__CORE__INTERNAL_API_SECRET_KEY": secret})
+    wait_for(lambda: not refused.alive(), timeout=60, message="the worker to stop")
+    assert "Unrecoverable error: Forbidden(\"declaring queue 'qother'" in refused.log()

@@ -39,7 +39,9 @@ def sites(api, tokens, worker_factory):
     for site in ("a", "b"):
         token = tokens.create(f"site-{site}-*", queues=[f"q{site}"])
         urls[site] = api.url.replace("http://", f"edge+http://:{token}@")
-    workers = {site: worker_factory(urls[site], name=f"site-{site}-1", queues=f"q{site}")
+    # Site A sends task events too (-E): a worker token may publish them.
+    workers = {site: worker_factory(urls[site], name=f"site-{site}-1", queues=f"q{site}",
+                                    events=site == "a")
                for site in ("a", "b")}
     return urls, workers
 

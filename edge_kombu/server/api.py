@@ -171,6 +171,7 @@ def queue_declare(body: dict) -> dict:
         arguments=body.get("arguments"),
         passive=passive,
         owner=scope.owner_for(body["name"]),
+        central=scope.central,
     )
     return {"name": info.name, "messages": info.messages, "consumers": info.consumers}
 

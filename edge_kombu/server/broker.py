@@ -215,9 +215,11 @@ class Broker:
         arguments: dict | None = None,
         passive: bool = False,
         owner: str | None = None,
+        central: bool = False,
     ) -> QueueInfo:
         """Create a queue (``passive``: look it up). ``owner``: a worker credential's private
-        queue; it is recorded at creation, and refused if the queue has another owner."""
+        queue; it is recorded at creation, and refused if the queue has another owner.
+        ``central``: the centre declares it, and takes it over from any owner."""
         arguments = arguments or {}
         expires_ms = _positive_ms(arguments, "x-expires")
         ttl_ms = arguments.get("x-message-ttl")
@@ -248,6 +250,12 @@ class Broker:
                     now=now,
                     touch=True,
                 )
+            if central and not passive:
+                # A queue the centre declares is the centre's (say, a reply queue a worker
+                # declared under the centre's name while the centre's was gone).
+                tx.conn.execute(update(m.queue).where(m.queue.c.name == name,
+                                                      m.queue.c.owner.is_not(None))
+                                .values(owner=None))
             if owner is not None:
                 stored = tx.conn.execute(
                     select(m.queue.c.owner).where(m.queue.c.name == name)

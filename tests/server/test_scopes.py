@@ -12,10 +12,13 @@ the others get 403 naming what they may do (401 for revoked and expired).
 from __future__ import annotations
 
 import base64
+import functools
+import http.server
 import json
 import os
 import secrets
 import subprocess
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -247,6 +250,10 @@ def test_private_queues_belong_to_their_declarer(world):
                         ("consume", {"session": uuid.uuid4().hex, "queues": [{"name": reply}]}),
                         ("queue/delete", {"name": reply}), ("queue/purge", {"name": reply})):
         assert error_message(call("token-b", route, body), 403)
+    # A queue the centre declares is the centre's, whoever declared it first.
+    ok("central", "queue/declare", {"name": reply})
+    assert "consuming queue" in error_message(call("token-a", "consume", {
+        "session": uuid.uuid4().hex, "queues": [{"name": reply, "no_ack": True}]}), 403)
     # Its own remote-control queue by its worker name; not another site's.
     ok("token-a", "queue/declare", {"name": "site-a-1@host.celery.pidbox"})
     ok("token-a", "queue/bind", {"queue": "site-a-1@host.celery.pidbox",
@@ -381,3 +388,26 @@ def test_token_commands_with_scopes(api, db_url):
     as_json = json.loads(_cli("token", "list", "--json", "--db", db_url).stdout)
     assert {row["name"] for row in as_json} == {"wisconsin-*", "flower", "oidc-site-*"}
     assert "ekt_" not in json.dumps(as_json)
+
+
+def test_oidc_keys_from_a_jwks_url(api_factory, tokens, tmp_path):
+    """The issuer's keys fetched over HTTP (PyJWKClient), as from a real issuer's jwks_uri."""
+    issuer = OIDCIssuer(tmp_path)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    keys = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=keys.serve_forever, daemon=True)
+    serving.start()
+    try:
+        api = api_factory(env={
+            "EDGE_KOMBU_OIDC_ISSUER": ISSUER, "EDGE_KOMBU_OIDC_AUDIENCE": AUDIENCE,
+            "EDGE_KOMBU_OIDC_JWKS_URL": f"http://127.0.0.1:{keys.server_port}/jwks.json"})
+        tokens.create("site-u-*", queues=["qu"], issue_token=False)
+        answer = post(api, "hello", {}, token=issuer.mint("site-u-1"))
+        assert answer.status_code == 200 and answer.json()["principal"] == "site-u-*"
+        (tmp_path / "other").mkdir()
+        stranger = OIDCIssuer(tmp_path / "other")  # another key under the same kid
+        assert "OIDC token rejected" in error_message(
+            post(api, "hello", {}, token=stranger.mint("site-u-1")), 401)
+    finally:
+        keys.shutdown()
+        keys.server_close()

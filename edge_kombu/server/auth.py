@@ -191,8 +191,7 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise errors.AuthenticationFailed("OIDC token expired") from None
-        except (jwt.InvalidTokenError, jwt.PyJWKClientError, jwt.PyJWKSetError, KeyError,
-                OSError) as exc:
+        except (jwt.PyJWTError, KeyError, OSError) as exc:  # bad token, keys or JWKS file
             raise errors.AuthenticationFailed(
                 f"OIDC token rejected ({type(exc).__name__}): check the issuer, audience and "
                 "signing keys configured on the server"

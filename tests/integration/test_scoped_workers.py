@@ -64,7 +64,7 @@ def test_each_site_runs_its_tasks_and_chords(sites, central_client):
     result = chord(header)(sig(client, "tsum").set(queue="qa"))
     assert result.get(timeout=60) == sum(range(1, 6))
     for worker in workers.values():
-        assert "403" not in worker.log() and "Forbidden" not in worker.log(), worker.log()
+        assert "Forbidden" not in worker.log(), worker.log()  # the 403s' exception
 
 
 def test_remote_control_needs_a_central_credential(sites, central_client):

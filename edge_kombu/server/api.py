@@ -162,7 +162,7 @@ def exchange_delete(body: dict) -> dict:
 @route("queue/declare")
 def queue_declare(body: dict) -> dict:
     scope, passive = _scope(), body.get("passive", False)
-    scope.check_declare(body["name"], passive=passive)
+    scope.check_declare(body["name"])
     info = _services().broker.declare_queue(
         body["name"],
         durable=body.get("durable", True),

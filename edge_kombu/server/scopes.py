@@ -116,9 +116,9 @@ class Scope:
             return None
         return self.name
 
-    def check_declare(self, queue: str, *, passive: bool) -> None:
-        """Task queues it may use, its remote-control queue, private queues (owned by the
-        broker's check); a passive declare only of queues it may consume or publish to."""
+    def check_declare(self, queue: str) -> None:
+        """Declare (or look up) task queues it may use, its remote-control queue, and
+        private queues (the broker refuses one that another credential owns)."""
         if self.central or self.task_queue(queue) or self.owns_pidbox(queue):
             return
         if self.is_private(queue):

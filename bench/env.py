@@ -86,7 +86,8 @@ def _migrate(url: str) -> None:
 def create_token(db_url: str, name: str = "bench") -> str:
     sql = SQL.from_url(db_url, pool_size=1)
     try:
-        return Credentials(sql).create(name)
+        # Central: the bench publishes, consumes and inspects with the one token.
+        return Credentials(sql).create(name, kind="central")
     finally:
         sql.dispose()
 

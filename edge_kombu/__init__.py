@@ -6,7 +6,8 @@ Celery processes of any app into the transport through Celery's signals; the mod
 that do it are imported only when a worker or Flower starts:
 
 - a Celery worker (``worker_init``) gets the consumer step of
-  :mod:`edge_kombu.worker.loop` (acks and control commands go out at once);
+  :mod:`edge_kombu.worker.loop` (acks and control commands go out at once), and its API
+  clients are named by its node name (``client_name``, unless set);
 - Flower (its start-up sends ``import_modules``) reads queue lengths through the edge
   API (:mod:`edge_kombu.flower`).
 """
@@ -28,6 +29,17 @@ def _worker_starting(sender=None, **kwargs) -> None:
     from edge_kombu.worker.loop import add_step
 
     add_step(sender)
+    _name_clients(sender)
+
+
+def _name_clients(worker) -> None:
+    """A worker's API clients go by its node name unless ``client_name`` is set: the
+    ``sub`` of its shared-secret JWTs, which a worker-scoped server maps to its scope."""
+    conf = worker.app.conf
+    for key in ("broker_transport_options", "result_backend_transport_options"):
+        options = dict(conf.get(key) or {})
+        if "client_name" not in options:
+            conf[key] = {**options, "client_name": worker.hostname}
 
 
 def _modules_importing(sender=None, **kwargs) -> None:

@@ -37,6 +37,34 @@ def _credentials(db_url: str | None):
     return Credentials(_sql(db_url))
 
 
+def _actor_option(func):
+    return click.option(
+        "--actor",
+        help="Who acts, as the audit log records it (default: your OS user name).",
+    )(func)
+
+
+def _actor(name: str | None):
+    """The audit log's actor of this command: ``--actor``, else the OS user."""
+    import getpass
+    import os
+
+    from edge_kombu.server.audit import Actor
+
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+            name = f"uid {os.getuid()}"
+    return Actor(name, "cli")
+
+
+def _audit(db_url: str | None):
+    from edge_kombu.server.audit import AuditLog
+
+    return AuditLog(_sql(db_url))
+
+
 def _fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(1)
@@ -123,81 +151,109 @@ def migrate(db_url) -> None:
 
 @main.group()
 def token() -> None:
-    """Per-worker API tokens (stored hashed)."""
+    """API credentials: worker tokens with a scope, central tokens (stored hashed)."""
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str | None) -> float | None:
+    """``90s``, ``30m``, ``12h``, ``30d``, ``2w`` or plain seconds, as seconds."""
+    if text is None:
+        return None
+    text = text.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = 0
+    if not seconds > 0:
+        _fail(f"--expires: {text!r} is not a duration such as 3600, 90m, 12h, 30d or 2w")
+    return seconds
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [name for value in values for name in value.split(",") if name.strip()]
 
 
 @token.command("create")
-@click.option("--worker", "name", required=True, help="Name the token is issued for.")
+@click.option("--worker", help="Worker name or pattern (e.g. 'wisconsin-*') the token is for.")
+@click.option("--central", help="Name of a central credential (scheduler, Flower, celery "
+              "inspect/control at the centre): may do everything.")
+@click.option("--queues", multiple=True, help="Queues the worker may consume and publish to, "
+              "comma-separated (default: celery).")
+@click.option("--publish", multiple=True, help="Further queues the worker may publish to "
+              "(retries, chord callbacks), comma-separated.")
+@click.option("--expires", help="Lifetime: seconds, or 90m, 12h, 30d, 2w (default: never).")
+@click.option("--no-token", is_flag=True, help="Record the worker's scope only, for its "
+              "shared-secret or OIDC JWTs; issue no token.")
+@_actor_option
 @_db_option
-def token_create(name, db_url) -> None:
+def token_create(worker, central, queues, publish, expires, no_token, actor, db_url) -> None:
     """Issue a token; prints only the token on stdout."""
     from edge_kombu.errors import EdgeError
     from edge_kombu.protocol import MAX_NAME_LENGTH
 
-    if not name or len(name) > MAX_NAME_LENGTH:
-        _fail(f"--worker must be 1 to {MAX_NAME_LENGTH} characters")
+    if bool(worker) == bool(central):
+        _fail("give one of --worker NAME or --central NAME")
+    name = worker or central
+    if len(name) > MAX_NAME_LENGTH:
+        _fail(f"the name must be 1 to {MAX_NAME_LENGTH} characters")
+    if central and (queues or publish or no_token):
+        _fail("--queues, --publish and --no-token are for --worker; a central token may use "
+              "every queue")
     try:
-        click.echo(_credentials(db_url).create(name))
+        issued = _credentials(db_url).create(
+            name, kind="central" if central else "worker",
+            queues=_split(queues) if queues else None, publish=_split(publish),
+            expires=_duration(expires), issue_token=not no_token, actor=_actor(actor),
+        )
     except EdgeError as exc:
         _fail(exc.message)
+    if issued:
+        click.echo(issued)
+    else:
+        click.echo(f"recorded the scope of {name} (no token issued)", err=True)
+
+
+def _when(ts: float | None) -> str:
+    from datetime import datetime
+
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 @token.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @_db_option
 def token_list(as_json, db_url) -> None:
-    """List who holds a token (never the tokens themselves)."""
-    from datetime import datetime
-
+    """List the credentials: worker, queues, publish, expiry, last use (never the tokens)."""
     rows = _credentials(db_url).list()
     if as_json:
         click.echo(json.dumps(rows))
         return
-    for row in rows:
-        created = datetime.fromtimestamp(row["created_at"], UTC).isoformat(timespec="seconds")
-        click.echo(f"{row['name']}\t{created}")
+    click.echo(_table(
+        [[row["name"], row["kind"] + ("" if row["token"] else " (no token)"),
+          ",".join(row["queues"]) or "-", ",".join(row["publish"]) or "-",
+          _when(row["expires_at"]), _when(row["last_used_at"]), _when(row["created_at"])]
+         for row in rows],
+        ["NAME", "KIND", "QUEUES", "PUBLISH", "EXPIRES (UTC)", "LAST USED", "CREATED"],
+    ))
 
 
 @token.command("revoke")
 @click.argument("name")
+@_actor_option
 @_db_option
-def token_revoke(name, db_url) -> None:
-    """Revoke NAME's token; effective on its next request."""
+def token_revoke(name, actor, db_url) -> None:
+    """Revoke NAME's token; effective on its next request (a waiting consume within 1 s)."""
     from edge_kombu.errors import EdgeError
 
     try:
-        _credentials(db_url).revoke(name)
+        _credentials(db_url).revoke(name, actor=_actor(actor))
     except EdgeError as exc:
         _fail(exc.message)
     click.echo(f"revoked the token of {name}", err=True)
-
-
-def _actor_option(func):
-    return click.option(
-        "--actor",
-        help="Who acts, as the audit log records it (default: your OS user name).",
-    )(func)
-
-
-def _actor(name: str | None):
-    """The audit log's actor of this command: ``--actor``, else the OS user."""
-    import getpass
-    import os
-
-    from edge_kombu.server.audit import Actor
-
-    if not name:
-        try:
-            name = getpass.getuser()
-        except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-            name = f"uid {os.getuid()}"
-    return Actor(name, "cli")
-
-
-def _audit(db_url: str | None):
-    from edge_kombu.server.audit import AuditLog
-
-    return AuditLog(_sql(db_url))
 
 
 def _registry(db_url: str | None):

@@ -150,7 +150,10 @@ def registry(sql, broker, jobs) -> WorkerRegistry:
 
 @pytest.fixture
 def token(tokens) -> str:
-    return tokens.create("test-worker")
+    """A central token: the tests hand it to the publishing client and to the workers alike
+    (what worker-scoped tokens may not do is tested in tests/server/test_scopes.py and
+    tests/integration/test_scoped_workers.py)."""
+    return tokens.create("test-worker", kind="central")
 
 
 @pytest.fixture

@@ -42,9 +42,29 @@ EDGE_OPTIONS = {
         example="https://airflow.example.com/edge/",
     ),
     "token_file": _option(
-        "File holding a per-worker token issued by ``edge-kombu token create --worker NAME``.\n"
+        "File holding a per-worker token issued by ``edge-kombu token create --worker NAME``\n"
+        "(or an OIDC identity token; read again when it changes).\n"
         "Unset: the shared secret ``[core] internal_api_secret_key`` is used.\n",
         example="/etc/edge-kombu/token",
+    ),
+    "shared_secret_scope": _option(
+        "What a JWT signed with ``[core] internal_api_secret_key`` may do on the edge API:\n"
+        "``central`` (everything: everyone holding the secret is central) or ``worker`` (the\n"
+        "scope of the worker entry naming its ``sub``, ``edge-kombu token create --worker\n"
+        "NAME --queues Q --no-token``).\n",
+        default="central",
+    ),
+    "oidc_issuer": _option(
+        "OIDC workload identity: the issuer (``iss``) whose identity tokens the edge API\n"
+        "accepts; with ``oidc_audience`` and ``oidc_jwks_url`` or ``oidc_jwks_file``.\n",
+        example="https://token.actions.example.com",
+    ),
+    "oidc_audience": _option("OIDC workload identity: the audience (``aud``) expected.\n"),
+    "oidc_jwks_url": _option("OIDC workload identity: URL of the issuer's signing keys.\n"),
+    "oidc_jwks_file": _option("OIDC workload identity: file holding the signing keys.\n"),
+    "oidc_worker_claim": _option(
+        "OIDC workload identity: the claim naming the worker, whose entry gives its scope.\n",
+        default="sub",
     ),
     "heartbeat_interval": _option(
         "Seconds between two heartbeats of an edge worker.\n",

@@ -1,7 +1,9 @@
-"""The HTTP routes of the edge API: validate, call one service, answer JSON.
+"""The HTTP routes of the edge API: validate, authorize, call one service, answer JSON.
 
 The services are those of :class:`~edge_kombu.server.app.Services`; the request bodies
 are validated against the JSON Schemas of :mod:`edge_kombu.protocol` before a handler runs.
+Each handler checks the caller's :class:`~edge_kombu.server.scopes.Scope` (``g.scope``)
+for what it asks; the broker checks where a message would go inside its transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from edge_kombu.protocol import (
 from edge_kombu.server import metrics
 from edge_kombu.server.logs import TaskInstanceTry
 from edge_kombu.server.openapi import openapi_document
+from edge_kombu.server.scopes import Scope
 from edge_kombu.server.validation import validate
 
 bp = Blueprint("edge_api", __name__, url_prefix=API_PATH)
@@ -89,7 +92,26 @@ def _check_protocol() -> None:
 
 
 def _authenticate(name: str) -> None:
-    g.principal = _services().auth.authenticate(request.headers.get("Authorization"), name)
+    g.scope = _services().auth.authenticate(request.headers.get("Authorization"), name)
+    g.principal = g.scope.name
+
+
+def _scope() -> Scope:
+    return g.scope
+
+
+def _owner(queue: str) -> str | None:
+    return _services().broker.queue_owners([queue]).get(queue)
+
+
+def _own_session(session: str, what: str) -> None:
+    """A worker credential acts only in consumer sessions it opened."""
+    scope = _scope()
+    if scope.central:
+        return
+    opener = _services().broker.session_principal(session)
+    if opener is not None and opener != scope.name:
+        raise scope.forbid(f"{what} in consumer session {session}, opened by another credential")
 
 
 # -- exchanges, queues, bindings ---------------------------------------------------------
@@ -100,12 +122,20 @@ def hello(_body: dict) -> dict:
     config = _services().config
     return {
         "principal": g.principal,
+        "scope": _describe_scope(_scope()),
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
         "max_wait": config.max_wait,
         "lease_timeout": config.lease_timeout,
         "max_body_bytes": config.max_body_bytes,
     }
+
+
+def _describe_scope(scope: Scope) -> dict:
+    if scope.central:
+        return {"kind": "central"}
+    return {"kind": "worker", "workers": scope.workers, "queues": sorted(scope.queues),
+            "publish": sorted(scope.publish)}
 
 
 @route("exchange/declare")
@@ -123,25 +153,31 @@ def exchange_declare(body: dict) -> dict:
 
 @route("exchange/delete")
 def exchange_delete(body: dict) -> dict:
+    _scope().require_central(f"deleting exchange {body['name']!r}")
     _services().broker.delete_exchange(body["name"])
     return {}
 
 
 @route("queue/declare")
 def queue_declare(body: dict) -> dict:
+    scope, passive = _scope(), body.get("passive", False)
+    scope.check_declare(body["name"])
     info = _services().broker.declare_queue(
         body["name"],
         durable=body.get("durable", True),
         auto_delete=body.get("auto_delete", False),
         exclusive=body.get("exclusive", False),
         arguments=body.get("arguments"),
-        passive=body.get("passive", False),
+        passive=passive,
+        owner=scope.owner_for(body["name"]),
+        central=scope.central,
     )
     return {"name": info.name, "messages": info.messages, "consumers": info.consumers}
 
 
 @route("queue/delete")
 def queue_delete(body: dict) -> dict:
+    _scope().check_owned(body["name"], _owner(body["name"]), "deleting")
     deleted = _services().broker.delete_queue(
         body["name"], if_unused=body.get("if_unused", False), if_empty=body.get("if_empty", False)
     )
@@ -150,17 +186,22 @@ def queue_delete(body: dict) -> dict:
 
 @route("queue/purge")
 def queue_purge(body: dict) -> dict:
+    _scope().check_owned(body["name"], _owner(body["name"]), "purging")
     return {"messages": _services().broker.purge_queue(body["name"])}
 
 
 @route("queue/bind")
 def queue_bind(body: dict) -> dict:
+    if not _scope().central:
+        _scope().check_bind(body["queue"], body["exchange"], body.get("routing_key", ""),
+                            _owner(body["queue"]))
     _services().broker.bind(body["queue"], body["exchange"], body.get("routing_key", ""))
     return {}
 
 
 @route("queue/unbind")
 def queue_unbind(body: dict) -> dict:
+    _scope().check_owned(body["queue"], _owner(body["queue"]), "unbinding")
     _services().broker.unbind(body["queue"], body["exchange"], body.get("routing_key", ""))
     return {}
 
@@ -175,6 +216,7 @@ def publish(body: dict) -> dict:
         body["routing_key"],
         body["message"],
         mandatory=body.get("mandatory", False),
+        check=None if _scope().central else _scope().check_publish,
     )
     metrics.PUBLISHED.inc(len(queues))
     return {"routed": len(queues)}
@@ -182,6 +224,10 @@ def publish(body: dict) -> dict:
 
 @route("consume")
 def consume(body: dict) -> dict:
+    scope = _scope()
+    names = [q["name"] for q in body["queues"]]
+    private = scope.private_queues(names)
+    scope.check_consume(names, _services().broker.queue_owners(private) if private else {})
     found = _services().broker.consume(
         body["session"],
         g.principal,
@@ -190,6 +236,8 @@ def consume(body: dict) -> dict:
         max_messages=body.get("max_messages", 1),
         total_slots=body.get("total_slots"),
         wait=body.get("wait", 0.0),
+        grantee=None if scope.central else scope.name,
+        still_valid=scope.still_valid,
     )
     metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}
@@ -212,6 +260,7 @@ def reject(body: dict) -> dict:
 
 
 def _settle(verb: str, body: dict, apply) -> dict:
+    _own_session(body["session"], f"{verb}ing messages")
     tags = body["delivery_tags"]
     done, unknown = apply(body["session"], tags)
     if unknown and not done:
@@ -225,11 +274,13 @@ def _settle(verb: str, body: dict, apply) -> dict:
 
 @route("session/close")
 def session_close(body: dict) -> dict:
+    _own_session(body["session"], "closing")
     return {"released": _services().broker.close_session(body["session"])}
 
 
 @route("session/wake")
 def session_wake(body: dict) -> dict:
+    _own_session(body["session"], "waking")
     _services().broker.signal(sessions=[body["session"]])
     return {}
 
@@ -239,11 +290,14 @@ def session_wake(body: dict) -> dict:
 
 @route("worker/heartbeat")
 def worker_heartbeat(body: dict) -> dict:
-    return _services().workers.heartbeat(body)
+    scope = _scope()
+    scope.check_worker(body["name"], "heartbeating")
+    return _services().workers.heartbeat(body, grantee=None if scope.central else scope.name)
 
 
 @route("worker/deregister")
 def worker_deregister(body: dict) -> dict:
+    _scope().check_worker(body["name"], "deregistering")
     _services().workers.deregister(body["name"], body["instance"])
     return {}
 
@@ -271,30 +325,53 @@ def _decode_value(body: dict) -> bytes:
     return body["value"].encode("utf-8")
 
 
+def _check_results(keys: list[str], *, write: bool) -> None:
+    scope = _scope()
+    if scope.central:
+        return
+    refused = _services().grants.refused_keys(scope.name, keys, write=write)
+    if refused:
+        verb = "writing" if write else "reading"
+        raise scope.forbid(f"{verb} result(s) {', '.join(map(repr, refused[:5]))}")
+
+
+def _check_log(ti: TaskInstanceTry, verb: str) -> TaskInstanceTry:
+    scope = _scope()
+    if not scope.central and not _services().grants.holds_task_instance(scope.name, ti):
+        raise scope.forbid(f"{verb} the log of {ti.dag_id}.{ti.task_id} {ti.run_id} "
+                           f"(map {ti.map_index}, try {ti.try_number}), not a task delivered to it")
+    return ti
+
+
 @route("results/get")
 def results_get(body: dict) -> dict:
+    _check_results([body["key"]], write=False)
     return {"value": _encode_value(_services().results.get(body["key"]))}
 
 
 @route("results/mget")
 def results_mget(body: dict) -> dict:
+    _check_results(body["keys"], write=False)
     return {"values": [_encode_value(v) for v in _services().results.mget(body["keys"])]}
 
 
 @route("results/set")
 def results_set(body: dict) -> dict:
+    _check_results([body["key"]], write=True)
     _services().results.set(body["key"], _decode_value(body), expires=body.get("expires"))
     return {}
 
 
 @route("results/delete")
 def results_delete(body: dict) -> dict:
+    _check_results([body["key"]], write=True)
     _services().results.delete(body["key"])
     return {}
 
 
 @route("results/incr")
 def results_incr(body: dict) -> dict:
+    _check_results([body["key"]], write=True)
     value = _services().results.incr(
         body["key"], body.get("amount", 1), expires=body.get("expires")
     )
@@ -303,6 +380,7 @@ def results_incr(body: dict) -> dict:
 
 @route("results/expire")
 def results_expire(body: dict) -> dict:
+    _check_results([body["key"]], write=True)
     return {"found": _services().results.expire(body["key"], body.get("expires"))}
 
 
@@ -311,16 +389,15 @@ def results_expire(body: dict) -> dict:
 
 @route("logs/push")
 def logs_push(body: dict) -> dict:
-    length = _services().logs.append(
-        TaskInstanceTry.from_request(body), body["offset"], body["data"], ti_id=body.get("ti_id")
-    )
+    ti = _check_log(TaskInstanceTry.from_request(body), "pushing to")
+    length = _services().logs.append(ti, body["offset"], body["data"], ti_id=body.get("ti_id"))
     return {"length": length}
 
 
 @route("logs/read")
 def logs_read(body: dict) -> dict:
     got = _services().logs.read(
-        TaskInstanceTry.from_request(body), body.get("offset", 0),
+        _check_log(TaskInstanceTry.from_request(body), "reading"), body.get("offset", 0),
         body.get("limit", MAX_LOG_READ),
     )
     return {"found": got.found, "data": got.data, "offset": got.offset,

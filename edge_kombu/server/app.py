@@ -16,11 +16,12 @@ from edge_kombu import errors
 from edge_kombu.server import limits, metrics
 from edge_kombu.server.api import bp
 from edge_kombu.server.audit import AuditLog
-from edge_kombu.server.auth import Authenticator
+from edge_kombu.server.auth import Authenticator, OIDCSettings
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import ServerConfig
 from edge_kombu.server.credentials import Credentials
 from edge_kombu.server.db import describe
+from edge_kombu.server.grants import TaskGrants
 from edge_kombu.server.housekeeping import Housekeeping, IntervalScheduler
 from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.logs import TaskLogs
@@ -52,6 +53,7 @@ class Services:
     broker: Broker
     results: Results
     credentials: Credentials
+    grants: TaskGrants
     workers: WorkerRegistry
     audit: AuditLog
     jobs: JobHistory
@@ -82,11 +84,13 @@ def build_services(config: ServerConfig) -> Services:
     wakeup = PostgresWakeup(waiters) if sql.notifies else LocalWakeup(waiters)
     sql.wakeup = wakeup
     jobs = JobHistory(sql)
+    grants = TaskGrants(sql)
     broker = Broker(sql, lease_timeout=config.lease_timeout, max_wait=config.max_wait,
-                    starvation_guard=config.starvation_guard, waiters=waiters, history=jobs)
+                    starvation_guard=config.starvation_guard, waiters=waiters, history=jobs,
+                    grants=grants)
     results = Results(sql, history=jobs)
-    credentials = Credentials(sql)
     audit = AuditLog(sql)
+    credentials = Credentials(sql, audit=audit)
     workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,
                              worker_timeout=config.worker_timeout)
     logs = TaskLogs(sql, retention_days=config.log_retention_days)
@@ -104,10 +108,11 @@ def build_services(config: ServerConfig) -> Services:
         config=config,
         sql=sql,
         waiters=waiters,
-        auth=Authenticator(credentials, config.secret_key, leeway=config.jwt_leeway),
+        auth=_authenticator(config, credentials),
         broker=broker,
         results=results,
         credentials=credentials,
+        grants=grants,
         workers=workers,
         audit=audit,
         jobs=jobs,
@@ -136,6 +141,16 @@ class BoundedRequest(Request):
         if len(body) > limit:
             raise RequestEntityTooLarge()
         return io.BytesIO(body)
+
+
+def _authenticator(config: ServerConfig, credentials: Credentials) -> Authenticator:
+    oidc = None
+    if config.oidc_issuer:
+        oidc = OIDCSettings(config.oidc_issuer, config.oidc_audience, config.oidc_jwks_url,
+                            config.oidc_jwks_file, config.oidc_worker_claim)
+    return Authenticator(credentials, config.secret_key, leeway=config.jwt_leeway,
+                         jwt_max_lifetime=config.jwt_max_lifetime,
+                         shared_secret_scope=config.shared_secret_scope, oidc=oidc)
 
 
 def create_app(config: ServerConfig, *, start_background: bool = True,

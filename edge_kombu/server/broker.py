@@ -45,6 +45,7 @@ from edge_kombu.server.config import (
     DEFAULT_MAX_WAIT,
     DEFAULT_STARVATION_GUARD,
 )
+from edge_kombu.server.grants import TaskGrants
 from edge_kombu.server.routing import binding_id, route
 from edge_kombu.server.sql import SQL, Transaction
 from edge_kombu.server.wakeup import WaiterRegistry
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 MAX_PRIORITY = 255
 #: Seconds a closed session is kept (so that a late request gets "closed", not "unknown").
 CLOSED_SESSION_KEPT = 3600.0
+#: A waiting long-poll re-checks its caller's credential at least this often (seconds), so
+#: a revocation cuts it within a second.
+CREDENTIAL_RECHECK = 0.5
+_CREDENTIAL_GONE = "the credential was revoked or expired while the consume waited"
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class Broker:
         max_wait: float = DEFAULT_MAX_WAIT,
         waiters: WaiterRegistry | None = None,
         history: History | None = None,
+        grants: TaskGrants | None = None,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError("lease_timeout must be > 0 seconds")
@@ -159,6 +165,7 @@ class Broker:
         self.max_wait = max_wait
         self.waiters = waiters if waiters is not None else WaiterRegistry()
         self.history = history
+        self.grants = grants
         self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 4)
 
     # -- exchanges, queues, bindings ----------------------------------------------------
@@ -209,7 +216,12 @@ class Broker:
         exclusive: bool = False,
         arguments: dict | None = None,
         passive: bool = False,
+        owner: str | None = None,
+        central: bool = False,
     ) -> QueueInfo:
+        """Create a queue (``passive``: look it up). ``owner``: a worker credential's private
+        queue; it is recorded at creation, and refused if the queue has another owner.
+        ``central``: the centre declares it, and takes it over from any owner."""
         arguments = arguments or {}
         expires_ms = _positive_ms(arguments, "x-expires")
         ttl_ms = arguments.get("x-message-ttl")
@@ -236,9 +248,25 @@ class Broker:
                     exclusive=exclusive,
                     expires_ms=expires_ms,
                     message_ttl_ms=None if ttl_ms is None else int(ttl_ms),
+                    owner=owner,
                     now=now,
                     touch=True,
                 )
+            if central and not passive:
+                # A queue the centre declares is the centre's (say, a reply queue a worker
+                # declared under the centre's name while the centre's was gone).
+                tx.conn.execute(update(m.queue).where(m.queue.c.name == name,
+                                                      m.queue.c.owner.is_not(None))
+                                .values(owner=None))
+            if owner is not None:
+                stored = tx.conn.execute(
+                    select(m.queue.c.owner).where(m.queue.c.name == name)
+                ).scalar()
+                if stored != owner:
+                    raise errors.Forbidden(
+                        f"queue {name!r} was declared by another credential; a private queue "
+                        "(reply, event) belongs to the credential that declared it"
+                    )
             return QueueInfo(name, self._depth(tx.conn, name), self._consumers(tx.conn, name, now))
 
     def _create_queue(
@@ -315,6 +343,16 @@ class Broker:
             })
         return overview
 
+    def queue_owners(self, names: Iterable[str]) -> dict[str, str | None]:
+        """The owner of each existing queue of ``names`` (None: not a private queue)."""
+        names = set(names)
+        if not names:
+            return {}
+        with self.sql.connect() as conn:
+            return dict(conn.execute(
+                select(m.queue.c.name, m.queue.c.owner).where(m.queue.c.name.in_(names))
+            ).all())
+
     def queue_info(self, name: str) -> QueueInfo:
         return self.declare_queue(name, passive=True)
 
@@ -370,9 +408,13 @@ class Broker:
     # -- publishing ---------------------------------------------------------------------
 
     def publish(
-        self, exchange: str, routing_key: str, message: dict, *, mandatory: bool = False
+        self, exchange: str, routing_key: str, message: dict, *, mandatory: bool = False,
+        check: Callable[[str, str, list[str]], None] | None = None,
     ) -> list[str]:
-        """Route ``message`` and store one copy per queue; returns the queues reached."""
+        """Route ``message`` and store one copy per queue; returns the queues reached.
+
+        ``check(exchange, routing_key, queues)`` may refuse the queues the message would
+        reach (a worker credential's scope) before anything is stored."""
         slots = message_slots(message)
         priority = message_priority(message)
         expiration = message_expiration(message)
@@ -401,6 +443,8 @@ class Broker:
                 targets = [routing_key] if routing_key else []
                 if targets:
                     self._create_queue(conn, routing_key, now=now)
+            if check is not None:
+                check(exchange, routing_key, targets)  # raising rolls the transaction back
             ttls = (
                 dict(
                     conn.execute(
@@ -452,6 +496,8 @@ class Broker:
         max_messages: int = 1,
         total_slots: int | None = None,
         wait: float = 0.0,
+        grantee: str | None = None,
+        still_valid: Callable[..., bool] | None = None,
     ) -> list[Delivery]:
         """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
 
@@ -460,27 +506,69 @@ class Broker:
         even empty, when this session's capacity changed (an ack, a close), so that the
         client asks again with its new capacity. The session's liveness is written at
         most every ``lease_timeout / 4`` seconds per process.
+
+        ``grantee`` (a worker credential) is granted the task messages it leases.
+        ``still_valid`` re-checks the caller's credential before each claim, after a claim
+        that found messages and at least every :data:`CREDENTIAL_RECHECK` seconds while
+        waiting: a revocation cuts the poll and closes the session, so nothing is handed
+        over and its leases are redelivered.
         """
         names = [name for name, _ in queues]
         wait = min(wait, self.max_wait)
         self._touches.touch(session, principal, names)
         deadline = time.monotonic() + wait
-        with self.waiters.waiting(names, session, max_slots) as waiter:
-            while True:
-                waiter.event.clear()
-                found = self.claim(session, queues, max_slots=max_slots,
-                                   max_messages=max_messages, total_slots=total_slots)
-                remaining = deadline - time.monotonic()
-                if found or remaining <= 0 or waiter.by_session:
-                    break
-                if not waiter.wait(remaining) or waiter.by_session:
-                    # Timed out, or this session's capacity changed: let the client ask again.
-                    break
+        try:
+            found, waiter = self._poll(session, queues, deadline, still_valid, max_slots=max_slots,
+                                       max_messages=max_messages, total_slots=total_slots,
+                                       grantee=grantee)
+        except errors.AuthenticationFailed:
+            # A revoked credential's session ends: its leases (and any just taken) go back,
+            # and the other consumers of its queues hear of them and of any wake-up it had.
+            self.close_session(session)
+            self.signal(queues=names)
+            raise
         if waiter.event.is_set() and not waiter.by_session:
             # Woken for one message that this consume did not claim (it had its answer, or its
             # wait ran out): a publish wakes one waiter per message, so hand the wake-up on.
             self.waiters.wake_some({queue: (1, None) for queue in waiter.queues})
         return found
+
+    def _poll(self, session, queues, deadline, still_valid, **claim_args):
+        """Claim, and wait while nothing comes: the loop of :meth:`consume`."""
+        names = [name for name, _ in queues]
+        recheck = still_valid is not None
+        with self.waiters.waiting(names, session, claim_args["max_slots"]) as waiter:
+            while True:
+                waiter.event.clear()
+                self._check_credential(still_valid)
+                found = self.claim(session, queues, **claim_args)
+                if found and recheck and not still_valid(fresh=True):
+                    raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0 or waiter.by_session:
+                    break
+                woken = False
+                while not woken and (remaining := deadline - time.monotonic()) > 0:
+                    woken = waiter.wait(min(remaining, CREDENTIAL_RECHECK) if recheck
+                                        else remaining)
+                    if not woken:
+                        self._check_credential(still_valid)
+                if not woken or waiter.by_session:
+                    # Timed out, or this session's capacity changed: let the client ask again.
+                    break
+        return found, waiter
+
+    @staticmethod
+    def _check_credential(still_valid: Callable[..., bool] | None) -> None:
+        if still_valid is not None and not still_valid():
+            raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
+
+    def session_principal(self, session: str) -> str | None:
+        """Who opened ``session`` (None if unknown)."""
+        with self.sql.connect() as conn:
+            return conn.execute(
+                select(m.session.c.principal).where(m.session.c.id == session)
+            ).scalar()
 
     def touch_session(self, session: str, principal: str, queues: Iterable[str] = ()) -> None:
         """Mark ``session`` alive (opening it if new) and record the queues it consumes."""
@@ -490,13 +578,19 @@ class Broker:
             conn = tx.conn
             touched = conn.execute(
                 update(m.session)
-                .where(m.session.c.id == session, m.session.c.closed_at.is_(None))
+                .where(m.session.c.id == session, m.session.c.closed_at.is_(None),
+                       m.session.c.principal == principal)
                 .values(last_seen=now)
             ).rowcount
             if not touched:
                 closed = conn.execute(
-                    select(m.session.c.closed_at).where(m.session.c.id == session)
+                    select(m.session.c.closed_at, m.session.c.principal)
+                    .where(m.session.c.id == session)
                 ).first()
+                if closed is not None and closed.principal != principal:
+                    raise errors.Forbidden(
+                        f"consumer session {session} belongs to another credential"
+                    )
                 if closed is not None:
                     raise errors.SessionClosed(
                         f"consumer session {session} was closed or expired; open a new one"
@@ -533,6 +627,7 @@ class Broker:
         max_slots: int | None = None,
         max_messages: int = 1,
         total_slots: int | None = None,
+        grantee: str | None = None,
     ) -> list[Delivery]:
         """Lease (or, for ``no_ack`` queues, take) up to ``max_messages`` ready messages.
 
@@ -610,6 +705,11 @@ class Broker:
                 if self.history is not None:
                     self.history.claimed(tx.conn, session, [
                         (row.id, message) for row, message in zip(chosen, messages, strict=True)
+                        if row.queue not in no_ack
+                    ], now)
+                if grantee is not None and self.grants is not None:
+                    self.grants.record(tx.conn, grantee, [
+                        message for row, message in zip(chosen, messages, strict=True)
                         if row.queue not in no_ack
                     ], now)
         deliveries = []
@@ -833,16 +933,16 @@ class _SessionTouches:
         self.interval = interval
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._seen: OrderedDict[str, tuple[frozenset, float]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[tuple, float]] = OrderedDict()
 
     def touch(self, session: str, principal: str, queues: list[str]) -> None:
         now = time.monotonic()
-        key = frozenset(queues)
+        key = (principal, frozenset(queues))
         with self._lock:
             last = self._seen.get(session)
         if last is not None and last[0] == key and now - last[1] < self.interval:
             return
-        self.write(session, principal, key)
+        self.write(session, principal, key[1])
         with self._lock:
             self._seen[session] = (key, now)
             self._seen.move_to_end(session)

@@ -40,6 +40,24 @@ DEFAULT_AUTH_FAILURE_LIMIT = "10 per minute"
 DEFAULT_LOGIN_FAILURE_LIMIT = "5 per minute"
 #: Who may read ``/metrics``: "basic" (the web pages' users) or "none" (anyone).
 METRICS_AUTH_CHOICES = ("basic", "none")
+#: Longest lifetime (exp - iat) of a shared-secret JWT the server accepts (clients mint 60 s).
+DEFAULT_JWT_MAX_LIFETIME = 300.0
+#: What a shared-secret JWT may do: everything (Airflow's edge executor), or the scope of
+#: the worker entry naming its ``sub``.
+SHARED_SECRET_SCOPES = ("central", "worker")
+
+
+def _airflow_edge_option(name: str) -> str | None:
+    """``[edge] <name>`` of Airflow's configuration, when Airflow is configured."""
+    from edge_kombu.server.db import airflow_conf
+
+    conf = airflow_conf()
+    return (conf.get("edge", name, fallback=None) or None) if conf is not None else None
+
+
+def env_or_edge(name: str, default: str | None = None) -> str | None:
+    """``EDGE_KOMBU_<NAME>``, else Airflow's ``[edge] <name>``, else ``default``."""
+    return os.environ.get(f"EDGE_KOMBU_{name.upper()}") or _airflow_edge_option(name) or default
 
 
 def env_float(name: str, default: float) -> float:
@@ -128,6 +146,14 @@ class ServerConfig:
     login_failure_limit: str = DEFAULT_LOGIN_FAILURE_LIMIT
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For is believed
     rate_limit_storage: str = "memory://"  # where failures are counted (limits library URI)
+    shared_secret_scope: str = "central"
+    jwt_max_lifetime: float = DEFAULT_JWT_MAX_LIFETIME
+    # OIDC workload identity: accepted when an issuer and an audience are set.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_jwks_file: str | None = None
+    oidc_worker_claim: str = "sub"
 
     def __post_init__(self) -> None:
         if self.secret_key is not None and len(self.secret_key) < MIN_SECRET_LENGTH:
@@ -166,6 +192,18 @@ class ServerConfig:
             raise ValueError("EDGE_KOMBU_TRUSTED_PROXIES must be >= 0")
         check_rate_limit("EDGE_KOMBU_AUTH_FAILURE_LIMIT", self.auth_failure_limit)
         check_rate_limit("EDGE_KOMBU_LOGIN_FAILURE_LIMIT", self.login_failure_limit)
+        if self.shared_secret_scope not in SHARED_SECRET_SCOPES:
+            raise ValueError(f"shared_secret_scope must be one of "
+                             f"{', '.join(SHARED_SECRET_SCOPES)}, got {self.shared_secret_scope!r}")
+        if not 0 < self.jwt_max_lifetime <= 3600:
+            raise ValueError("jwt_max_lifetime must be in (0, 3600] seconds")
+        if self.oidc_issuer or self.oidc_audience:
+            if not (self.oidc_issuer and self.oidc_audience):
+                raise ValueError("OIDC needs both an issuer and an audience "
+                                 "(EDGE_KOMBU_OIDC_ISSUER, EDGE_KOMBU_OIDC_AUDIENCE)")
+            if bool(self.oidc_jwks_url) == bool(self.oidc_jwks_file):
+                raise ValueError("OIDC needs one of EDGE_KOMBU_OIDC_JWKS_URL or "
+                                 "EDGE_KOMBU_OIDC_JWKS_FILE")
 
     @classmethod
     def from_environment(cls, db_url: str, **overrides) -> ServerConfig:
@@ -201,6 +239,13 @@ class ServerConfig:
             or DEFAULT_LOGIN_FAILURE_LIMIT,
             "trusted_proxies": env_int("EDGE_KOMBU_TRUSTED_PROXIES", 0),
             "rate_limit_storage": os.environ.get("EDGE_KOMBU_RATE_LIMIT_STORAGE") or "memory://",
+            "shared_secret_scope": env_or_edge("shared_secret_scope", "central"),
+            "jwt_max_lifetime": env_float("EDGE_KOMBU_JWT_MAX_LIFETIME", DEFAULT_JWT_MAX_LIFETIME),
+            "oidc_issuer": env_or_edge("oidc_issuer"),
+            "oidc_audience": env_or_edge("oidc_audience"),
+            "oidc_jwks_url": env_or_edge("oidc_jwks_url"),
+            "oidc_jwks_file": env_or_edge("oidc_jwks_file"),
+            "oidc_worker_claim": env_or_edge("oidc_worker_claim", "sub"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(db_url=db_url, **values)

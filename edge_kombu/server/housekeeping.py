@@ -135,7 +135,11 @@ class Housekeeping:
         self.jobs.sample_queues(self.broker.queue_overview())
 
     def purge_jobs(self) -> int:
-        return self.jobs.purge(self.job_retention)
+        purged = self.jobs.purge(self.job_retention)
+        if self.broker.grants is not None:  # the task grants live as long as the jobs
+            with self.sql.transaction() as tx:
+                self.broker.grants.purge(tx.conn, self.sql.clock() - self.job_retention)
+        return purged
 
     def purge_logs(self) -> int:
         purged = self.logs.purge()

@@ -177,12 +177,17 @@ class JobHistory:
                 .values(state="done", finished_at=now)
             )
 
-    def running(self, conn: Connection, worker: str, tasks: Sequence[dict], now: float) -> None:
+    def running(self, conn: Connection, worker: str, tasks: Sequence[dict], now: float, *,
+                grantee: str | None = None) -> None:
+        """Mark the jobs a heartbeat lists running on ``worker``; with a ``grantee`` (a worker
+        credential) only the jobs delivered to it."""
         ids = [t["id"] for t in tasks if isinstance(t.get("id"), str)]
         if ids:
+            delivered = () if grantee is None else (m.job.c.task_id.in_(
+                select(m.task_grant.c.task_id).where(m.task_grant.c.principal == grantee)),)
             conn.execute(
                 update(m.job)
-                .where(m.job.c.task_id.in_(ids),
+                .where(m.job.c.task_id.in_(ids), *delivered,
                        or_(m.job.c.state.in_(("queued", "received")), m.job.c.worker.is_(None)))
                 .values(state="running", worker=worker,
                         started_at=func.coalesce(m.job.c.started_at, now))

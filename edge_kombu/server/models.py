@@ -71,6 +71,8 @@ queue = Table(
     Column("message_ttl_ms", BigInteger, nullable=True),
     Column("created_at", Double, nullable=False),
     Column("last_used_at", Double, nullable=False),
+    # The worker credential that declared a private queue (reply, event): only it may use it.
+    Column("owner", _NAME, nullable=True),
 )
 
 message = Table(
@@ -119,12 +121,32 @@ result = Table(
     Column("expires_at", Double, nullable=True, index=True),
 )
 
+# Credentials and their scope. ``name`` is a worker name or pattern (kind "worker") or any
+# name (kind "central"); a row without a hash issues no bearer token and only gives its
+# scope to shared-secret or OIDC JWTs of the workers it names.
 token = Table(
     "edge_kombu_token",
     metadata,
     Column("name", _NAME, primary_key=True),
-    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=True, unique=True),
     Column("created_at", Double, nullable=False),
+    Column("kind", String(16), nullable=False, default="worker"),
+    Column("queues", Text, nullable=True),  # JSON list: may consume (and publish to)
+    Column("publish", Text, nullable=True),  # JSON list: may also publish to
+    Column("expires_at", Double, nullable=True),
+    Column("last_used_at", Double, nullable=True),
+)
+
+# Which worker credential was handed which task (at claim), with the task's group: what
+# a worker credential may read and write of results and task logs.
+task_grant = Table(
+    "edge_kombu_task_grant",
+    metadata,
+    Column("task_id", String(MAX_KEY_LENGTH), primary_key=True),
+    Column("principal", _NAME, primary_key=True),
+    Column("group_id", String(MAX_KEY_LENGTH), nullable=True),
+    Column("granted_at", Double, nullable=False, index=True),
+    Index("ix_edge_kombu_task_grant_group", "group_id", "principal"),
 )
 
 worker = Table(

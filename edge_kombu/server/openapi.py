@@ -28,8 +28,8 @@ _ERROR = {
 _ERRORS = {
     400: "Invalid request: the message names the field and the limit.",
     401: "Missing, unknown, revoked or expired credential.",
-    403: "The credential may not do this (its scope); the message says what it may do.",
-    404: "Unknown queue, exchange or delivery tag.",
+    403: "Outside the credential's scope: the message names what it may do.",
+    404: "Unknown queue, exchange, route or delivery tag.",
     408: "The request's headers and body did not arrive within the request timeout.",
     409: "Conflict with the current state.",
     410: "The consumer session was closed or expired.",

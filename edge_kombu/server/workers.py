@@ -95,8 +95,11 @@ class WorkerRegistry:
 
     # -- the worker's side ----------------------------------------------------------------
 
-    def heartbeat(self, beat: dict) -> dict:
-        """Record one heartbeat (the first registers the worker); return the admins' wishes."""
+    def heartbeat(self, beat: dict, *, grantee: str | None = None) -> dict:
+        """Record one heartbeat (the first registers the worker); return the admins' wishes.
+
+        ``grantee``: the worker credential sending it, whose delivered tasks alone it may
+        mark running in the jobs history."""
         now = self.clock()
         name, instance, reported = beat["name"], beat["instance"], beat["state"]
         with self.sql.transaction() as tx:
@@ -153,7 +156,7 @@ class WorkerRegistry:
                                   "maintenance on" if maintenance else "maintenance off", name,
                                   detail="on the worker host", comment=comment, conn=conn)
             if self.jobs is not None:
-                self.jobs.running(conn, name, beat.get("running") or [], now)
+                self.jobs.running(conn, name, beat.get("running") or [], now, grantee=grantee)
         return {
             "state": values["state"],
             "maintenance": maintenance,

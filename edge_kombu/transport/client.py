@@ -75,6 +75,7 @@ class EdgeClient:
         url: str,
         *,
         token: str | None = None,
+        token_file: str | None = None,
         secret: str | None = None,
         client_name: str | None = None,
         verify: bool | str = True,
@@ -86,7 +87,9 @@ class EdgeClient:
     ) -> None:
         endpoint = Endpoint.parse(url)
         self.base_url = endpoint.base_url
-        self.token = token or endpoint.token or None
+        self._token_file = _TokenFile(token_file) if token_file else None
+        self.token = token or endpoint.token or (
+            self._token_file.read() if self._token_file else None) or None
         self.secret = None if self.token else (secret or None)
         if not self.token and not self.secret:
             raise errors.AuthenticationFailed(
@@ -135,6 +138,8 @@ class EdgeClient:
         return f"<EdgeClient {self.base_url}>"
 
     def _authorization(self, route: str) -> str:
+        if self._token_file is not None:
+            self.token = self._token_file.read() or self.token
         if self.token:
             return f"Bearer {self.token}"
         now = time.time()
@@ -217,11 +222,39 @@ class EdgeClient:
         self._http_once.close()
 
 
+class _TokenFile:
+    """A token kept in a file, read again when the file changes (rotated identity tokens)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple | None = None
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    def read(self) -> str | None:
+        """The file's token; the last one read while the file is unreadable or empty."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return self._token
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    with open(self.path, encoding="utf-8") as handle:
+                        self._token = handle.read().strip() or self._token
+                except OSError:
+                    return self._token
+                self._stamp = stamp
+            return self._token
+
+
 def client_for(settings: ClientSettings) -> EdgeClient:
     """The client every worker-side user of the edge API gets: built from ``settings``."""
     return EdgeClient(
         settings.url,
         token=settings.token,
+        token_file=settings.token_file,
         secret=settings.secret,
         client_name=settings.client_name,
         verify=settings.verify,

@@ -5,8 +5,10 @@ lifecycle, the log pusher, the Airflow refusal) builds its
 :class:`~edge_kombu.transport.client.EdgeClient` with
 :func:`~edge_kombu.transport.client.client_for` from a :class:`ClientSettings`, made
 with :meth:`ClientSettings.from_kombu` from what kombu and Celery hold: the API's URL,
-the transport options (``token``, ``secret``, ``client_name``, ``read_timeout``,
-``connect_retries``) and the ``ssl`` setting (``broker_use_ssl``).
+the transport options (``token``, ``token_file``, ``secret``, ``client_name``,
+``read_timeout``, ``connect_retries``) and the ``ssl`` setting (``broker_use_ssl``).
+A token from a file is read again whenever the file changes (an OIDC identity token that
+Kubernetes or a cloud agent rotates).
 
 Credential of a connection, first found wins: the ``token`` option, a token in the URL
 (``edge+https://:TOKEN@host/...``), ``EDGE_KOMBU_TOKEN``; else the ``secret`` option or
@@ -98,6 +100,7 @@ class ClientSettings:
 
     url: str = field(repr=False)  # may carry a token
     token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
     secret: str | None = field(default=None, repr=False)
     client_name: str | None = None
     verify: bool | str = True
@@ -125,9 +128,12 @@ class ClientSettings:
         env = os.environ if env is None else env
         verify, cert = requests_tls(use_ssl)
         token = options.get("token") or Endpoint.parse(url).token or env.get(ENV_TOKEN) or None
-        secret = None if token else (options.get("secret") or env.get(ENV_SECRET) or None)
+        token_file = options.get("token_file") or None
+        secret = None if token or token_file else (
+            options.get("secret") or env.get(ENV_SECRET) or None)
         return cls(
-            url=url, token=token, secret=secret, client_name=options.get("client_name"),
+            url=url, token=token, token_file=token_file, secret=secret,
+            client_name=options.get("client_name"),
             verify=verify, cert=cert,
             connect_timeout=connect_timeout or DEFAULT_CONNECT_TIMEOUT,
             read_timeout=float(options.get("read_timeout", DEFAULT_READ_TIMEOUT)),
@@ -141,6 +147,8 @@ class Credential:
 
     token: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
+    #: The file the token was read from (read again when it changes).
+    token_file: str | None = None
     #: Where it was found, for messages (``EDGE_KOMBU_TOKEN``, ``[edge] token_file PATH``,
     #: ...); empty when nothing is configured.
     source: str = ""
@@ -148,7 +156,10 @@ class Credential:
     problem: str | None = None
 
     def transport_options(self) -> dict[str, str]:
-        """``{"token": ...}``, ``{"secret": ...}`` or ``{}``, for the transport options."""
+        """``{"token": ...}`` (with ``token_file``), ``{"secret": ...}`` or ``{}``, for the
+        transport options."""
+        if self.token and self.token_file:
+            return {"token": self.token, "token_file": self.token_file}
         if self.token:
             return {"token": self.token}
         if self.secret:
@@ -175,7 +186,7 @@ def find_credential(option: OptionReader, env: Mapping[str, str] | None = None) 
             return Credential(source=source, problem=f"{source}: {exc.strerror}")
         if not token:
             return Credential(source=source, problem=f"{source} is empty")
-        return Credential(token=token, source=source)
+        return Credential(token=token, source=source, token_file=str(path))
     secret = option("core", "internal_api_secret_key")
     if secret:
         return Credential(secret=secret, source="[core] internal_api_secret_key")

@@ -3,13 +3,21 @@ suite, raw requests for the HTTP tests."""
 
 from __future__ import annotations
 
+import json
+import time
+
+import jwt
 import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge_kombu import errors
 from edge_kombu.protocol import API_PATH, HEADER_POOL_SLOTS, HEADER_PROTOCOL, PROTOCOL_VERSION
 from edge_kombu.server.broker import Broker, Delivery
 
 PRINCIPAL = "test-worker"
+#: The local OIDC issuer's name and the audience the test servers expect.
+ISSUER = "https://issuer.example.test"
+AUDIENCE = "edge-kombu-test"
 
 
 # -- the broker, directly ----------------------------------------------------------------
@@ -85,3 +93,24 @@ def error_message(response: requests.Response, status: int) -> str:
     assert isinstance(body["error"], str) and body["error"]
     assert isinstance(body["message"], str) and body["message"]
     return body["message"]
+
+
+# -- a local OIDC issuer ------------------------------------------------------------------
+
+
+class OIDCIssuer:
+    """A local OIDC issuer: an RSA key pair whose public half is in a JWKS file."""
+
+    def __init__(self, path) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update(kid="test-key", use="sig", alg="RS256")
+        self.jwks_file = path / "jwks.json"
+        self.jwks_file.write_text(json.dumps({"keys": [jwk]}))
+
+    def mint(self, sub: str, *, audience: str = AUDIENCE, issuer: str = ISSUER,
+             lifetime: int = 600, key=None) -> str:
+        now = int(time.time())
+        return jwt.encode({"sub": sub, "aud": audience, "iss": issuer, "iat": now,
+                           "exp": now + lifetime}, key or self.key, algorithm="RS256",
+                          headers={"kid": "test-key"})

@@ -561,7 +561,8 @@ def test_publish_on_one_server_wakes_a_consume_on_another(
 ):
     sql = SQL.from_url(postgres_url, pool_size=1)
     try:
-        token = Credentials(sql).create("cross-process")
+        # Central: it declares and consumes queues of any name (scoped tokens: test_scopes.py).
+        token = Credentials(sql).create("cross-process", kind="central")
     finally:
         sql.dispose()
     credentials.append(token)

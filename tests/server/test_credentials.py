@@ -67,7 +67,65 @@ def test_list_tokens(timed, clock):
     timed.create("b-site")
     clock.advance(1)
     timed.create("a-site")
-    assert timed.list() == [
-        {"name": "a-site", "created_at": clock.now},
-        {"name": "b-site", "created_at": clock.now - 1},
+    timed.create("central-x", kind="central", expires=60)
+    timed.create("c-*", queues=["q1", "q2"], publish=["q3"], issue_token=False)
+    listed = timed.list()
+    assert listed == [
+        {"name": "a-site", "kind": "worker", "queues": ["celery"], "publish": [], "token": True,
+         "created_at": clock.now, "expires_at": None, "last_used_at": None},
+        {"name": "b-site", "kind": "worker", "queues": ["celery"], "publish": [], "token": True,
+         "created_at": clock.now - 1, "expires_at": None, "last_used_at": None},
+        {"name": "c-*", "kind": "worker", "queues": ["q1", "q2"], "publish": ["q3"],
+         "token": False, "created_at": clock.now, "expires_at": None, "last_used_at": None},
+        {"name": "central-x", "kind": "central", "queues": [], "publish": [], "token": True,
+         "created_at": clock.now, "expires_at": clock.now + 60, "last_used_at": None},
     ]
+
+
+# -- scopes -------------------------------------------------------------------------------
+
+
+def test_token_scope_kind_and_expiry(timed, clock):
+    worker = timed.create("site-a-*", queues=["qa", "qa"], publish=["cb"], expires=3600)
+    central = timed.create("scheduler", kind="central")
+    entry = timed.lookup(worker)
+    assert (entry.name, entry.kind, entry.queues, entry.publish) == (
+        "site-a-*", "worker", ("qa",), ("cb",))
+    assert entry.expires_at == clock.now + 3600
+    assert timed.lookup(central).central and timed.lookup(central).queues == ()
+    assert timed.lookup(timed.create("plain")).queues == ("celery",)  # Celery's default queue
+    for bad in ({"kind": "root"}, {"expires": 0}, {"kind": "central", "queues": ["q"]},
+                {"queues": ["q\x00"]}):
+        with pytest.raises(errors.InvalidRequest):
+            timed.create("x", **bad)
+
+
+def test_worker_entry_for_a_name_exact_then_longest_pattern(timed):
+    timed.create("site-*", queues=["wide"], issue_token=False)
+    timed.create("site-a-*", queues=["narrow"], issue_token=False)
+    timed.create("site-a-7", queues=["exact"])
+    timed.create("site-a-8", kind="central")
+    assert timed.for_worker("site-a-7").queues == ("exact",)
+    assert timed.for_worker("site-a-1@host").queues == ("narrow",)
+    assert timed.for_worker("site-b-1").queues == ("wide",)
+    assert timed.for_worker("site-a-8").queues == ("narrow",)  # central rows name no worker
+    assert timed.for_worker("other") is None
+
+
+def test_still_valid_follows_revocation_and_expiry(timed, clock):
+    token = timed.create("site-a-*", expires=10)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert timed.still_valid("site-a-*", digest, fresh=True)
+    assert not timed.still_valid("site-a-*", "0" * 64, fresh=True)
+    clock.advance(11)
+    assert not timed.still_valid("site-a-*", digest, fresh=True)
+    timed.create("site-b-*", issue_token=False)
+    assert timed.still_valid("site-b-*", None, fresh=True)
+    timed.revoke("site-b-*")
+    assert not timed.still_valid("site-b-*", None, fresh=True)
+
+
+def test_last_use_is_recorded(timed, clock):
+    token = timed.create("site-a-*")
+    timed.lookup(token)
+    assert timed.list()[0]["last_used_at"] == clock.now

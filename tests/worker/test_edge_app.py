@@ -67,7 +67,9 @@ def test_token_file_and_api_url_from_airflow_cfg(tmp_path, api, token):
              "[app.conf.broker_url, app.conf.broker_transport_options, app.conf.worker_pool]))")
     done = subprocess.run([str(BIN / "python"), "-c", probe], env=env, cwd=ROOT,
                           capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == [f"edge+{api.url}", {"token": token},
+    # The file goes along so that a rotated token (an OIDC identity token) is read again.
+    options = {"token": token, "token_file": str(tmp_path / "token")}
+    assert json.loads(done.stdout) == [f"edge+{api.url}", options,
                                        "edge_kombu.worker.pool:SlotPool"]
 
 

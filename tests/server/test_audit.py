@@ -168,3 +168,23 @@ def test_a_request_without_an_actor_is_recorded_as_unnamed(registry, audit):
     registry.heartbeat(beat())
     registry.set_concurrency("w1", 3)
     entry(audit, actor="unnamed", via="internal", action="concurrency")
+
+
+def test_token_create_and_revoke_are_recorded_with_the_scope_in_their_transaction(
+        timed_sql, audit, clock):
+    from edge_kombu.server.credentials import Credentials
+
+    credentials = Credentials(timed_sql, audit=audit)
+    credentials.create("site-a-*", queues=["a"], publish=["b"], expires=3600, actor=ALICE)
+    entry(audit, actor="alice", via="cli", action="token create", target="site-a-*",
+          detail="queues a; publish b; expires in 3600s", at=clock.now)
+    credentials.create("scheduler", kind="central", actor=BOB)
+    entry(audit, actor="bob", action="token create", target="scheduler", detail="central")
+    with pytest.raises(errors.Conflict):  # refused: nothing recorded
+        credentials.create("scheduler", kind="central", actor=ALICE)
+    credentials.revoke("site-a-*", actor=BOB)
+    entry(audit, actor="bob", action="token revoke", target="site-a-*")
+    with pytest.raises(errors.NotFound):
+        credentials.revoke("site-a-*", actor=ALICE)
+    assert [e["action"] for e in audit.recent()] == ["token revoke", "token create",
+                                                     "token create"]

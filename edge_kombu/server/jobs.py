@@ -32,7 +32,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from edge_kombu.protocol import AIRFLOW_TASK_NAME, MAX_KEY_LENGTH
@@ -172,7 +172,9 @@ class JobHistory:
         )
         conn.execute(
             update(m.job)
-            .where(m.job.c.task_id == bindparam("tid"), m.job.c.state.not_in(FINAL))
+            # Not NOT IN: an expanding parameter cannot go into executemany.
+            .where(m.job.c.task_id == bindparam("tid"),
+                   and_(*(m.job.c.state != state for state in FINAL)))
             .values(state="received", message_id=bindparam("mid"), received_at=now,
                     worker=worker),
             rows,

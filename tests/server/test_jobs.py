@@ -221,3 +221,13 @@ def test_a_result_after_an_early_ack_still_tells_the_outcome(broker, results, jo
     assert jobs.page()["jobs"][0]["state"] == "done"
     results.set("celery-task-meta-t-10", json.dumps({"status": "SUCCESS"}).encode())
     assert jobs.page()["jobs"][0]["state"] == "success"
+
+
+def test_a_claim_of_several_leaves_finished_jobs_alone(broker, results, jobs):
+    for task_id in ("t-11", "t-12"):
+        broker.publish("", "q", task_message(task_id))
+    results.set("celery-task-meta-t-11", json.dumps({"status": "SUCCESS"}).encode())
+    broker.touch_session("s-4", "w", ["q"])
+    assert len(broker.claim("s-4", [("q", False)], max_messages=2)) == 2
+    states = {job["task_id"]: job["state"] for job in jobs.page()["jobs"]}
+    assert states == {"t-11": "success", "t-12": "received"}

@@ -255,10 +255,11 @@ class Channel(virtual.Channel):
         key = (exchange, routing_key)
         if droppable and unrouted.get(key, 0.0) > time.monotonic():
             return  # a transient message nobody would receive: what a broker does with it
+        publish_id = _publish_id(message)
         answer = self.api.call("publish", {
             "exchange": exchange or "", "routing_key": routing_key or "",
             "message": _without_publish_id(message), "mandatory": mandatory,
-            "publish_id": _publish_id(message),
+            "publish_id": publish_id,
         })
         if droppable and not answer.get("routed"):
             unrouted[key] = time.monotonic() + UNROUTED_TTL

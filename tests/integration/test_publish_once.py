@@ -186,3 +186,6 @@ def test_a_resend_after_a_lost_answer_is_stored_once(api_factory, token, sql, wi
     print(f"{n} published, {proxy.dropped} answers lost, {published} stored")
     # Without the window every attempt is stored: the resends were real.
     assert published == (n if deduplicated else n + proxy.dropped)
+    with sql.connect() as conn:  # the id travels beside the message, not in it
+        payloads = conn.execute(select(models.message.c.payload)).scalars().all()
+    assert not [p for p in payloads if "publish_id" in p]

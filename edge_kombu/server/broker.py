@@ -538,15 +538,21 @@ class Broker:
     def _first_publish(self, conn: Connection, key: str, now: float) -> bool:
         """Record publish ``key``; False if it was recorded within the dedupe window.
 
-        A key older than the window that housekeeping has not purged yet is taken over.
-        Concurrent repeats wait on the key's row until the first one commits or rolls back.
+        Concurrent repeats wait on the key's row until the first one commits (or rolls
+        back), then only read it: upgrading the shared lock MySQL's ``INSERT IGNORE`` took
+        on a duplicate would deadlock them. A key older than the window that housekeeping
+        has not purged yet is taken over.
         """
-        if self.sql.insert_ignore(conn, m.publish_key, [{"key": key, "created_at": now}]):
+        row = {"key": key, "created_at": now}
+        if self.sql.insert_ignore(conn, m.publish_key, [row]):
             return True
-        stale = m.publish_key.c.created_at < now - self.dedup_window
-        return bool(conn.execute(
-            update(m.publish_key).where(m.publish_key.c.key == key, stale).values(created_at=now)
-        ).rowcount)
+        created = conn.execute(
+            select(m.publish_key.c.created_at).where(m.publish_key.c.key == key)
+        ).scalar()
+        if created is not None and created >= now - self.dedup_window:
+            return False
+        self.sql.upsert(conn, m.publish_key, row, ["key"])
+        return True
 
     # -- consuming ----------------------------------------------------------------------
 

@@ -142,3 +142,29 @@ def test_a_zero_window_turns_it_off(sql):
     broker.publish("", "q", task_message("t-1"))
     broker.publish("", "q", task_message("t-1"))
     assert depth(broker, "q") == 2 and keys(broker) == 0
+
+
+def test_repeats_racing_each_other_store_one_message(sql):
+    """A resend that arrives while the first is still being stored (the client gave up
+    waiting): the repeats wait for the first and store nothing, without a deadlock."""
+    import threading
+
+    broker = Broker(sql, dedup_window=WINDOW)
+    start = threading.Barrier(6)
+    answers, failures = [], []
+
+    def send() -> None:
+        start.wait(timeout=10)
+        try:
+            answers.append(broker.publish_once("", "q", task_message("t-race")))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not failures
+    assert sorted(repeated for _, repeated in answers) == [False] + [True] * 5
+    assert depth(broker, "q") == 1

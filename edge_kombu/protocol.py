@@ -185,6 +185,7 @@ def _number(minimum: float, maximum: float, *, nullable: bool = False) -> dict:
 _NAME = _text(MAX_NAME_LENGTH)
 _QUEUE_NAME = _text(MAX_NAME_LENGTH, 1)
 _SESSION = {"type": "string", "minLength": 8, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
+_PUBLISH_ID = {"type": "string", "minLength": 8, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
 _TAG = _text(64, 1)
 _TAGS = {"type": "array", "items": _TAG, "maxItems": MAX_BATCH}
 _KEY = _text(MAX_KEY_LENGTH, 1)
@@ -332,6 +333,9 @@ REQUESTS: dict[str, dict] = {
             "routing_key": _NAME,
             "message": MESSAGE_SCHEMA,
             "mandatory": {"type": "boolean"},
+            # The client's id of this publish, the same in its resends: the server stores
+            # a repeat within its dedupe window once.
+            "publish_id": _PUBLISH_ID,
         },
         ("exchange", "routing_key", "message"),
     ),
@@ -500,9 +504,10 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
 
 #: Routes that may be sent again when the connection broke before an answer came (a
 #: pooled keep-alive connection the server had closed): repeating them changes nothing.
-#: Not publish (a duplicate), consume (leases nobody would receive) or results/incr.
+#: Publish is one since it carries a ``publish_id`` (the server stores a repeat once); not
+#: consume (leases nobody would receive) or results/incr.
 IDEMPOTENT_ROUTES = frozenset({
-    "hello", "exchange/declare", "queue/declare", "queue/bind", "queue/unbind",
+    "hello", "publish", "exchange/declare", "queue/declare", "queue/bind", "queue/unbind",
     "ack", "reject", "session/close", "session/wake", "worker/heartbeat",
     "worker/deregister", "results/get", "results/mget", "results/set", "results/delete",
     "results/expire", "logs/push", "logs/read",

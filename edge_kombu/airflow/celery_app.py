@@ -18,6 +18,9 @@ from celery import Celery
 from edge_kombu.transport.settings import ENV_TOKEN, find_credential, ssl_options
 
 APP_NAME = "edge_kombu.airflow"
+#: Seconds the EdgeExecutor gives one publish (``[edge] publish_timeout``): an HTTP round
+#: trip over a WAN to a busy API, and the transport's resend after a lost answer, fit in it.
+DEFAULT_PUBLISH_TIMEOUT = 10.0
 
 
 class EdgeConfigError(ValueError):
@@ -53,6 +56,21 @@ def credential_options(conf: Any) -> dict[str, str]:
             f"the edge API), [edge] token_file or {ENV_TOKEN}"
         )
     return options
+
+
+def publish_timeout(conf: Any) -> float:
+    """``[edge] publish_timeout``: seconds one publish of the EdgeExecutor may take."""
+    raw = _get(conf, "edge", "publish_timeout")
+    if raw is None:
+        return DEFAULT_PUBLISH_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 300:
+        raise EdgeConfigError(f"[edge] publish_timeout must be a number of seconds in (0, 300], "
+                              f"got {raw!r}")
+    return seconds
 
 
 def celery_config(conf: Any) -> dict[str, Any]:

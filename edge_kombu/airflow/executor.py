@@ -8,6 +8,8 @@ sets one), with
 * the message priority: the task's ``priority_weight`` clamped to 0..255 (higher first);
 * the Celery task id Airflow pre-assigned (``external_executor_id``), so a restarted
   scheduler adopts its tasks;
+* a timeout of ``[edge] publish_timeout`` seconds (10 by default) rather than
+  ``[celery] operation_timeout`` (1 s, too short for a round trip over a WAN);
 * the ``airflow_version`` header: this site's Airflow, which the edge worker compares
   with its own (another major version fails the task, saying so; see
   :mod:`edge_kombu.airflow.worker.refusal`).
@@ -30,7 +32,12 @@ from airflow.exceptions import AirflowConfigException
 from airflow.providers.common.compat.sdk import AirflowTaskTimeout, timeout
 from celery import _state as _celery_state
 
-from edge_kombu.airflow.celery_app import EdgeConfigError, create_celery_app
+from edge_kombu.airflow.celery_app import (
+    DEFAULT_PUBLISH_TIMEOUT,
+    EdgeConfigError,
+    create_celery_app,
+    publish_timeout,
+)
 from edge_kombu.protocol import AIRFLOW_TASK_NAME, HEADER_AIRFLOW_VERSION, HEADER_POOL_SLOTS
 
 if TYPE_CHECKING:
@@ -51,10 +58,7 @@ def _quiet_default_celery_config() -> Iterator[None]:
 
 with _quiet_default_celery_config():
     from airflow.providers.celery.executors.celery_executor import CeleryExecutor
-    from airflow.providers.celery.executors.celery_executor_utils import (
-        OPERATION_TIMEOUT,
-        ExceptionWithTraceback,
-    )
+    from airflow.providers.celery.executors.celery_executor_utils import ExceptionWithTraceback
 
 #: Highest message priority the edge API stores; larger weights are clamped to it.
 MAX_PRIORITY = 255
@@ -80,16 +84,18 @@ def publish_options(workload: Any) -> dict[str, Any]:
     }
 
 
-def send_workload(app: Celery, workload_tuple: tuple) -> tuple:
-    """Publish one workload; the CeleryExecutor's ``(key, args, result)`` shape.
+def send_workload(app: Celery, workload_tuple: tuple, *,
+                  seconds: float = DEFAULT_PUBLISH_TIMEOUT) -> tuple:
+    """Publish one workload within ``seconds``; the CeleryExecutor's ``(key, args, result)``.
 
     ``result`` is an ``AsyncResult``, or an ``ExceptionWithTraceback`` (a timeout there
-    makes the CeleryExecutor retry the publish on its next heartbeat).
+    makes the CeleryExecutor publish again on its next heartbeat, under the same task id:
+    the edge API stores it once if the first got through, see ``publish_key``).
     """
     key, workload, queue, _team_name = workload_tuple
     args = (workload.model_dump_json(),)
     try:
-        with timeout(seconds=OPERATION_TIMEOUT):
+        with timeout(seconds=seconds):
             result = app.send_task(AIRFLOW_TASK_NAME, args=args, queue=queue or None,
                                    **publish_options(workload))
     except (Exception, AirflowTaskTimeout) as exc:
@@ -105,6 +111,9 @@ class EdgeExecutor(CeleryExecutor):
             super().__init__(*args, **kwargs)
         try:
             self.celery_app = create_celery_app(self.conf)
+            # Not [celery] operation_timeout (1 s): a publish is an HTTP round trip, maybe
+            # over a WAN, and one given up too early is published again.
+            self.publish_timeout = publish_timeout(self.conf)
         except EdgeConfigError as exc:
             raise AirflowConfigException(str(exc)) from None
         self.bulk_state_fetcher.celery_app = self.celery_app
@@ -112,7 +121,8 @@ class EdgeExecutor(CeleryExecutor):
     def _send_workloads_to_celery(self, workload_tuples_to_send: Sequence[tuple]) -> list[tuple]:
         # In this process, one request per workload once its queue is declared: publishing
         # is cheap over HTTP, so none of the CeleryExecutor's publisher subprocesses.
-        return [send_workload(self.celery_app, item) for item in workload_tuples_to_send]
+        return [send_workload(self.celery_app, item, seconds=self.publish_timeout)
+                for item in workload_tuples_to_send]
 
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         # The CeleryExecutor builds AsyncResults without an app, i.e. on the current app:

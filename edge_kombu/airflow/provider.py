@@ -66,6 +66,13 @@ EDGE_OPTIONS = {
         "OIDC workload identity: the claim naming the worker, whose entry gives its scope.\n",
         default="sub",
     ),
+    "publish_timeout": _option(
+        "Seconds the EdgeExecutor waits for one publish to the edge API before it gives up\n"
+        "and publishes again at its next heartbeat (instead of ``[celery] operation_timeout``,\n"
+        "1 s, too short for a round trip over a WAN). A publish sent again under the same\n"
+        "task id is stored once within the API's ``EDGE_KOMBU_PUBLISH_DEDUP_WINDOW``.\n",
+        type="float", default="10.0",
+    ),
     "heartbeat_interval": _option(
         "Seconds between two heartbeats of an edge worker.\n",
         type="integer", default="10",

@@ -211,14 +211,19 @@ def queue_unbind(body: dict) -> dict:
 
 @route("publish")
 def publish(body: dict) -> dict:
-    queues = _services().broker.publish(
+    queues, repeated = _services().broker.publish_once(
         body["exchange"],
         body["routing_key"],
         body["message"],
         mandatory=body.get("mandatory", False),
         check=None if _scope().central else _scope().check_publish,
+        publish_id=body.get("publish_id"),
+        principal=g.principal,
     )
-    metrics.PUBLISHED.inc(len(queues))
+    if repeated:
+        metrics.PUBLISH_REPEATS.inc()
+    else:
+        metrics.PUBLISHED.inc(len(queues))
     return {"routed": len(queues)}
 
 

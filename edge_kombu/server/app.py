@@ -87,7 +87,7 @@ def build_services(config: ServerConfig) -> Services:
     grants = TaskGrants(sql)
     broker = Broker(sql, lease_timeout=config.lease_timeout, max_wait=config.max_wait,
                     starvation_guard=config.starvation_guard, waiters=waiters, history=jobs,
-                    grants=grants)
+                    grants=grants, dedup_window=config.publish_dedup_window)
     results = Results(sql, history=jobs)
     audit = AuditLog(sql)
     credentials = Credentials(sql, audit=audit)

@@ -7,7 +7,9 @@ database has it; SQLite serialises writers).
 
 * Topology: exchanges (direct, topic, fanout), queues with ``x-expires`` and
   ``x-message-ttl``, bindings.
-* Messages: :meth:`Broker.publish` stores one copy per queue reached;
+* Messages: :meth:`Broker.publish` stores one copy per queue reached, once: a publish
+  repeated within ``dedup_window`` (same task id, retries and ETA, or the client's
+  per-publish id) is answered without storing it again;
   :meth:`Broker.claim` leases them to a consumer session under a tag with a nonce, so an
   old tag can never settle a newer lease; ack deletes, reject releases or deletes.
 * Sessions: a consumer's identity. One that goes silent for ``lease_timeout`` is
@@ -24,6 +26,7 @@ the same transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -43,6 +46,7 @@ from edge_kombu.server import models as m
 from edge_kombu.server.config import (
     DEFAULT_LEASE_TIMEOUT,
     DEFAULT_MAX_WAIT,
+    DEFAULT_PUBLISH_DEDUP_WINDOW,
     DEFAULT_STARVATION_GUARD,
 )
 from edge_kombu.server.grants import TaskGrants
@@ -123,6 +127,29 @@ def message_expiration(message: dict) -> float | None:
     return ms / 1000.0
 
 
+def publish_key(exchange: str, routing_key: str, message: dict, publish_id: str | None,
+                principal: str | None) -> str | None:
+    """What makes a publish the same one, hashed to 40 characters (None: never the same).
+
+    A Celery task message is the same message when it has the same task id, retry count
+    and ETA, to the same exchange and routing key: the caller sent it again (Airflow's
+    executor after its own timeout), or the client resent it. A ``retry()`` counts one
+    more retry: a new message. Any other persistent message is the same when the client
+    resent it under its per-publish id. Transient messages (events, remote control
+    broadcasts) are not looked after: a duplicate of one is harmless, and they are many.
+    """
+    headers = message.get("headers") or {}
+    task_id = headers.get("id")
+    if isinstance(task_id, str) and isinstance(headers.get("task"), str):
+        parts = ["task", exchange, routing_key, task_id, headers.get("retries") or 0,
+                 headers.get("eta")]
+    elif publish_id and (message.get("properties") or {}).get("delivery_mode") != 1:
+        parts = ["publish", principal or "", publish_id]
+    else:
+        return None
+    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
+
+
 def _positive_ms(arguments: dict, key: str) -> int | None:
     value = arguments.get(key)
     if value is None:
@@ -156,6 +183,7 @@ class Broker:
         waiters: WaiterRegistry | None = None,
         history: History | None = None,
         grants: TaskGrants | None = None,
+        dedup_window: float = DEFAULT_PUBLISH_DEDUP_WINDOW,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError("lease_timeout must be > 0 seconds")
@@ -166,6 +194,7 @@ class Broker:
         self.waiters = waiters if waiters is not None else WaiterRegistry()
         self.history = history
         self.grants = grants
+        self.dedup_window = dedup_window
         self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 4)
 
     # -- exchanges, queues, bindings ----------------------------------------------------
@@ -410,8 +439,26 @@ class Broker:
     def publish(
         self, exchange: str, routing_key: str, message: dict, *, mandatory: bool = False,
         check: Callable[[str, str, list[str]], None] | None = None,
+        publish_id: str | None = None, principal: str | None = None,
     ) -> list[str]:
         """Route ``message`` and store one copy per queue; returns the queues reached.
+
+        See :meth:`publish_once`; a repeated publish answers the queues it reaches."""
+        return self.publish_once(exchange, routing_key, message, mandatory=mandatory,
+                                 check=check, publish_id=publish_id, principal=principal)[0]
+
+    def publish_once(
+        self, exchange: str, routing_key: str, message: dict, *, mandatory: bool = False,
+        check: Callable[[str, str, list[str]], None] | None = None,
+        publish_id: str | None = None, principal: str | None = None,
+    ) -> tuple[list[str], bool]:
+        """Route ``message`` and store one copy per queue, unless it is a repeat.
+
+        Returns the queues reached and whether this was a repeat of a publish stored less
+        than ``dedup_window`` seconds ago (see :func:`publish_key`): then nothing is
+        stored and the answer is the same. The key is written in the transaction that
+        stores the copies, so neither is ever stored without the other; one key per
+        publish, however many queues a fanout or topic exchange reaches.
 
         ``check(exchange, routing_key, queues)`` may refuse the queues the message would
         reach (a worker credential's scope) before anything is stored."""
@@ -421,6 +468,8 @@ class Broker:
         props = message.setdefault("properties", {})
         props.setdefault("delivery_info", {}).update(exchange=exchange, routing_key=routing_key)
         payload = json.dumps(message, separators=(",", ":"))
+        key = (publish_key(exchange, routing_key, message, publish_id, principal)
+               if self.dedup_window > 0 else None)
         now = self.sql.clock()
         with self.sql.transaction() as tx:
             conn = tx.conn
@@ -463,7 +512,9 @@ class Broker:
                         f"message to exchange {exchange!r} with routing key {routing_key!r} "
                         "matched no queue"
                     )
-                return []
+                return [], False
+            if key is not None and not self._first_publish(conn, key, now):
+                return targets, True
             rows = []
             for queue in targets:
                 queue_ttl = None if ttls[queue] is None else ttls[queue] / 1000
@@ -482,7 +533,26 @@ class Broker:
                 self.history.published(conn, targets, message, slots, now)
             tx.queues.update(targets)
             tx.fresh.update((queue, (1, slots)) for queue in targets)
-            return targets
+            return targets, False
+
+    def _first_publish(self, conn: Connection, key: str, now: float) -> bool:
+        """Record publish ``key``; False if it was recorded within the dedupe window.
+
+        Concurrent repeats wait on the key's row until the first one commits (or rolls
+        back), then only read it: upgrading the shared lock MySQL's ``INSERT IGNORE`` took
+        on a duplicate would deadlock them. A key older than the window that housekeeping
+        has not purged yet is taken over.
+        """
+        row = {"key": key, "created_at": now}
+        if self.sql.insert_ignore(conn, m.publish_key, [row]):
+            return True
+        created = conn.execute(
+            select(m.publish_key.c.created_at).where(m.publish_key.c.key == key)
+        ).scalar()
+        if created is not None and created >= now - self.dedup_window:
+            return False
+        self.sql.upsert(conn, m.publish_key, row, ["key"])
+        return True
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -878,7 +948,8 @@ class Broker:
 
     def expire(self, tx: Transaction, now: float) -> dict[str, int]:
         """In ``tx``: expire silent sessions (releasing their leases), TTL'd messages and
-        idle ``x-expires`` queues; forget sessions closed long ago. Returns the counts."""
+        idle ``x-expires`` queues; forget sessions closed long ago and publish keys older
+        than the dedupe window. Returns the counts."""
         conn = tx.conn
         counts = {}
         dead = list(
@@ -917,6 +988,9 @@ class Broker:
         self._drop_queues(conn, idle)
         counts["queues_expired"] = len(idle)
         conn.execute(delete(m.session).where(m.session.c.closed_at < now - CLOSED_SESSION_KEPT))
+        counts["publish_keys_expired"] = conn.execute(
+            delete(m.publish_key).where(m.publish_key.c.created_at < now - self.dedup_window)
+        ).rowcount
         return counts
 
 

@@ -26,6 +26,9 @@ DEFAULT_STARVATION_GUARD = 2.0
 DEFAULT_LOG_RETENTION_DAYS = 30.0
 #: Without PostgreSQL NOTIFY: how often each process checks for messages published elsewhere.
 DEFAULT_WAKE_POLL_INTERVAL = 0.2
+#: Seconds during which a repeated publish (same Celery task id, retries and ETA, or the
+#: same per-publish id of a client's resend) is recognised and stored once (0: never).
+DEFAULT_PUBLISH_DEDUP_WINDOW = 300.0
 #: Seconds a finished job stays in the jobs history (the Jobs page).
 DEFAULT_JOB_RETENTION = 7 * 24 * 3600.0
 #: Connections one server process serves at once (idle long-polls cost a greenlet each).
@@ -137,6 +140,7 @@ class ServerConfig:
     ui_viewer: str | None = field(default=None, repr=False)
     metrics_auth: str = "basic"
     job_retention: float = DEFAULT_JOB_RETENTION
+    publish_dedup_window: float = DEFAULT_PUBLISH_DEDUP_WINDOW
     log_retention_days: float = DEFAULT_LOG_RETENTION_DAYS
     # Hostile clients (see connections.py and limits.py).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -180,6 +184,8 @@ class ServerConfig:
         for name in ("reap_interval", "wake_poll_interval", "worker_timeout", "job_retention"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds")
+        if not 0 <= self.publish_dedup_window <= 86400:
+            raise ValueError("EDGE_KOMBU_PUBLISH_DEDUP_WINDOW must be 0 (off) to 86400 seconds")
         if self.log_retention_days <= 0:
             raise ValueError("log_retention_days must be > 0 days")
         if self.max_connections < 1:
@@ -225,6 +231,9 @@ class ServerConfig:
             "ui_viewer": os.environ.get("EDGE_KOMBU_UI_VIEWER") or None,
             "metrics_auth": os.environ.get("EDGE_KOMBU_METRICS_AUTH") or "basic",
             "job_retention": env_float("EDGE_KOMBU_JOB_RETENTION", DEFAULT_JOB_RETENTION),
+            "publish_dedup_window": env_float(
+                "EDGE_KOMBU_PUBLISH_DEDUP_WINDOW", DEFAULT_PUBLISH_DEDUP_WINDOW
+            ),
             "log_retention_days": env_float(
                 "EDGE_KOMBU_LOG_RETENTION_DAYS", log_retention_days_default()
             ),

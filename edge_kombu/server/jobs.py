@@ -15,6 +15,11 @@ ack                ``done`` when no result said how it ended (tasks without a
                    result backend; with ``acks_late`` the ack follows the result)
 =================  ==========================================================
 
+A finished job keeps its state and times when its message is delivered again (a lease
+that ran out, a duplicate refused by the task or by Airflow's task-instance guard): only
+a new publish of the task id (``retry()``) starts it over; a repeated publish within the
+dedupe window is not one (see :func:`~edge_kombu.server.broker.publish_key`).
+
 Only messages that carry Celery's protocol 2 ``id`` and ``task`` headers are jobs;
 remote control, events and replies are not. Housekeeping deletes finished jobs after
 ``EDGE_KOMBU_JOB_RETENTION`` seconds (:data:`~edge_kombu.server.config.DEFAULT_JOB_RETENTION`).
@@ -27,7 +32,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from edge_kombu.protocol import AIRFLOW_TASK_NAME, MAX_KEY_LENGTH
@@ -47,6 +52,10 @@ _INTERNAL_QUEUE_MARKS = (".pidbox", "celeryev.", ".reply.celery.")
 
 STATES = ("queued", "received", "running", "retry", "success", "failed", "revoked", "done")
 FINAL = ("success", "failed", "revoked", "done")
+#: Final states a result said: nothing but a new publish of the task id changes them (a
+#: redelivery, or a duplicate the task or Airflow refused, must not rewrite the history).
+#: ``done`` (acked, outcome unknown) still takes the result that follows an early ack.
+_OUTCOMES = ("success", "failed", "revoked")
 _UNFINISHED = ("queued", "received", "running", "retry")
 _CELERY_STATES = {
     "STARTED": "running",
@@ -163,7 +172,9 @@ class JobHistory:
         )
         conn.execute(
             update(m.job)
-            .where(m.job.c.task_id == bindparam("tid"))
+            # Not NOT IN: an expanding parameter cannot go into executemany.
+            .where(m.job.c.task_id == bindparam("tid"),
+                   and_(*(m.job.c.state != state for state in FINAL)))
             .values(state="received", message_id=bindparam("mid"), received_at=now,
                     worker=worker),
             rows,
@@ -187,7 +198,7 @@ class JobHistory:
                 select(m.task_grant.c.task_id).where(m.task_grant.c.principal == grantee)),)
             conn.execute(
                 update(m.job)
-                .where(m.job.c.task_id.in_(ids), *delivered,
+                .where(m.job.c.task_id.in_(ids), *delivered, m.job.c.state.not_in(FINAL),
                        or_(m.job.c.state.in_(("queued", "received")), m.job.c.worker.is_(None)))
                 .values(state="running", worker=worker,
                         started_at=func.coalesce(m.job.c.started_at, now))
@@ -205,7 +216,9 @@ class JobHistory:
         elif state in FINAL:
             values["finished_at"] = now
         conn.execute(
-            update(m.job).where(m.job.c.task_id == key[len(RESULT_PREFIX):]).values(**values)
+            update(m.job)
+            .where(m.job.c.task_id == key[len(RESULT_PREFIX):], m.job.c.state.not_in(_OUTCOMES))
+            .values(**values)
         )
 
     # -- housekeeping ---------------------------------------------------------------------

@@ -39,6 +39,9 @@ disable_created_metrics()
 # Not registered globally: each app builds the registry it serves (see registry()).
 PUBLISHED = Counter("edge_kombu_messages_published_total",
                     "Message copies stored by publishes (one per queue reached).", registry=None)
+PUBLISH_REPEATS = Counter("edge_kombu_publish_repeats_total",
+                          "Publishes recognised as repeats within the dedupe window (not "
+                          "stored again).", registry=None)
 DELIVERED = Counter("edge_kombu_messages_delivered_total",
                     "Messages handed to consumers.", registry=None)
 REDELIVERED = Counter("edge_kombu_messages_redelivered_total",
@@ -59,8 +62,8 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=None)
 
-_PROCESS_METRICS = (PUBLISHED, DELIVERED, REDELIVERED, ACKED, REJECTED, LEASES_EXPIRED,
-                    SESSIONS_EXPIRED, REQUEST_SECONDS)
+_PROCESS_METRICS = (PUBLISHED, PUBLISH_REPEATS, DELIVERED, REDELIVERED, ACKED, REJECTED,
+                    LEASES_EXPIRED, SESSIONS_EXPIRED, REQUEST_SECONDS)
 
 bp = Blueprint("edge_metrics", __name__)
 

@@ -254,3 +254,12 @@ audit = Table(
     Column("comment", String(1024), nullable=True),  # why, in the actor's words
     Index("ix_edge_kombu_audit_target_seq", "target", "seq"),
 )
+
+publish_key = Table(
+    "edge_kombu_publish_key",
+    metadata,
+    # sha1 of what makes a publish the same one (server/broker.py, publish_key): a Celery
+    # task's id, retries and ETA, or the client's per-publish id. Kept for the dedupe window.
+    Column("key", String(40), primary_key=True),
+    Column("created_at", Double, nullable=False, index=True),
+)

@@ -176,6 +176,10 @@ class ConsumeSpec:
         }
 
 
+#: Where :func:`_publish_id` keeps a publish's id between attempts (never sent inside it).
+_PUBLISH_ID_PROPERTY = "_edge_publish_id"
+
+
 class Channel(virtual.Channel):
     QoS = SlotQoS
     supports_fanout = True
@@ -251,9 +255,11 @@ class Channel(virtual.Channel):
         key = (exchange, routing_key)
         if droppable and unrouted.get(key, 0.0) > time.monotonic():
             return  # a transient message nobody would receive: what a broker does with it
+        publish_id = _publish_id(message)
         answer = self.api.call("publish", {
-            "exchange": exchange or "", "routing_key": routing_key or "", "message": message,
-            "mandatory": mandatory,
+            "exchange": exchange or "", "routing_key": routing_key or "",
+            "message": _without_publish_id(message), "mandatory": mandatory,
+            "publish_id": publish_id,
         })
         if droppable and not answer.get("routed"):
             unrouted[key] = time.monotonic() + UNROUTED_TTL
@@ -438,6 +444,21 @@ class LongPoller(threading.Thread):
         self.stopped.set()
         self.changed.set()
         self.delivered.set()
+
+
+def _publish_id(message: dict) -> str:
+    """This publish's id, the same in every resend of it.
+
+    kombu's ``Producer.publish(retry=True)`` builds the message again for each attempt, but
+    around the same ``properties`` dict: the id kept there outlives the attempts.
+    """
+    return message["properties"].setdefault(_PUBLISH_ID_PROPERTY, uuid.uuid4().hex)
+
+
+def _without_publish_id(message: dict) -> dict:
+    """The message as stored: the id travels beside it, not in it."""
+    properties = {k: v for k, v in message["properties"].items() if k != _PUBLISH_ID_PROPERTY}
+    return dict(message, properties=properties)
 
 
 class Transport(virtual.Transport):

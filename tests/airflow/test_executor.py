@@ -91,6 +91,34 @@ def test_missing_api_url_is_a_configuration_error(airflow_in_process, monkeypatc
         EdgeExecutor()
 
 
+def test_publish_timeout_fits_a_wan_round_trip(airflow_in_process, edge_env, monkeypatch):
+    from airflow.exceptions import AirflowConfigException
+
+    from edge_kombu.airflow import EdgeExecutor
+
+    assert EdgeExecutor().publish_timeout == 10.0  # not [celery] operation_timeout's 1 s
+    monkeypatch.setenv("AIRFLOW__EDGE__PUBLISH_TIMEOUT", "2.5")
+    assert EdgeExecutor().publish_timeout == 2.5
+    monkeypatch.setenv("AIRFLOW__EDGE__PUBLISH_TIMEOUT", "soon")
+    with pytest.raises(AirflowConfigException, match=r"\[edge\] publish_timeout must be"):
+        EdgeExecutor()
+
+
+def test_a_workload_published_again_is_stored_once(executor, sql):
+    """The scheduler publishes again after its publish timed out, though the first one got
+    through: the same task id and retry count, so the edge API stores it once."""
+    from edge_kombu.airflow.executor import send_workload
+
+    workload = _workload()
+    item = (workload.ti.key, workload, "default", None)
+    first = send_workload(executor.celery_app, item, seconds=executor.publish_timeout)[2]
+    again = send_workload(executor.celery_app, item, seconds=executor.publish_timeout)[2]
+    assert first.id == again.id == workload.ti.external_executor_id
+    with sql.connect() as conn:
+        stored = conn.execute(select(models.message.c.id)).all()
+    assert len(stored) == 1
+
+
 def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, edge_env, sql):
     from airflow.utils.state import TaskInstanceState
 

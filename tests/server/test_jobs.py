@@ -169,3 +169,65 @@ def test_queue_charts_sample_depth_and_count_finished_jobs(broker, results, jobs
     assert [v for v in series["ready"] if v is not None] == [2]
     assert 2 in series["ready"][-2:] and sum(series["done"]) == 1
     assert "w1@host.celery.pidbox" not in history["queues"]
+
+
+def test_a_redelivery_after_success_keeps_the_history(sql, clock, registry):
+    """The ack of a finished task was lost, its message comes again and the re-run is
+    refused (Airflow's task-instance guard): the job keeps its state and times."""
+    from edge_kombu.server.broker import Broker
+    from edge_kombu.server.jobs import JobHistory
+    from edge_kombu.server.results import Results
+    from edge_kombu.server.sql import SQL
+    from edge_kombu.server.workers import WorkerRegistry
+
+    kernel = SQL(sql.engine, clock=clock)
+    jobs = JobHistory(kernel)
+    broker = Broker(kernel, history=jobs)
+    results = Results(kernel, history=jobs)
+    workers = WorkerRegistry(kernel, broker=broker, jobs=jobs)
+    beat = {"name": "w1@host", "instance": "i1", "state": "running", "queues": ["q"],
+            "slots_total": 4, "session": "s-1"}
+    broker.publish("", "q", task_message("t-9"))
+    broker.touch_session("s-1", "w", ["q"])
+    workers.heartbeat(beat)
+    clock.advance(1)
+    broker.claim("s-1", [("q", False)])
+    clock.advance(1)
+    results.set("celery-task-meta-t-9", json.dumps({"status": "STARTED"}).encode())
+    workers.heartbeat(beat | {"running": [{"id": "t-9", "name": "tests.add"}]})
+    clock.advance(1)
+    results.set("celery-task-meta-t-9", json.dumps({"status": "SUCCESS"}).encode())
+    before = jobs.page()["jobs"][0]
+    assert before["state"] == "success"
+
+    clock.advance(5)
+    broker.close_session("s-1")  # the ack never came: the lease goes back
+    broker.touch_session("s-2", "w", ["q"])
+    workers.heartbeat(beat | {"session": "s-2"})
+    [again] = broker.claim("s-2", [("q", False)])
+    assert again.message["properties"]["delivery_info"]["redelivered"]
+    workers.heartbeat(beat | {"session": "s-2", "running": [{"id": "t-9", "name": "tests.add"}]})
+    results.set("celery-task-meta-t-9", json.dumps({"status": "STARTED"}).encode())
+    results.set("celery-task-meta-t-9", json.dumps({"status": "FAILURE"}).encode())
+    broker.ack("s-2", [again.message["properties"]["delivery_tag"]])
+    assert jobs.page()["jobs"][0] == before
+
+
+def test_a_result_after_an_early_ack_still_tells_the_outcome(broker, results, jobs):
+    broker.publish("", "q", task_message("t-10"))
+    broker.touch_session("s-3", "w", ["q"])
+    [delivery] = broker.claim("s-3", [("q", False)])
+    broker.ack("s-3", [delivery.message["properties"]["delivery_tag"]])  # acks_late off
+    assert jobs.page()["jobs"][0]["state"] == "done"
+    results.set("celery-task-meta-t-10", json.dumps({"status": "SUCCESS"}).encode())
+    assert jobs.page()["jobs"][0]["state"] == "success"
+
+
+def test_a_claim_of_several_leaves_finished_jobs_alone(broker, results, jobs):
+    for task_id in ("t-11", "t-12"):
+        broker.publish("", "q", task_message(task_id))
+    results.set("celery-task-meta-t-11", json.dumps({"status": "SUCCESS"}).encode())
+    broker.touch_session("s-4", "w", ["q"])
+    assert len(broker.claim("s-4", [("q", False)], max_messages=2)) == 2
+    states = {job["task_id"]: job["state"] for job in jobs.page()["jobs"]}
+    assert states == {"t-11": "success", "t-12": "received"}

@@ -56,8 +56,8 @@ def test_edge_kombu_db_migrate_first_then_airflow(site):
 def test_airflow_db_reset_recreates_the_edge_tables(site):
     site.airflow("db", "migrate")
     with sqlite3.connect(site.db_path) as conn:
-        conn.execute("INSERT INTO edge_kombu_token (name, token_hash, created_at) "
-                     "VALUES ('w1', 'x', 0)")
+        conn.execute("INSERT INTO edge_kombu_token (name, kind, token_hash, created_at) "
+                     "VALUES ('w1', 'worker', 'x', 0)")
     site.airflow("db", "reset", "--yes")
     assert _edge_state(site.db_path) == (EDGE_TABLES, [_head()])
     with sqlite3.connect(site.db_path) as conn:

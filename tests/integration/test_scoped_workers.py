@@ -4,6 +4,7 @@ site's workers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
@@ -46,13 +47,22 @@ def sites(api, tokens, worker_factory):
     return urls, workers
 
 
+@contextlib.contextmanager
+def central_celery(api, tokens, name: str):
+    """A Celery client of ``api`` on a new central token ``name``: yields (app, broker URL)."""
+    url = api.url.replace("http://", f"edge+http://:{tokens.create(name, kind='central')}@")
+    app = Celery(f"edge_{name}", broker=url, backend=url, set_as_current=False)
+    app.conf.update(task_acks_late=True, broker_connection_retry=False)
+    try:
+        yield app, url
+    finally:
+        app.close()
+
+
 @pytest.fixture
 def central_client(api, tokens):
-    url = api.url.replace("http://", f"edge+http://:{tokens.create('scheduler', kind='central')}@")
-    app = Celery("edge_central", broker=url, backend=url, set_as_current=False)
-    app.conf.update(task_acks_late=True, broker_connection_retry=False)
-    yield app, url
-    app.close()
+    with central_celery(api, tokens, "scheduler") as client:
+        yield client
 
 
 def test_each_site_runs_its_tasks_and_chords(sites, central_client):
@@ -96,13 +106,8 @@ def test_a_worker_on_an_oidc_identity_runs_its_tasks(api_factory, tokens, worker
     assert tokens.create("site-c-*", queues=["qc"], issue_token=False) is None
     worker = worker_factory(api.url.replace("http://", f"edge+http://:{issuer.mint('site-c-1')}@"),
                             name="site-c-1", queues="qc")
-    url = api.url.replace("http://", f"edge+http://:{tokens.create('centre', kind='central')}@")
-    client = Celery("edge_central_oidc", broker=url, backend=url, set_as_current=False)
-    client.conf.update(task_acks_late=True, broker_connection_retry=False)
-    try:
+    with central_celery(api, tokens, "centre") as (client, _):
         assert task(client, "add", 20, 22, queue="qc").get(timeout=30) == 42
-    finally:
-        client.close()
     assert "Forbidden" not in worker.log()
 
 
@@ -116,13 +121,8 @@ def test_a_worker_on_a_worker_scoped_shared_secret_runs_its_tasks(api_factory, t
     tokens.create("site-d-*", queues=["qd"], issue_token=False)
     worker = worker_factory(api.url.replace("http://", "edge+http://"), name="site-d-1",
                             queues="qd", env={"AIRFLOW__CORE__INTERNAL_API_SECRET_KEY": secret})
-    url = api.url.replace("http://", f"edge+http://:{tokens.create('centre', kind='central')}@")
-    client = Celery("edge_central_secret", broker=url, backend=url, set_as_current=False)
-    client.conf.update(task_acks_late=True, broker_connection_retry=False)
-    try:
+    with central_celery(api, tokens, "centre") as (client, _):
         assert task(client, "add", 1, 1, queue="qd").get(timeout=30) == 2
-    finally:
-        client.close()
     assert "Forbidden" not in worker.log()
     refused = worker_factory(api.url.replace("http://", "edge+http://"), name="site-d-2",
                              queues="qother", wait_ready=False,

@@ -65,6 +65,16 @@ def drain_until(conn, done: Callable[[], object], timeout: float = 10.0) -> None
             pass
 
 
+def messages_left(sql) -> int:
+    """Messages stored on the server (waiting or leased), read from its database."""
+    from sqlalchemy import func, select
+
+    from edge_kombu.server import models
+
+    with sql.connect() as conn:
+        return conn.execute(select(func.count()).select_from(models.message)).scalar_one()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,6 +94,8 @@ class Process:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Process:
+        if getattr(self, "_log", None) is not None:
+            self._log.close()  # started again after a kill
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,

@@ -13,6 +13,8 @@ Transport options (``broker_transport_options``)
     ``polling_max_wait``: seconds one long-poll may wait on the server (default 10).
     ``connect_retries`` (3), ``read_timeout`` (30): HTTP behaviour
     (:class:`~edge_kombu.transport.settings.ClientSettings`).
+    ``reconnect_timeout``: seconds a reconnecting connection probes the API before it
+    leaves the retrying to Celery's back-off (default: as long as it takes).
 
 TLS (``broker_use_ssl``)
     ``ca_certs``: CA bundle to verify the server; ``cert_reqs=ssl.CERT_NONE`` turns
@@ -31,6 +33,11 @@ Features
     weights                       ``pool_slots`` header; a consume asks only
                                   for messages that fit the free slots
     remote control, events        yes (fanout + topic routing on the server)
+    reconnects                    the consumer session outlives the connection:
+                                  acks made across a reconnect settle
+                                  (:mod:`~edge_kombu.transport.sessions`); a
+                                  reconnect probes the API about once a second
+                                  (:mod:`~edge_kombu.transport.probe`)
     ============================  =========================================
 
 ``Connection.drain_events(timeout=T)`` waits up to T seconds, as kombu's callers expect
@@ -50,7 +57,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
 from dataclasses import dataclass
 from queue import Empty
 
@@ -61,6 +67,7 @@ from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_BATCH, pool_slots
+from edge_kombu.transport import probe, sessions
 from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient, client_for
 from edge_kombu.transport.settings import ClientSettings
@@ -287,6 +294,8 @@ class Channel(virtual.Channel):
         free = None if no_ack else self.qos.free_slots()
         if free == 0:
             return None
+        if not no_ack:
+            self.transport.claim_session()
         answer = self.api.call("consume", {
             "session": self.transport.session_id, "queues": [{"name": queue, "no_ack": no_ack}],
             "wait": 0, "max_slots": None if no_ack else free, "max_messages": 1,
@@ -307,7 +316,11 @@ class Channel(virtual.Channel):
             self.api.call(verb, body, retry=not transport.closing)
         except errors.NotFound as exc:
             log.warning("%s of %d message(s) had no effect: %s", verb, len(tags), exc.message)
-        except errors.EdgeConnectionError as exc:
+        except errors.SessionClosed as exc:
+            transport.session.closed = True
+            log.warning("%s of %d message(s) had no effect: %s (the server has given them "
+                        "to another consumer)", verb, len(tags), exc.message)
+        except (errors.EdgeConnectionError, errors.ServiceUnavailable) as exc:
             # Keep the settlement: the poller sends it again before its next consume, so
             # a message whose task finished is not left leased to this session forever.
             transport.defer_settlement(verb, body)
@@ -412,6 +425,8 @@ class LongPoller(threading.Thread):
                 continue
             wait = transport.polling_max_wait
             try:
+                if any(not no_ack for no_ack in spec.queues.values()):
+                    transport.claim_session()
                 transport.flush_deferred_settlements()
                 self.in_flight = True
                 if self.changed.is_set():
@@ -488,12 +503,13 @@ class Transport(virtual.Transport):
     def __init__(self, client, **kwargs) -> None:
         super().__init__(client, **kwargs)
         _LIVE_TRANSPORTS.add(self)
-        self.session_id = uuid.uuid4().hex
+        self.session = sessions.ConsumerSession()
         options = client.transport_options or {}
         self.polling_max_wait = float(options.get("polling_max_wait", DEFAULT_POLLING_MAX_WAIT))
+        timeout = options.get("reconnect_timeout")
+        self.reconnect_timeout = None if timeout is None else float(timeout)
         self._poller: LongPoller | None = None
         self._poller_lock = threading.Lock()
-        self._deferred: deque[tuple[str, dict]] = deque()
         self.closing = False
         self.exchange_types: dict[str, str] = {}  # as declared through this connection
         self.unrouted: dict[tuple[str, str], float] = {}  # (exchange, key) -> skip until
@@ -509,10 +525,42 @@ class Transport(virtual.Transport):
     def api(self) -> EdgeClient:
         return client_for(self.client_settings)
 
+    @cached_property
+    def identity(self) -> tuple:
+        """Who this connection is to the server: connections of one identity share sessions."""
+        s = self.client_settings
+        return (s.url, s.token, s.token_file, s.secret, s.client_name)
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
     def establish_connection(self):
-        hello = self.api.call("hello")
+        if sessions.lost_before(self.identity):
+            # A consuming connection of this process was lost: wait for the API here,
+            # probing often, rather than in Celery's growing back-off.
+            hello = probe.hello_when_back(self.api.call, stopping=_celery_worker_stopping,
+                                          timeout=self.reconnect_timeout,
+                                          where=f"the edge API at {self.api.base_url}")
+        else:
+            hello = self.api.call("hello")
         self.polling_max_wait = min(self.polling_max_wait, float(hello["max_wait"]))
         return super().establish_connection()
+
+    def claim_session(self) -> None:
+        """Before the first consume with acknowledgements: carry on the session a lost
+        connection of this process left behind, if any (see :mod:`sessions`)."""
+        if self.session.acking:
+            return
+        earlier = sessions.take_over(self.identity)
+        if earlier is not None:
+            unsettled = sum(len(ch._qos._delivered) for ch in earlier.earlier_channels
+                            if ch._qos is not None)
+            log.info("carrying on edge session %s of a lost connection (%d message(s) not "
+                     "settled yet, %d settlement(s) to send)", earlier.id, unsettled,
+                     len(earlier.deferred))
+            self.session = earlier
+        self.session.acking = True
 
     def consume_spec(self) -> ConsumeSpec:
         queues: dict = {}
@@ -532,6 +580,7 @@ class Transport(virtual.Transport):
         longer than the lease timeout finds its session expired; nothing was lost, so
         it carries on. With leases the error stands: the connection must be renewed.
         """
+        self.session.closed = True
         for channel in list(self.channels):
             qos = channel._qos
             if qos is not None:
@@ -539,22 +588,31 @@ class Transport(virtual.Transport):
                 if qos._delivered:
                     return False
         log.info("edge session %s expired while idle; opening a new one", self.session_id)
-        self.session_id = uuid.uuid4().hex
+        self.session = sessions.ConsumerSession()
         return True
 
     def defer_settlement(self, verb: str, body: dict) -> None:
-        self._deferred.append((verb, body))
+        self.session.deferred.append((verb, body))
 
-    def flush_deferred_settlements(self) -> None:
+    def flush_deferred_settlements(self, *, retry: bool = True) -> None:
         """Send acks/rejects that failed while the API was unreachable (oldest first)."""
-        while self._deferred:
-            verb, body = self._deferred[0]
+        deferred = self.session.deferred
+        while deferred:
+            verb, body = deferred[0]
             try:
-                self.api.call(verb, body)
-            except errors.NotFound as exc:
+                self.api.call(verb, body, retry=retry)
+            except (errors.NotFound, errors.SessionClosed) as exc:
                 log.warning("deferred %s had no effect: %s", verb, exc.message)
-            self._deferred.popleft()
+            deferred.popleft()
             log.info("deferred %s of %d message(s) done", verb, len(body["delivery_tags"]))
+
+    def _settle_before_close(self) -> None:
+        """Send what the session still owes the server: acks queued on the channels of
+        earlier connections (tasks that finished meanwhile) and deferred settlements."""
+        for channel in self.session.earlier_channels:
+            if channel._qos is not None:
+                channel._qos._acks.flush(ACK_FLUSH_TIMEOUT)
+        self.flush_deferred_settlements(retry=False)
 
     def consumers_changed(self) -> None:
         """Cut a waiting long-poll short: it asked with queues or capacity now stale."""
@@ -617,7 +675,8 @@ class Transport(virtual.Transport):
         self._stop_poller()
         self.closing = True  # one attempt per call from here: the server expires the rest
         try:
-            super().close_connection(connection)
+            super().close_connection(connection)  # this connection's acks sent, the rest back
+            self._settle_before_close()
             self.api.call("session/close", {"session": self.session_id}, retry=False, timeout=5)
         except (errors.EdgeError, OSError) as exc:
             log.info("closing edge session: %s (the server expires it)", exc)
@@ -625,11 +684,13 @@ class Transport(virtual.Transport):
             self.api.close()
 
     def _collect(self, connection):
-        """Drop a dead connection without talking to the server (it expires the session)."""
+        """Drop a dead connection without talking to the server; its session waits for the
+        process's next connection (the server expires it if none comes)."""
         self._stop_poller()
         for channel in list(self.channels):
             if channel._qos is not None:
                 channel._qos.restore_at_shutdown = False
+        sessions.leave(self.identity, self.session, list(self.channels))
         self.channels = []
         self.api.close()
 

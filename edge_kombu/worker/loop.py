@@ -19,6 +19,7 @@ from __future__ import annotations
 from celery import bootsteps
 
 from edge_kombu.transport.kombu import nudge_consumers
+from edge_kombu.worker.reconnect import RequeueForgottenOnReconnect
 
 
 class NudgeOnCallSoon(bootsteps.Step):
@@ -40,7 +41,9 @@ class NudgeOnCallSoon(bootsteps.Step):
 
 
 def add_step(worker) -> None:
-    """Give the consumer of ``worker`` (a Celery ``WorkController``) the nudging step."""
+    """Give the consumer of ``worker`` (a Celery ``WorkController``) the edge steps: the
+    nudge, and requeueing what a lost connection makes Celery forget."""
     app = getattr(worker, "app", None)
     if app is not None:
         app.steps["consumer"].add(NudgeOnCallSoon)
+        app.steps["consumer"].add(RequeueForgottenOnReconnect)

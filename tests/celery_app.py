@@ -49,6 +49,12 @@ def stamp(path: str, label: str) -> str:
     return label
 
 
+@app.task(rate_limit="2/m")
+def rate_limited_stamp(path: str, label: str) -> str:
+    """``stamp`` at most twice a minute: the worker holds the rest back in its bucket."""
+    return stamp(path, label)
+
+
 @app.task
 def sleep_then_stamp(path: str, label: str, seconds: float) -> str:
     """Mark the start, sleep, then append ``label``: a long-running acks_late task."""

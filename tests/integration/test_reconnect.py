@@ -84,6 +84,48 @@ def test_a_reconnect_probes_and_returns_soon_after_the_api(api, token):
     connected["conn"].release()
 
 
+def test_rate_limited_tasks_go_back_at_once_when_the_connection_is_lost(
+        api, token, worker_factory, celery_client, tmp_path, sql):
+    """Celery forgets the tasks its rate limit holds back when the connection fails; they
+    are requeued as soon as the API answers again, not when a lease times out."""
+    url = api.url.replace("http://", f"edge+http://:{token}@")
+    worker = worker_factory(url, name="limited", concurrency=2)
+    out = tmp_path / "out"
+    for label in ("r0", "r1", "r2"):
+        celery_client.send_task("tests.celery_app.rate_limited_stamp", args=(str(out), label))
+    wait_for(lambda: out.exists(), timeout=30, message="the first task ran")
+    wait_for(lambda: _leased(sql) == 2, timeout=30, message="two tasks held by the rate limit")
+
+    api.kill(signal.SIGKILL)
+    api.proc.wait(10)
+    wait_for(lambda: "requeueing 2 rate-limited task(s)" in worker.log(), timeout=30,
+             message="the worker handed the held tasks back")
+    api.start()
+    wait_for(lambda: _redelivered(sql) == 2, timeout=15,
+             message="both held tasks back in their queue (and delivered again)")
+    assert out.read_text().count("r") == 1, "no task ran twice"
+
+
+def _leased(sql) -> int:
+    from sqlalchemy import func, select
+
+    from edge_kombu.server import models
+
+    with sql.connect() as conn:
+        return conn.execute(select(func.count()).select_from(models.message).where(
+            models.message.c.session.is_not(None))).scalar_one()
+
+
+def _redelivered(sql) -> int:
+    from sqlalchemy import func, select
+
+    from edge_kombu.server import models
+
+    with sql.connect() as conn:
+        return conn.execute(select(func.count()).select_from(models.message).where(
+            models.message.c.redelivered.is_(True))).scalar_one()
+
+
 def test_probing_stops_when_the_worker_stops():
     client = EdgeClient(f"http://127.0.0.1:{free_port()}", token="ekt_unused", connect_retries=0)
     stop_at = time.monotonic() + 0.5

@@ -119,7 +119,11 @@ def _own_session(session: str, what: str) -> None:
 
 @route("hello")
 def hello(_body: dict) -> dict:
-    config = _services().config
+    services = _services()
+    # Workers probe hello to know when to come back: it answers 503 while the database is
+    # unreachable, also for credentials checked without it (shared-secret JWTs).
+    services.sql.ping()
+    config = services.config
     return {
         "principal": g.principal,
         "scope": _describe_scope(_scope()),

@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass, field
 
 from flask import Flask, Request, jsonify, request
-from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
@@ -25,6 +24,7 @@ from edge_kombu.server.grants import TaskGrants
 from edge_kombu.server.housekeeping import Housekeeping, IntervalScheduler
 from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.logs import TaskLogs
+from edge_kombu.server.outages import DATABASE_DOWN, Outages
 from edge_kombu.server.results import Results
 from edge_kombu.server.sql import SQL
 from edge_kombu.server.validation import RequestJSON
@@ -58,6 +58,7 @@ class Services:
     audit: AuditLog
     jobs: JobHistory
     logs: TaskLogs
+    outages: Outages
     housekeeping: Housekeeping
     threads: list = field(default_factory=list)
 
@@ -94,8 +95,9 @@ def build_services(config: ServerConfig) -> Services:
     workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,
                              worker_timeout=config.worker_timeout)
     logs = TaskLogs(sql, retention_days=config.log_retention_days)
+    outages = Outages(config.outage_grace, clock=sql.clock)
     housekeeping = Housekeeping(sql, broker=broker, results=results, workers=workers, jobs=jobs,
-                                logs=logs, job_retention=config.job_retention,
+                                logs=logs, job_retention=config.job_retention, outages=outages,
                                 on_expired=metrics.record_reap)
     threads = [housekeeping.reaper(config.reap_interval)]
     if sql.notifies:
@@ -117,6 +119,7 @@ def build_services(config: ServerConfig) -> Services:
         audit=audit,
         jobs=jobs,
         logs=logs,
+        outages=outages,
         housekeeping=housekeeping,
         threads=threads,
     )
@@ -221,12 +224,16 @@ def _register_error_handlers(app: Flask, config: ServerConfig) -> None:
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
         return jsonify(body), exc.code, headers
 
-    @app.errorhandler(sa_exc.OperationalError)
-    @app.errorhandler(sa_exc.InterfaceError)
     def database_down(exc):
+        # Heartbeats and session touches are lost meanwhile: the reaper must not hold the
+        # silence against the workers (see outages.py).
+        app.extensions["edge_kombu"].outages.failed()
         log.error("database unavailable: %s", exc.__class__.__name__, exc_info=exc)
         err = errors.ServiceUnavailable("database unavailable; retry later")
         return jsonify(err.to_json()), err.status
+
+    for error in DATABASE_DOWN:
+        app.register_error_handler(error, database_down)
 
     @app.errorhandler(Exception)
     def internal(exc: Exception):

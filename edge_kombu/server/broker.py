@@ -946,10 +946,14 @@ class Broker:
 
     # -- expiry (run by housekeeping) -----------------------------------------------------
 
-    def expire(self, tx: Transaction, now: float) -> dict[str, int]:
+    def expire(self, tx: Transaction, now: float, *,
+               silent_sessions: bool = True) -> dict[str, int]:
         """In ``tx``: expire silent sessions (releasing their leases), TTL'd messages and
         idle ``x-expires`` queues; forget sessions closed long ago and publish keys older
-        than the dedupe window. Returns the counts."""
+        than the dedupe window. Returns the counts.
+
+        ``silent_sessions=False`` (during and right after an outage, when sessions could
+        not be touched): no session is expired, and every open one counts as consuming."""
         conn = tx.conn
         counts = {}
         dead = list(
@@ -959,7 +963,7 @@ class Broker:
                     m.session.c.last_seen < now - self.lease_timeout,
                 )
             ).scalars()
-        )
+        ) if silent_sessions else []
         counts["sessions_expired"] = len(dead)
         counts["leases_released"] = self.close_sessions(tx, dead, now) if dead else 0
         if dead:
@@ -974,7 +978,8 @@ class Broker:
         live_consumers = (
             select(m.consumer.c.queue)
             .join(m.session, m.session.c.id == m.consumer.c.session)
-            .where(*self._live_session(now))
+            .where(*(self._live_session(now) if silent_sessions
+                     else (m.session.c.closed_at.is_(None),)))
         )
         idle = list(
             conn.execute(

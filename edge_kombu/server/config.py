@@ -19,6 +19,11 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_REAP_INTERVAL = 1.0
 #: Seconds without a heartbeat after which a worker is "unknown" and its leases are freed.
 DEFAULT_WORKER_TIMEOUT = 30.0
+#: Seconds after this process got its database back (or started) during which no worker or
+#: session is expired for silence: long enough for every live one to heartbeat again. One
+#: heartbeat interval of the workers (edge_kombu.worker.settings.DEFAULT_HEARTBEAT_INTERVAL,
+#: not imported: the server does not depend on the worker side).
+DEFAULT_OUTAGE_GRACE = 10.0
 #: Seconds a task that needs more slots than a worker has free may wait before that
 #: worker stops taking smaller tasks from behind it (so big tasks are not starved).
 DEFAULT_STARVATION_GUARD = 2.0
@@ -134,6 +139,7 @@ class ServerConfig:
     wake_poll_interval: float = DEFAULT_WAKE_POLL_INTERVAL
     jwt_leeway: float = 10.0
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    outage_grace: float = DEFAULT_OUTAGE_GRACE
     starvation_guard: float = DEFAULT_STARVATION_GUARD
     # Web pages: "user:password" of an admin (may act) and of a viewer (may look).
     ui_admin: str | None = field(default=None, repr=False)
@@ -184,6 +190,8 @@ class ServerConfig:
         for name in ("reap_interval", "wake_poll_interval", "worker_timeout", "job_retention"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds")
+        if self.outage_grace < 0:
+            raise ValueError("EDGE_KOMBU_OUTAGE_GRACE must be >= 0 seconds")
         if not 0 <= self.publish_dedup_window <= 86400:
             raise ValueError("EDGE_KOMBU_PUBLISH_DEDUP_WINDOW must be 0 (off) to 86400 seconds")
         if self.log_retention_days <= 0:
@@ -224,6 +232,7 @@ class ServerConfig:
                 "EDGE_KOMBU_WAKE_POLL_INTERVAL", DEFAULT_WAKE_POLL_INTERVAL
             ),
             "worker_timeout": env_float("EDGE_KOMBU_WORKER_TIMEOUT", DEFAULT_WORKER_TIMEOUT),
+            "outage_grace": env_float("EDGE_KOMBU_OUTAGE_GRACE", DEFAULT_OUTAGE_GRACE),
             "starvation_guard": env_float(
                 "EDGE_KOMBU_STARVATION_GUARD", DEFAULT_STARVATION_GUARD
             ),

@@ -15,6 +15,11 @@ The tick is ``reap_interval`` (1 s by default). Every job is idempotent, so seve
 processes may run them side by side. :class:`IntervalScheduler` is the one loop that
 runs jobs at their own intervals (the ready poller of :mod:`~edge_kombu.server.wakeup`
 runs on one too).
+
+Silence is held against workers and sessions only when
+:class:`~edge_kombu.server.outages.Outages` allows it: not while this process cannot reach
+its database, nor for ``EDGE_KOMBU_OUTAGE_GRACE`` after it got it back or started (the
+jobs tell it when they fail to reach the database and when they reach it again).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import DEFAULT_JOB_RETENTION
 from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.logs import TaskLogs
+from edge_kombu.server.outages import Outages
 from edge_kombu.server.results import Results
 from edge_kombu.server.sql import SQL
 from edge_kombu.server.workers import WorkerRegistry
@@ -94,7 +100,8 @@ class Housekeeping:
     """The expiry of every service's data and the reaper thread that runs it all.
 
     ``broker`` and ``results`` are expired; the jobs of ``workers``, ``jobs`` and ``logs``
-    are scheduled only for the services given.
+    are scheduled only for the services given. ``outages`` says when silent workers and
+    sessions may be expired (default: whenever the database is reached, no grace).
     """
 
     #: Seconds between samples of the queues' depth (the queue page's charts).
@@ -110,8 +117,10 @@ class Housekeeping:
                  workers: WorkerRegistry | None = None, jobs: JobHistory | None = None,
                  logs: TaskLogs | None = None,
                  job_retention: float = DEFAULT_JOB_RETENTION,
+                 outages: Outages | None = None,
                  on_expired: Callable[[dict[str, int]], None] | None = None) -> None:
         self.sql = sql
+        self.outages = outages if outages is not None else Outages(0.0, clock=sql.clock)
         self.broker = broker
         self.results = results
         self.workers = workers
@@ -120,12 +129,20 @@ class Housekeeping:
         self.job_retention = job_retention
         self.on_expired = on_expired  # e.g. the metrics of expired sessions and leases
 
+    def expire_silent_workers(self) -> list[str]:
+        """Mark workers silent for the worker timeout unknown, unless an outage excuses them."""
+        if not self.outages.may_expire():
+            return []
+        with self.outages.reaching():
+            return self.workers.expire_silent()
+
     def expire(self) -> dict[str, int]:
-        """Expire silent sessions (releasing their leases), TTL'd messages, idle queues and
-        results, in one transaction; returns how many of each."""
+        """Expire silent sessions (releasing their leases; not during or right after an
+        outage), TTL'd messages, idle queues and results, in one transaction; returns how
+        many of each."""
         now = self.sql.clock()
-        with self.sql.transaction() as tx:
-            counts = self.broker.expire(tx, now)
+        with self.outages.reaching(), self.sql.transaction() as tx:
+            counts = self.broker.expire(tx, now, silent_sessions=self.outages.may_expire(now))
             counts["results_expired"] = self.results.delete_expired(tx.conn, now)
         if self.on_expired is not None:
             self.on_expired(counts)
@@ -150,14 +167,16 @@ class Housekeeping:
     def reaper(self, tick: float) -> IntervalScheduler:
         """The thread that runs the housekeeping jobs, waking every ``tick`` seconds."""
         reaper = IntervalScheduler("edge-kombu-reaper", tick=tick)
+        watch = self.outages.watch  # jobs that always use the database tell it if they could
         if self.workers is not None:
-            reaper.every(0, "silent workers", self.workers.expire_silent)
+            reaper.every(0, "silent workers", self.expire_silent_workers)
         reaper.every(0, "expiry", self.expire)
         if self.jobs is not None:
-            reaper.every(self.SAMPLE_INTERVAL, "queue samples", self.sample_queues)
-            reaper.every(self.JOB_PURGE_INTERVAL, "old jobs", self.purge_jobs)
+            reaper.every(self.SAMPLE_INTERVAL, "queue samples", watch(self.sample_queues))
+            reaper.every(self.JOB_PURGE_INTERVAL, "old jobs", watch(self.purge_jobs))
         if self.workers is not None:
-            reaper.every(self.TOO_BIG_INTERVAL, "tasks too big", self.workers.report_too_big)
+            reaper.every(self.TOO_BIG_INTERVAL, "tasks too big",
+                         watch(self.workers.report_too_big))
         if self.logs is not None:
-            reaper.every(self.LOG_PURGE_INTERVAL, "old task logs", self.purge_logs)
+            reaper.every(self.LOG_PURGE_INTERVAL, "old task logs", watch(self.purge_logs))
         return reaper

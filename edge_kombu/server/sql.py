@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, literal, select
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -157,6 +157,11 @@ class SQL:
     def connect(self):
         """A connection for reads that need no transaction of their own (a context manager)."""
         return self.engine.connect()
+
+    def ping(self) -> None:
+        """One round trip to the database (``SELECT 1``); raises if it cannot be reached."""
+        with self.connect() as conn:
+            conn.execute(select(literal(1)))
 
     def dispose(self) -> None:
         """Close the pool's connections (the process or app is going away)."""

@@ -213,6 +213,53 @@ def test_a_redelivery_after_success_keeps_the_history(sql, clock, registry):
     assert jobs.page()["jobs"][0] == before
 
 
+def test_the_first_run_finishing_during_a_redelivery_keeps_its_history(sql, clock):
+    """A worker cut off longer than the lease: its message went to another worker, then the
+    first run's outcome arrived. The second delivery, refused as a duplicate, changes
+    nothing after that: not the state, worker or times."""
+    from edge_kombu.server.broker import Broker
+    from edge_kombu.server.jobs import JobHistory
+    from edge_kombu.server.results import Results
+    from edge_kombu.server.sql import SQL
+    from edge_kombu.server.workers import WorkerRegistry
+
+    kernel = SQL(sql.engine, clock=clock)
+    jobs = JobHistory(kernel)
+    broker = Broker(kernel, history=jobs)
+    results = Results(kernel, history=jobs)
+    workers = WorkerRegistry(kernel, broker=broker, jobs=jobs)
+
+    def beat(name: str, session: str, running: bool) -> dict:
+        return {"name": name, "instance": name, "state": "running", "queues": ["q"],
+                "slots_total": 4, "session": session,
+                "running": [{"id": "t-20", "name": "tests.add"}] if running else []}
+
+    broker.publish("", "q", task_message("t-20"))
+    broker.touch_session("s-a", "w", ["q"])
+    workers.heartbeat(beat("a@host", "s-a", False))
+    [first] = broker.claim("s-a", [("q", False)])
+    clock.advance(1)
+    workers.heartbeat(beat("a@host", "s-a", True))
+    clock.advance(40)
+    broker.close_session("s-a")  # its lease ran out while it was cut off
+    broker.touch_session("s-b", "w", ["q"])
+    workers.heartbeat(beat("b@host", "s-b", False))
+    [second] = broker.claim("s-b", [("q", False)])
+    assert jobs.page()["jobs"][0]["worker"] == "b@host"  # a real redelivery, as far as known
+    clock.advance(1)
+    results.set("celery-task-meta-t-20", json.dumps({"status": "SUCCESS"}).encode())  # from a
+    finished = jobs.page()["jobs"][0]
+    assert finished["state"] == "success"
+
+    clock.advance(1)
+    workers.heartbeat(beat("b@host", "s-b", True))
+    results.set("celery-task-meta-t-20", json.dumps({"status": "STARTED"}).encode())
+    results.set("celery-task-meta-t-20", json.dumps({"status": "FAILURE"}).encode())
+    broker.ack("s-b", [second.message["properties"]["delivery_tag"]])
+    assert broker.ack("s-a", [first.message["properties"]["delivery_tag"]])[0] == 0
+    assert jobs.page()["jobs"][0] == finished
+
+
 def test_a_result_after_an_early_ack_still_tells_the_outcome(broker, results, jobs):
     broker.publish("", "q", task_message("t-10"))
     broker.touch_session("s-3", "w", ["q"])

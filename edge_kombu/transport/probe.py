@@ -6,7 +6,12 @@ half a minute once the API is back. Instead, a reconnecting connection probes th
 itself (its ``hello``, which the server answers only when its database answers too)
 about once a second until it answers. Each probe waits a random 0.5–1.5 s, so a fleet
 that lost the API together spreads its return over a second rather than arriving in
-the same instant, and each worker is back within about 1.5 s of the API.
+the same instant, and each worker is back within 2 s of the API.
+
+A server that is starting accepts connections before it answers them: the probes that
+arrived meanwhile wait in its listen backlog and are answered in one burst. A probe
+that waited for it returns after a further random 0–1 s, so the reconnects that
+follow do not all hit the API in the same moment either.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ REPORT_EVERY = 30.0
 SLICE = 0.1
 #: Seconds one probe may take.
 PROBE_TIMEOUT = 5.0
+#: A probe answered after this many seconds waited for a server that was starting ...
+QUEUED = 0.1
+#: ... and returns after a random wait up to this long (seconds).
+RETURN_SPREAD = 1.0
 
 
 def hello_when_back(call: Callable[..., dict], *, stopping: Callable[[], bool],
@@ -37,6 +46,7 @@ def hello_when_back(call: Callable[..., dict], *, stopping: Callable[[], bool],
     started = time.monotonic()
     reported: float | None = None
     while True:
+        sent = time.monotonic()
         try:
             answer = call("hello", retry=False, timeout=PROBE_TIMEOUT)
         except (errors.EdgeConnectionError, errors.ServiceUnavailable) as exc:  # down, 5xx, 429
@@ -50,9 +60,12 @@ def hello_when_back(call: Callable[..., dict], *, stopping: Callable[[], bool],
             if not _wait(random.uniform(*PROBE_WAIT), stopping):
                 raise
             continue
-        waited = time.monotonic() - started
-        if waited >= PROBE_WAIT[0]:
-            log.warning("%s answers again, after %.1f s", where, waited)
+        now = time.monotonic()
+        if reported is None:
+            return answer  # answered at once: no outage
+        if now - sent >= QUEUED:
+            _wait(random.uniform(0, RETURN_SPREAD), stopping)
+        log.warning("%s answers again, after %.1f s", where, time.monotonic() - started)
         return answer
 
 

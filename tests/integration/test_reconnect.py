@@ -126,6 +126,38 @@ def _redelivered(sql) -> int:
             models.message.c.redelivered.is_(True))).scalar_one()
 
 
+def test_a_fleet_comes_back_soon_and_spread_out(api, token):
+    """200 workers probing an API that is down: each is back within 2 s of the API, and
+    no 100 ms holds more than a quarter of them (a thousand would not arrive at once)."""
+    fleet = 200
+    clients = [EdgeClient(api.url, token=token, client_name=f"w{i}") for i in range(fleet)]
+    api.kill(signal.SIGKILL)
+    api.proc.wait(10)
+    back: list[float] = []
+
+    def probe_until_back(client):
+        probe.hello_when_back(client.call, stopping=lambda: False, timeout=60)
+        back.append(time.monotonic())
+
+    threads = [threading.Thread(target=probe_until_back, args=(c,), daemon=True)
+               for c in clients]
+    for thread in threads:
+        thread.start()
+    threads[0].join(2)  # the outage: every worker probes a few times
+    assert not back, "a probe succeeded while the API was down"
+    api.start()
+    healthy_at = time.monotonic()
+    for thread in threads:
+        thread.join(15)
+    assert len(back) == fleet
+    after = sorted(t - healthy_at for t in back)
+    assert after[-1] < 2.0, f"last worker back {after[-1]:.2f} s after the API"
+    busiest = max(sum(1 for t in after if start <= t < start + 0.1) for start in after)
+    assert busiest <= fleet // 4, f"{busiest} of {fleet} workers came back in the same 100 ms"
+    for client in clients:
+        client.close()
+
+
 def test_probing_stops_when_the_worker_stops():
     client = EdgeClient(f"http://127.0.0.1:{free_port()}", token="ekt_unused", connect_retries=0)
     stop_at = time.monotonic() + 0.5

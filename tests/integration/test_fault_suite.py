@@ -62,6 +62,7 @@ QUEUE = "celery"
 class Store:
     """The database an API server of a case runs on, and a central token in it."""
 
+    name: str
     url: str
     sql: SQL
     token: str
@@ -86,7 +87,7 @@ def postgres():
 
 @pytest.fixture
 def sqlite_store(db_url, sql, token) -> Store:
-    return Store(db_url, sql, token)
+    return Store("sqlite", db_url, sql, token)
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def postgres_store(postgres):
     migrate(engine)
     engine.dispose()
     sql = SQL.from_url(url, pool_size=2)
-    yield Store(url, sql, Credentials(sql).create("fault-suite", kind="central"))
+    yield Store("postgres", url, sql, Credentials(sql).create("fault-suite", kind="central"))
     sql.dispose()
 
 
@@ -191,7 +192,7 @@ def test_api_killed_for_5s(store, pool, api_factory, worker_factory, publishers,
     publisher.finish(timeout=90)
     settled = settle(tally, store.stored, timeout=40)
     recovery = tally.recovery(healed)
-    line = report(f"api-killed-5s[{store.url.split(':')[0]}-{pool}]", tally, recovery)
+    line = report(f"api-killed-5s[{store.name}-{pool}]", tally, recovery)
     verdict(line, settled, tally, recovery)
 
 

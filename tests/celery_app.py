@@ -108,3 +108,12 @@ def record_run(self, path: str, retries_wanted: int = 0) -> int:
     if self.request.retries < retries_wanted:
         raise self.retry(countdown=0)
     return self.request.retries
+
+
+@app.task(bind=True, ignore_result=True)
+def record(self, path: str, n: int, seconds: float = 0.0) -> None:
+    """The fault suite's counted task: one start and one end line per execution in ``path``
+    (see tests/faults.py), ``seconds`` of work between them."""
+    from tests.faults import record_execution
+
+    record_execution(path, self.request.id, n, self.request.hostname, seconds)

@@ -25,3 +25,11 @@ def hold(marker: str, release: str, limit: float = 120.0) -> str:
 def touch(marker: str) -> str:
     Path(marker).write_text(str(os.getpid()))
     return Path(marker).name
+
+
+@app.task(bind=True, ignore_result=True)
+def record(self, path: str, n: int, seconds: float = 0.0) -> None:
+    """The fault suite's counted task on an edge worker (as ``tests.celery_app.record``)."""
+    from tests.faults import record_execution
+
+    record_execution(path, self.request.id, n, self.request.hostname, seconds)

@@ -46,6 +46,8 @@ MAX_KEY_LENGTH = 255
 MAX_MGET_KEYS = 10_000
 #: Most messages one consume may hand out.
 MAX_BATCH = 1_000
+#: Most delivery tags a resuming consumer may say it still holds (``session/resume``).
+MAX_HELD = 10 * MAX_BATCH
 #: Longest a consume may wait on the server, in seconds.
 MAX_WAIT_SECONDS = 60.0
 #: Longest dag_id, task_id or run_id (Airflow's ``ID_LEN``).
@@ -369,6 +371,10 @@ REQUESTS: dict[str, dict] = {
     "hello": _obj({}),
     "session/close": _obj({"session": _SESSION}, ("session",)),
     "session/wake": _obj({"session": _SESSION}, ("session",)),
+    "session/resume": _obj(
+        {"session": _SESSION, "held": {"type": "array", "items": _TAG, "maxItems": MAX_HELD}},
+        ("session", "held"),
+    ),
     "worker/heartbeat": _obj(
         {
             "name": _QUEUE_NAME,
@@ -469,6 +475,7 @@ RESPONSES: dict[str, dict] = {
     }),
     "session/close": _answer({"released": _INT}),
     "session/wake": _NOTHING,
+    "session/resume": _answer({"released": _INT, "unknown": {"type": "array", "items": _STR}}),
     "worker/heartbeat": _answer({
         "state": {"enum": list(WORKER_STATES)}, "maintenance": {"type": "boolean"},
         "maintenance_comment": _NULLABLE_STR, "shutdown": {"type": "boolean"},
@@ -495,6 +502,7 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "queue/bind": (404,),  # exchange or queue missing
     "publish": (404, 422),  # exchange missing; mandatory and unroutable
     "consume": (410,),  # the session was closed
+    "session/resume": (410,),  # the session was closed or expired meanwhile
     "ack": (404,),  # no tag leased by this session
     "reject": (404,),
     "worker/heartbeat": (409,),  # the name is online in another process
@@ -508,7 +516,7 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
 #: consume (leases nobody would receive) or results/incr.
 IDEMPOTENT_ROUTES = frozenset({
     "hello", "publish", "exchange/declare", "queue/declare", "queue/bind", "queue/unbind",
-    "ack", "reject", "session/close", "session/wake", "worker/heartbeat",
+    "ack", "reject", "session/close", "session/wake", "session/resume", "worker/heartbeat",
     "worker/deregister", "results/get", "results/mget", "results/set", "results/delete",
     "results/expire", "logs/push", "logs/read",
 })
@@ -529,6 +537,8 @@ SUMMARIES: dict[str, str] = {
     "hello": "Check credentials and protocol version; returns the server's limits.",
     "session/close": "End a consumer session; its leased messages are redelivered.",
     "session/wake": "Cut a waiting consume of this session short (its capacity changed).",
+    "session/resume": "Carry a consumer session on over a new connection: keep the leases "
+                      "the consumer still holds, redeliver the others (answers it never got).",
     "worker/heartbeat": "Register or refresh a worker; returns what the admins asked of it.",
     "worker/deregister": "A worker stopped cleanly (offline, or offline maintenance).",
     "results/get": "Read one result.",

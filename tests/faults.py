@@ -20,6 +20,7 @@ import pwd
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -236,16 +237,29 @@ class TcpProxy:
         self.port = self.listener.getsockname()[1]
         self._forwarding = threading.Event()
         self._forwarding.set()
+        self._rejecting = False
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._spawn(self._accept)
 
-    def partition(self) -> None:
+    def partition(self, *, reset: bool = False) -> None:
+        """Stop forwarding. ``reset``: a partition that answers, as a firewall rejecting
+        or a middlebox that lost its connection state does: live connections are reset
+        and new ones are accepted and reset at once, so the ends notice now rather than
+        at their timeouts."""
+        self._rejecting = reset
         self._forwarding.clear()
+        if reset:
+            with self._lock:
+                live = list(self._sockets)
+            for sock in live:
+                _linger_zero(sock)
+            self._close(*live)
 
     def heal(self) -> None:
+        self._rejecting = False
         self._forwarding.set()
 
     def url(self, token: str) -> str:
@@ -264,13 +278,17 @@ class TcpProxy:
         return not self._stopped.is_set()
 
     def _accept(self) -> None:
-        while self._open():
+        while self._rejecting or self._open():
             if not select.select([self.listener], [], [], self.POLL)[0]:
                 continue
             try:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self._rejecting:
+                _linger_zero(client)
+                client.close()
+                continue
             with self._lock:
                 full = len(self._sockets) >= 2 * self.max_connections
             try:
@@ -317,6 +335,14 @@ class TcpProxy:
         self._close(*socks)
         for thread in self._threads:
             thread.join(2)
+
+
+def _linger_zero(sock: socket.socket) -> None:
+    """Make ``close()`` send a reset rather than a FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
 
 
 # -- a PostgreSQL of the test's own --------------------------------------------------------

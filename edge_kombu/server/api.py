@@ -17,6 +17,7 @@ from edge_kombu import __version__, errors
 from edge_kombu.protocol import (
     API_PATH,
     HEADER_PROTOCOL,
+    MAX_BATCH,
     MAX_LOG_READ,
     PROTOCOL_VERSION,
     REQUESTS,
@@ -285,6 +286,13 @@ def _settle(verb: str, body: dict, apply) -> dict:
 def session_close(body: dict) -> dict:
     _own_session(body["session"], "closing")
     return {"released": _services().broker.close_session(body["session"])}
+
+
+@route("session/resume")
+def session_resume(body: dict) -> dict:
+    _own_session(body["session"], "resuming")
+    released, unknown = _services().broker.resume_session(body["session"], body["held"])
+    return {"released": released, "unknown": unknown[:MAX_BATCH]}
 
 
 @route("session/wake")

@@ -888,6 +888,40 @@ class Broker:
 
     # -- sessions -----------------------------------------------------------------------
 
+    def resume_session(self, session: str, held: Sequence[str]) -> tuple[int, list[str]]:
+        """A consumer carries ``session`` on over a new connection: keep its leases named in
+        ``held``, release the others for redelivery (consumes whose answer was lost with the
+        old connection). Returns (released, held tags that name no lease of ``session``).
+        Raises SessionClosed if ``session`` was closed or expired meanwhile."""
+        keep = {parsed for parsed in map(_parse_tag, held) if parsed is not None}
+        msg = m.message.c
+        with self.sql.transaction() as tx:
+            closed = tx.conn.execute(
+                select(m.session.c.closed_at).where(m.session.c.id == session)
+            ).first()
+            if closed is not None and closed.closed_at is not None:
+                raise errors.SessionClosed(
+                    f"consumer session {session} was closed or expired; its messages were "
+                    "redelivered"
+                )
+            leased = tx.conn.execute(self.sql.lock_rows(
+                select(msg.id, msg.lease_nonce, msg.queue).where(msg.session == session)
+            )).all()
+            lost = [row for row in leased if (row.id, row.lease_nonce) not in keep]
+            if lost:
+                tx.conn.execute(
+                    update(m.message)
+                    .where(m.message.c.id.in_([row.id for row in lost]))
+                    .values(session=None, lease_nonce=None, leased_at=None, redelivered=True)
+                )
+                tx.queues.update(row.queue for row in lost)
+                tx.sessions.add(session)  # its consume must ask again with its capacity
+        if lost:
+            log.info("consumer session %s resumed; %d message(s) it never received will be "
+                     "redelivered", session, len(lost))
+        current = {(row.id, row.lease_nonce) for row in leased}
+        return len(lost), [tag for tag in dict.fromkeys(held) if _parse_tag(tag) not in current]
+
     def close_session(self, session: str) -> int:
         """End ``session`` and answer its waiting consume; returns the leases released."""
         with self.sql.transaction() as tx:

@@ -66,7 +66,7 @@ from kombu.transport.virtual.base import queue_declare_ok_t
 from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
-from edge_kombu.protocol import MAX_BATCH, pool_slots
+from edge_kombu.protocol import MAX_BATCH, MAX_HELD, pool_slots
 from edge_kombu.transport import probe, sessions
 from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient, client_for
@@ -554,13 +554,35 @@ class Transport(virtual.Transport):
             return
         earlier = sessions.take_over(self.identity)
         if earlier is not None:
-            unsettled = sum(len(ch._qos._delivered) for ch in earlier.earlier_channels
-                            if ch._qos is not None)
-            log.info("carrying on edge session %s of a lost connection (%d message(s) not "
-                     "settled yet, %d settlement(s) to send)", earlier.id, unsettled,
-                     len(earlier.deferred))
             self.session = earlier
+            self._resume(earlier)
         self.session.acking = True
+
+    def _resume(self, session: sessions.ConsumerSession) -> None:
+        """Settle what ``session`` owes, then tell the server which of its messages this
+        process still holds: the others were leased by consumes whose answer was lost with
+        the old connection, and go back to their queues now."""
+        self.flush_deferred_settlements()
+        for channel in session.earlier_channels:
+            if channel._qos is not None:
+                channel._qos._acks.flush(ACK_FLUSH_TIMEOUT)
+        held = [tag for channel in session.earlier_channels if channel._qos is not None
+                for tag in list(channel._qos._delivered)]
+        if len(held) > MAX_HELD:
+            log.warning("holding %d messages, more than the %d a resume names; the rest "
+                        "will be delivered again", len(held), MAX_HELD)
+        try:
+            answer = self.api.call("session/resume",
+                                   {"session": session.id, "held": held[:MAX_HELD]})
+        except errors.SessionClosed as exc:
+            session.closed = True
+            self.session = sessions.ConsumerSession()
+            log.warning("edge session %s could not be carried on: %s; the messages it held "
+                        "were given to other consumers", session.id, exc.message)
+            return
+        log.info("carried on edge session %s of a lost connection: %d message(s) still held, "
+                 "%d never received and redelivered", session.id, len(held) - len(
+                     answer["unknown"]), answer["released"])
 
     def consume_spec(self) -> ConsumeSpec:
         queues: dict = {}

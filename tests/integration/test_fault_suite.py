@@ -267,7 +267,9 @@ def test_partition_shorter_than_the_lease(sqlite_store, api_factory, worker_fact
     wait_for(lambda: tally.in_flight(worker.hostname) and tally.completed >= 20, timeout=60,
              message="tasks running on the worker")
 
-    proxy.partition()
+    # The worker's connections are reset and so is every new one for 20 s: it notices at
+    # once, reconnects (probing), and its acks fail and wait.
+    proxy.partition(reset=True)
     hold(20, alive(worker))
     proxy.heal()
     healed = time.time()
@@ -276,6 +278,7 @@ def test_partition_shorter_than_the_lease(sqlite_store, api_factory, worker_fact
     settled = settle(tally, sqlite_store.stored, timeout=60)
     recovery = tally.recovery(healed)
     line = report("partition-20s", tally, recovery)
+    assert "carried on edge session" in worker.log(), "the partition forced no reconnect"
     verdict(line, settled, tally, recovery)
 
 

@@ -606,3 +606,32 @@ def test_close_session_reports_released_queues(recorder):
     wakeup.calls.clear()
     broker.close_session("s1")
     assert wakeup.calls == [({"q"}, set(), 1)]
+
+
+# -- resuming a session over a new connection ---------------------------------------------
+
+
+def test_resume_keeps_what_the_consumer_holds_and_redelivers_what_it_never_got(broker):
+    broker.declare_queue("q")
+    for body in ("held", "answer lost", "other"):
+        broker.publish("", "q", msg(body))
+    held, lost = consume(broker, "s1", "q", max_messages=2)
+    released, unknown = broker.resume_session("s1", [tag_of(held), "99.gone"])
+    assert (released, unknown) == (1, ["99.gone"])
+    again = consume(broker, "s2", "q", max_messages=10)
+    assert sorted(bodies(again)) == ["answer lost", "other"]
+    assert [redelivered(d) for d in again if d.message["body"] == "answer lost"] == [True]
+    assert broker.ack("s1", [tag_of(held)]) == (1, []), "the held lease still settles"
+
+
+def test_resume_of_a_closed_session_says_so(broker):
+    broker.declare_queue("q")
+    broker.publish("", "q", msg("m"))
+    delivery = consume(broker, "s1", "q")[0]
+    broker.close_session("s1")
+    with pytest.raises(errors.SessionClosed):
+        broker.resume_session("s1", [tag_of(delivery)])
+
+
+def test_resume_of_a_session_the_server_never_saw_releases_nothing(broker):
+    assert broker.resume_session("never-opened", ["1.abc"]) == (0, ["1.abc"])

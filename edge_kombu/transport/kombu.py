@@ -577,8 +577,7 @@ class Transport(virtual.Transport):
         except errors.SessionClosed as exc:
             session.closed = True
             self.session = sessions.ConsumerSession()
-            log.warning("edge session %s could not be carried on: %s; the messages it held "
-                        "were given to other consumers", session.id, exc.message)
+            log.warning("edge session %s could not be carried on: %s", session.id, exc.message)
             return
         log.info("carried on edge session %s of a lost connection: %d message(s) still held, "
                  "%d never received and redelivered", session.id, len(held) - len(

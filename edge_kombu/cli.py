@@ -328,6 +328,17 @@ def workers(as_json, states, db_url) -> None:
     ))
 
 
+def _queue_warnings(q: dict) -> str:
+    """The Queues page's warnings, in a table cell."""
+    warnings = []
+    if q["too_big"]:
+        warnings.append(f"a task needs {q['max_slots']} slots; the largest worker serving "
+                        f"this queue has {q['largest_worker_slots']}")
+    if q["unserved"]:
+        warnings.append("tasks wait and no live worker serves this queue")
+    return "; ".join(warnings)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @_db_option
@@ -341,7 +352,7 @@ def queues(as_json, db_url) -> None:
         [[q["name"], q["ready"], q["leased"],
           "" if q["oldest_age"] is None else f"{q['oldest_age']}s",
           q["max_slots"] or "", q["largest_worker_slots"] or "", q["consumers"],
-          "TASK TOO BIG FOR EVERY WORKER" if q["too_big"] else ""] for q in overview],
+          _queue_warnings(q)] for q in overview],
         ["QUEUE", "READY", "LEASED", "OLDEST", "MAX SLOTS", "WORKER SLOTS", "CONSUMERS", "WARNING"],
     ))
 

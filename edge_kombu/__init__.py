@@ -27,9 +27,12 @@ def _register_transport() -> None:
 
 def _worker_starting(sender=None, **kwargs) -> None:
     from edge_kombu.worker.loop import add_step
+    from edge_kombu.worker.startup import check_edge_broker
 
     add_step(sender)
     _name_clients(sender)
+    if not getattr(sender.app, "edge_kombu_checks_start", False):
+        check_edge_broker(sender)
 
 
 def _name_clients(worker) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from edge_kombu import __version__
+from edge_kombu.protocol import WORKER_STATES
+from edge_kombu.server.config import DEFAULT_LEASE_TIMEOUT, DEFAULT_MAX_WAIT
 from edge_kombu.server.jobs import STATES as JOB_STATES
 
 
@@ -24,11 +26,31 @@ def _db_option(func):
     )(func)
 
 
+def _ready_engine(db_url: str | None):
+    """An engine on the database every command uses (``--db``, ``EDGE_KOMBU_DB_URL``,
+    Airflow's, else the default SQLite file) once its edge tables are up to date; else one
+    line naming the database and what to do, exit 1. The default file is named on stderr:
+    a token created there is not seen by an API serving another database."""
+    from edge_kombu.server.db import DatabaseNotReady, check_schema, resolve_db
+    from edge_kombu.server.sql import create_db_engine
+
+    url, default_file = resolve_db(db_url)
+    engine = create_db_engine(url, pool_size=1)
+    try:
+        check_schema(engine, url)
+    except DatabaseNotReady as exc:
+        engine.dispose()
+        _fail(str(exc))
+    if default_file is not None:
+        click.echo(f"using the default database {default_file} (set EDGE_KOMBU_DB_URL or "
+                   "--db to choose another)", err=True)
+    return engine
+
+
 def _sql(db_url: str | None):
-    from edge_kombu.server.db import resolve_db_url
     from edge_kombu.server.sql import SQL
 
-    return SQL.from_url(resolve_db_url(db_url), pool_size=1)
+    return SQL(_ready_engine(db_url))
 
 
 def _credentials(db_url: str | None):
@@ -88,28 +110,23 @@ def main() -> None:
 @click.option("--keyfile", help="TLS private key.")
 @click.option("--ca-certs", help="CA bundle to verify client certificates.")
 @click.option("--require-client-cert", is_flag=True, help="Refuse clients without a certificate.")
-@click.option("--lease-timeout", type=float, help="Seconds a silent consumer keeps its leases.")
-@click.option("--max-wait", type=float, help="Longest server-side wait of a consume (s).")
+@click.option("--lease-timeout", type=float,
+              help=f"Seconds a silent consumer keeps its leases (default: "
+              f"$EDGE_KOMBU_LEASE_TIMEOUT, else {DEFAULT_LEASE_TIMEOUT:g}).")
+@click.option("--max-wait", type=float,
+              help=f"Longest server-side wait of a consume in seconds (default: "
+              f"$EDGE_KOMBU_MAX_WAIT, else {DEFAULT_MAX_WAIT:g}).")
 @click.option("--max-body-bytes", type=int, help="Largest request body accepted.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def api(bind, db_url, workers, certfile, keyfile, ca_certs, require_client_cert,
         lease_timeout, max_wait, max_body_bytes, access_log) -> None:
     """Serve the edge API (gunicorn, gevent workers)."""
     from edge_kombu.server.config import ServerConfig
-    from edge_kombu.server.db import current_revision, describe, resolve_db_url
     from edge_kombu.server.serve import APIServer
-    from edge_kombu.server.sql import create_db_engine
 
-    url = resolve_db_url(db_url)
-    engine = create_db_engine(url, pool_size=1)
-    try:
-        revision = current_revision(engine)
-    except Exception as exc:  # noqa: BLE001 - report any connection failure in one line
-        _fail(f"cannot connect to the database {describe(url)}: {type(exc).__name__}: {exc}")
-    finally:
-        engine.dispose()
-    if revision is None:
-        _fail(f"the edge tables do not exist in {describe(url)}; run: edge-kombu db migrate")
+    engine = _ready_engine(db_url)
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
     try:
         config = ServerConfig.from_environment(
             url, lease_timeout=lease_timeout, max_wait=max_wait, max_body_bytes=max_body_bytes
@@ -139,12 +156,22 @@ def db() -> None:
 @_db_option
 def migrate(db_url) -> None:
     """Create or upgrade the edge tables (Alembic, own version table)."""
-    from edge_kombu.server.db import current_revision, describe, resolve_db_url
+    from edge_kombu.server.db import (
+        DatabaseNotReady,
+        current_revision,
+        describe,
+        reachable_revision,
+        resolve_db_url,
+    )
     from edge_kombu.server.db import migrate as run
     from edge_kombu.server.sql import create_db_engine
 
     url = resolve_db_url(db_url)
     engine = create_db_engine(url, pool_size=1)
+    try:
+        reachable_revision(engine, url)
+    except DatabaseNotReady as exc:
+        _fail(str(exc))
     run(engine)
     click.echo(f"edge tables at revision {current_revision(engine)} in {describe(url)}")
 
@@ -284,7 +311,8 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@click.option("--state", "states", multiple=True, help="Only workers in this state (repeatable).")
+@click.option("--state", "states", multiple=True, type=click.Choice(WORKER_STATES),
+              help="Only workers in this state (repeatable).")
 @_db_option
 def workers(as_json, states, db_url) -> None:
     """List the edge workers with state, queues, slots and last heartbeat."""
@@ -300,6 +328,17 @@ def workers(as_json, states, db_url) -> None:
     ))
 
 
+def _queue_warnings(q: dict) -> str:
+    """The Queues page's warnings, in a table cell."""
+    warnings = []
+    if q["too_big"]:
+        warnings.append(f"a task needs {q['max_slots']} slots; the largest worker serving "
+                        f"this queue has {q['largest_worker_slots']}")
+    if q["unserved"]:
+        warnings.append("tasks wait and no live worker serves this queue")
+    return "; ".join(warnings)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @_db_option
@@ -313,7 +352,7 @@ def queues(as_json, db_url) -> None:
         [[q["name"], q["ready"], q["leased"],
           "" if q["oldest_age"] is None else f"{q['oldest_age']}s",
           q["max_slots"] or "", q["largest_worker_slots"] or "", q["consumers"],
-          "TASK TOO BIG FOR EVERY WORKER" if q["too_big"] else ""] for q in overview],
+          _queue_warnings(q)] for q in overview],
         ["QUEUE", "READY", "LEASED", "OLDEST", "MAX SLOTS", "WORKER SLOTS", "CONSUMERS", "WARNING"],
     ))
 

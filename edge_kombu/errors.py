@@ -113,6 +113,13 @@ class TooManyRequests(EdgeConnectionError):
     code = "too_many_requests"
 
 
+class PlainHTTPAnswer(EdgeConnectionError):
+    """An ``https`` URL reached a server that answered the TLS handshake in plain HTTP: a
+    configuration mistake, which no retry mends (never an answer of the API)."""
+
+    code = "plain_http"
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (

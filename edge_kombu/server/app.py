@@ -26,6 +26,7 @@ from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.logs import TaskLogs
 from edge_kombu.server.outages import DATABASE_DOWN, Outages
 from edge_kombu.server.results import Results
+from edge_kombu.server.revocations import ExpiredTasks
 from edge_kombu.server.sql import SQL
 from edge_kombu.server.validation import RequestJSON
 from edge_kombu.server.wakeup import (
@@ -86,10 +87,11 @@ def build_services(config: ServerConfig) -> Services:
     sql.wakeup = wakeup
     jobs = JobHistory(sql)
     grants = TaskGrants(sql)
+    results = Results(sql, history=jobs)
     broker = Broker(sql, lease_timeout=config.lease_timeout, max_wait=config.max_wait,
                     starvation_guard=config.starvation_guard, waiters=waiters, history=jobs,
-                    grants=grants, dedup_window=config.publish_dedup_window)
-    results = Results(sql, history=jobs)
+                    grants=grants, dedup_window=config.publish_dedup_window,
+                    expired=ExpiredTasks(results))
     audit = AuditLog(sql)
     credentials = Credentials(sql, audit=audit)
     workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,

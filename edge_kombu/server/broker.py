@@ -90,6 +90,13 @@ class History(Protocol):
     def acked(self, conn: Connection, message_ids: Sequence[int], now: float) -> None: ...
 
 
+class DroppedMessages(Protocol):
+    """Told of the messages dropped because their time ran out, inside the transaction that
+    drops them (Celery tasks among them end as revoked: server/revocations.py)."""
+
+    def dropped(self, conn: Connection, messages: Iterable[dict], now: float) -> int: ...
+
+
 # -- what a message says about itself -------------------------------------------------------
 
 
@@ -184,6 +191,7 @@ class Broker:
         history: History | None = None,
         grants: TaskGrants | None = None,
         dedup_window: float = DEFAULT_PUBLISH_DEDUP_WINDOW,
+        expired: DroppedMessages | None = None,
     ) -> None:
         if lease_timeout <= 0:
             raise ValueError("lease_timeout must be > 0 seconds")
@@ -195,6 +203,7 @@ class Broker:
         self.history = history
         self.grants = grants
         self.dedup_window = dedup_window
+        self.expired = expired
         self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 4)
 
     # -- exchanges, queues, bindings ----------------------------------------------------
@@ -1006,9 +1015,7 @@ class Broker:
                 len(dead),
                 counts["leases_released"],
             )
-        counts["messages_expired"] = conn.execute(
-            delete(m.message).where(m.message.c.session.is_(None), m.message.c.expires_at < now)
-        ).rowcount
+        counts["messages_expired"], counts["tasks_revoked"] = self._drop_expired(conn, now)
         live_consumers = (
             select(m.consumer.c.queue)
             .join(m.session, m.session.c.id == m.consumer.c.session)
@@ -1031,6 +1038,30 @@ class Broker:
             delete(m.publish_key).where(m.publish_key.c.created_at < now - self.dedup_window)
         ).rowcount
         return counts
+
+    #: Expired messages read and dropped per expiry run when ``expired`` must see them; the
+    #: rest wait for the next run (a claim skips them meanwhile).
+    EXPIRED_BATCH = 5000
+
+    def _drop_expired(self, conn: Connection, now: float) -> tuple[int, int]:
+        """Delete the unleased messages whose time ran out; tell ``expired`` which ones.
+        Returns (messages dropped, tasks it revoked)."""
+        msg = m.message.c
+        where = (msg.session.is_(None), msg.expires_at < now)
+        if self.expired is None:
+            return conn.execute(delete(m.message).where(*where)).rowcount, 0
+        # Rows another API process's expiry holds are its own to drop: each message is told
+        # of once.
+        rows = conn.execute(self.sql.skip_locked(
+            select(msg.id, msg.payload).where(*where).limit(self.EXPIRED_BATCH)
+        )).all()
+        if not rows:
+            return 0, 0
+        dropped = conn.execute(
+            delete(m.message).where(msg.id.in_([row.id for row in rows]))
+        ).rowcount
+        revoked = self.expired.dropped(conn, (json.loads(row.payload) for row in rows), now)
+        return dropped, revoked
 
 
 class _SessionTouches:

@@ -60,12 +60,19 @@ def _airflow_sql_alchemy_conn() -> str | None:
 
 def resolve_db_url(explicit: str | None = None) -> str:
     """Return the database URL to use (see the module docstring for the order)."""
+    return resolve_db(explicit)[0]
+
+
+def resolve_db(explicit: str | None = None) -> tuple[str, Path | None]:
+    """The database URL to use and, when it is the embedded default, the SQLite file it
+    names (commands say so: a token created there is not seen by an API on another one)."""
     url = explicit or os.environ.get(ENV_DB_URL) or _airflow_sql_alchemy_conn()
-    if not url:
-        home = airflow_home()
-        home.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{home / SQLITE_FILENAME}"
-    return normalize_url(url)
+    if url:
+        return normalize_url(url), None
+    home = airflow_home()
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / SQLITE_FILENAME
+    return normalize_url(f"sqlite:///{path}"), path
 
 
 def normalize_url(url: str) -> str:
@@ -101,6 +108,48 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return ctx.get_current_revision()
+
+
+class DatabaseNotReady(Exception):
+    """The database cannot serve the edge commands; the message says what to do."""
+
+
+def reachable_revision(engine: Engine, url: str) -> str | None:
+    """The edge tables' revision (None: not created); :class:`DatabaseNotReady` with one
+    line if the database does not answer."""
+    try:
+        return current_revision(engine)
+    except Exception as exc:  # noqa: BLE001 - any connection failure, in one line
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise DatabaseNotReady(
+            f"cannot connect to the database {describe(url)}: {type(exc).__name__}: {reason}"
+        ) from None
+
+
+def check_schema(engine: Engine, url: str) -> None:
+    """Raise :class:`DatabaseNotReady` with one line unless the database answers and its
+    edge tables are at this edge-kombu's revision."""
+    revision = reachable_revision(engine, url)
+    if revision is None:
+        raise DatabaseNotReady(
+            f"the edge tables do not exist in {describe(url)}; run: edge-kombu db migrate"
+        )
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    heads = script.get_heads()
+    if revision in heads:
+        return
+    known = {rev.revision for rev in script.walk_revisions()}
+    if revision in known:
+        raise DatabaseNotReady(
+            f"the edge tables in {describe(url)} are at revision {revision}, older than this "
+            f"edge-kombu's {', '.join(heads)}; run: edge-kombu db migrate"
+        )
+    raise DatabaseNotReady(
+        f"the edge tables in {describe(url)} are at revision {revision}, which this "
+        "edge-kombu does not know (a newer one migrated them): upgrade edge-kombu"
+    )
 
 
 def describe(url: str) -> str:

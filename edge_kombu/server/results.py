@@ -55,17 +55,29 @@ class Results:
 
     def set(self, key: str, value: bytes, *, expires: float | None = None) -> None:
         """Store ``value``, expiring ``expires`` seconds from now (None: never)."""
-        now = self.sql.clock()
+        with self.sql.transaction() as tx:
+            self.store(tx.conn, key, value, self.sql.clock(), expires=expires)
+
+    def store(self, conn: Connection, key: str, value: bytes, now: float, *,
+              expires: float | None = None) -> None:
+        """On ``conn`` (the caller's transaction): :meth:`set`."""
         row = {
             "key": key,
             "value": value,
             "updated_at": now,
             "expires_at": None if expires is None else now + expires,
         }
-        with self.sql.transaction() as tx:
-            self.sql.upsert(tx.conn, m.result, row, ["key"])
-            if self.history is not None:
-                self.history.result_stored(tx.conn, key, value, now)
+        self.sql.upsert(conn, m.result, row, ["key"])
+        if self.history is not None:
+            self.history.result_stored(conn, key, value, now)
+
+    def read(self, conn: Connection, key: str, now: float) -> bytes | None:
+        """On ``conn`` (the caller's transaction): the live value of ``key``, locked until
+        commit so that a decision made on it holds."""
+        value = conn.execute(self.sql.lock_rows(
+            select(m.result.c.value).where(m.result.c.key == key, self._live(now))
+        )).scalar()
+        return None if value is None else bytes(value)
 
     def delete(self, key: str) -> None:
         with self.sql.transaction() as tx:

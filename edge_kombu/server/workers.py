@@ -382,16 +382,21 @@ class WorkerRegistry:
     def queue_report(self) -> list[dict]:
         """The broker's queue overview with who serves each queue (the Queues page and
         ``edge-kombu queues``): ``workers`` (live ones consuming it), ``largest_worker_slots``
-        (None if none) and ``too_big`` (a ready task needs more slots than any of them has)."""
+        (None if none), ``too_big`` (a ready task needs more slots than any of them has) and
+        ``unserved`` (tasks wait, and neither a live worker nor any consumer takes them)."""
         overview = self.broker.queue_overview()
         serving = self._serving()
         capacity = _largest_slots(serving)
         problems = {p["queue"] for p in too_big(overview, capacity)}
-        return [
-            dict(q, workers=[w["name"] for w in serving.get(q["name"], [])],
-                 largest_worker_slots=capacity.get(q["name"]), too_big=q["name"] in problems)
-            for q in overview
-        ]
+        report = []
+        for q in overview:
+            workers = [w["name"] for w in serving.get(q["name"], [])]
+            report.append(dict(
+                q, workers=workers, largest_worker_slots=capacity.get(q["name"]),
+                too_big=q["name"] in problems,
+                unserved=q["ready"] > 0 and not workers and not q["consumers"],
+            ))
+        return report
 
     def _serving(self) -> dict[str, list[dict]]:
         """The live workers consuming each queue (asked for, else reported), by queue."""

@@ -178,6 +178,8 @@ class EdgeClient:
                     timeout=(self.connect_timeout, timeout or self.read_timeout),
                 )
                 break
+            except requests.exceptions.SSLError as exc:
+                raise self._tls_failure(route, exc) from exc
             except requests.ConnectionError as exc:
                 if attempt + 1 < attempts:
                     continue  # e.g. a pooled connection the server had closed meanwhile
@@ -200,6 +202,30 @@ class EdgeClient:
                 "is the URL pointing at the edge API?"
             )
         raise errors.error_from_response(response.status_code, payload)
+
+    def _tls_failure(self, route: str, exc: Exception) -> errors.EdgeConnectionError:
+        """A failed TLS handshake, said in a way that tells what to do: a server that
+        speaks plain HTTP on that port gets the hint to drop the ``s``."""
+        if self._answers_plain_http():
+            plain = self.base_url.replace("https://", "http://", 1)
+            return errors.PlainHTTPAnswer(
+                f"the API answered plain HTTP: use edge+{plain} or serve TLS "
+                f"(edge-kombu api --certfile/--keyfile)"
+            )
+        reason = " ".join(str(exc).split())
+        return errors.EdgeConnectionError(
+            f"TLS with the edge API at {self.base_url} failed ({route}): {reason}"
+        )
+
+    def _answers_plain_http(self) -> bool:
+        if not self.base_url.startswith("https://"):
+            return False
+        try:
+            self._http_once.get(f"{self.base_url.replace('https://', 'http://', 1)}"
+                                f"{API_PATH}/health", timeout=self.connect_timeout)
+        except requests.RequestException:
+            return False
+        return True  # any answer in plain HTTP on the TLS port
 
     def health(self) -> dict:
         try:

@@ -159,6 +159,7 @@ def _close(worker) -> None:
 def install(app) -> None:
     """Give ``app``'s workers the edge lifecycle (heartbeats, maintenance, local control)."""
     app.steps["consumer"].add(EdgeStep)
+    app.edge_kombu_checks_start = True  # its own preflight, not worker/startup.py's
 
     @signals.worker_init.connect(weak=False)
     def edge_worker_init(sender=None, **kwargs) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery import chain, chord, group
+from celery.exceptions import TaskRevokedError
 
 from tests.helpers import BIN, ROOT, wait_for
 
@@ -64,6 +65,26 @@ def test_revoke(broker_url, worker_factory, celery_client, tmp_path):
     celery_client.control.revoke(result.id)
     wait_for(lambda: result.state == "REVOKED", timeout=20, message="REVOKED state")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_expired_task_behind_busy_ones_ends_revoked(broker_url, worker_factory, celery_client,
+                                                     tmp_path, pool):
+    """As on Redis: the caller of a task that expired in the queue gets TaskRevokedError at
+    once, not PENDING until its own timeout (the server drops the message and stores the
+    task's REVOKED state itself)."""
+    worker_factory(broker_url, concurrency=1, pool=pool)
+    out = tmp_path / "out"
+    busy = task(celery_client, "sleep_then_stamp", str(out), "busy", 4)
+    wait_for(lambda: (tmp_path / "out.started").exists(), timeout=30, message="busy task start")
+    late = task(celery_client, "stamp", str(out), "late", expires=1)
+    sent = time.monotonic()
+    with pytest.raises(TaskRevokedError, match="expired"):
+        late.get(timeout=30)
+    assert time.monotonic() - sent < 3.5  # well before the busy task frees the worker
+    assert late.state == "REVOKED"
+    assert busy.get(timeout=30) == "busy"
+    assert out.read_text().split()[0::2] == ["busy"]  # the expired task never ran
 
 
 def test_inspect_status_and_control_shutdown(broker_url, worker_factory, celery_client, tmp_path):

@@ -148,8 +148,8 @@ def test_queues_warns_of_a_task_too_big_for_every_worker(cli, registry, broker):
     assert header.split()[:2] == ["QUEUE", "READY"]
     by_name = {row.split()[0]: row for row in rows}
     assert set(by_name) == {"celery", "gpu"}
-    assert "TASK TOO BIG FOR EVERY WORKER" in by_name["gpu"]
-    assert "TOO BIG" not in by_name["celery"]
+    assert "a task needs 3 slots; the largest worker serving this queue has 2" in by_name["gpu"]
+    assert "a task needs" not in by_name["celery"]
 
     listed = {q["name"]: q for q in json.loads(cli("queues", "--json").stdout)}
     assert listed["gpu"]["too_big"] is True and listed["gpu"]["max_slots"] == 3
@@ -157,4 +157,23 @@ def test_queues_warns_of_a_task_too_big_for_every_worker(cli, registry, broker):
     assert listed["celery"]["too_big"] is False
 
     registry.heartbeat(beat("beta", queues=["gpu"], slots_total=4))
-    assert "TOO BIG" not in cli("queues").stdout
+    assert "a task needs" not in cli("queues").stdout
+
+
+def test_queues_warns_as_the_queues_page_of_a_queue_nobody_serves(cli, registry, broker):
+    """The same words as the Queues page: tasks wait on a queue no live worker consumes
+    (a worker started with -Q remote while the tasks go to celery)."""
+    broker.publish("", "celery", {"body": "waits", "headers": {}, "properties": {}})
+    broker.publish("", "remote", {"body": "runs", "headers": {}, "properties": {}})
+    broker.declare_queue("idle")
+    registry.heartbeat(beat("alpha", queues=["remote"]))
+
+    rows = {row.split()[0]: row for row in cli("queues").stdout.splitlines()[1:]}
+    assert rows["celery"].endswith("tasks wait and no live worker serves this queue")
+    assert "no live worker" not in rows["remote"] and "no live worker" not in rows["idle"]
+    listed = {q["name"]: q for q in json.loads(cli("queues", "--json").stdout)}
+    assert (listed["celery"]["unserved"], listed["remote"]["unserved"]) == (True, False)
+
+    # A consumer that is not a registered worker (a plain Celery worker) serves it too.
+    broker.touch_session("plain-session", "plain", ["celery"])
+    assert "no live worker" not in cli("queues").stdout

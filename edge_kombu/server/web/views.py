@@ -156,8 +156,7 @@ def queues():
         series = history["queues"].get(q["name"], {"ready": [None] * 60, "done": [0] * 60})
         series["ready"][-1] = q["ready"]  # this minute: now, not the last sample
         rows.append(dict(
-            q, unserved=q["ready"] > 0 and not q["workers"],
-            depth_points=spark(series["ready"]), done_points=spark(series["done"]),
+            q, depth_points=spark(series["ready"]), done_points=spark(series["done"]),
             depth_max=max([v for v in series["ready"] if v is not None] + [0]),
             done_last_hour=sum(series["done"]),
         ))

@@ -579,6 +579,11 @@ class Transport(virtual.Transport):
             self.session = sessions.ConsumerSession()
             log.warning("edge session %s could not be carried on: %s", session.id, exc.message)
             return
+        except errors.NotFound as exc:  # a server older than session/resume
+            log.warning("carried on edge session %s without reconciling its leases (%s): a "
+                        "message whose delivery was lost with the connection stays leased "
+                        "until this connection closes", session.id, exc.message)
+            return
         log.info("carried on edge session %s of a lost connection: %d message(s) still held, "
                  "%d never received and redelivered", session.id, len(held) - len(
                      answer["unknown"]), answer["released"])

@@ -18,6 +18,11 @@ from edge_kombu.server.audit import AuditLog
 from edge_kombu.server.auth import Authenticator, OIDCSettings
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import ServerConfig
+from edge_kombu.server.credential_cache import (
+    CountedFreshness,
+    CredentialCache,
+    NotifiedFreshness,
+)
 from edge_kombu.server.credentials import Credentials
 from edge_kombu.server.db import describe
 from edge_kombu.server.grants import TaskGrants
@@ -91,7 +96,12 @@ def build_services(config: ServerConfig) -> Services:
                     grants=grants, dedup_window=config.publish_dedup_window)
     results = Results(sql, history=jobs)
     audit = AuditLog(sql)
-    credentials = Credentials(sql, audit=audit)
+    listener = PostgresListener(sql.engine, waiters, origin=wakeup.origin) if sql.notifies \
+        else None
+    # Credentials come from memory until one changes: PostgreSQL's listener hears of it,
+    # elsewhere each lookup reads the credentials' generation (microseconds on SQLite).
+    freshness = NotifiedFreshness(listener.listening) if listener else CountedFreshness(sql)
+    credentials = Credentials(sql, audit=audit, cache=CredentialCache(freshness))
     workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,
                              worker_timeout=config.worker_timeout)
     logs = TaskLogs(sql, retention_days=config.log_retention_days)
@@ -100,8 +110,9 @@ def build_services(config: ServerConfig) -> Services:
                                 logs=logs, job_retention=config.job_retention, outages=outages,
                                 on_expired=metrics.record_reap)
     threads = [housekeeping.reaper(config.reap_interval)]
-    if sql.notifies:
-        threads.append(PostgresListener(sql.engine, waiters, origin=wakeup.origin))
+    if listener is not None:
+        listener.on_credentials = freshness.changed
+        threads.append(listener)
     else:
         poller = ReadyPoller(broker, waiters)
         threads.append(IntervalScheduler("edge-kombu-ready-poller", tick=config.wake_poll_interval)

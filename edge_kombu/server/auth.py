@@ -4,7 +4,8 @@
 
 * an API token (``ekt_…``) from ``edge-kombu token create``: central (``--central``) or
   scoped to a site's workers (``--worker NAME --queues …``); the server keeps only its
-  SHA-256 and looks it up on every request, so a revocation takes effect on the next
+  SHA-256, and each process remembers what it looked up until any credential changes
+  (:mod:`~edge_kombu.server.credential_cache`), so a revocation takes effect on the next
   request (and cuts a waiting long-poll within a second);
 * a JWT (HS512) minted from the shared secret ``[core] internal_api_secret_key``, bound to
   the one route it was minted for (claim ``route``) and living at most

@@ -31,6 +31,8 @@ on commit) and once it committed. Every service reads the time from the kernel's
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +48,8 @@ from edge_kombu.server.db import normalize_url
 
 #: Databases whose row locks can skip rows another transaction holds.
 _SKIP_LOCKED = ("postgresql", "mysql", "mariadb")
+#: The PostgreSQL channel on which API processes tell each other of commits.
+NOTIFY_CHANNEL = "edge_kombu"
 
 
 # -- engines ------------------------------------------------------------------------------
@@ -138,6 +142,8 @@ class SQL:
         self.clock = clock
         self._dialect = engine.dialect.name
         self._skip_locked = self._dialect in _SKIP_LOCKED
+        self._quick_lock = threading.Lock()
+        self._quick = None  # (pid, DB-API connection) of quick_scalar on SQLite
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 10, **kwargs) -> SQL:
@@ -163,8 +169,30 @@ class SQL:
         with self.connect() as conn:
             conn.execute(select(literal(1)))
 
+    def quick_scalar(self, query: str):
+        """The first value of a tiny read done very often (``query``: literal SQL), or None.
+
+        SQLite answers it on a connection of its own outside the pool, in microseconds: no
+        round trip, and checking a connection out of the pool would cost more than the
+        read. The other databases read through the pool.
+        """
+        if self._dialect != "sqlite":
+            with self.connect() as conn:
+                return conn.exec_driver_sql(query).scalar()
+        with self._quick_lock:
+            if self._quick is None or self._quick[0] != os.getpid():  # never across a fork
+                raw = self.engine.raw_connection()
+                self._quick = (os.getpid(), raw.driver_connection)
+                raw.detach()
+            row = self._quick[1].execute(query).fetchone()
+        return None if row is None else row[0]
+
     def dispose(self) -> None:
         """Close the pool's connections (the process or app is going away)."""
+        with self._quick_lock:
+            if self._quick is not None and self._quick[0] == os.getpid():
+                self._quick[1].close()
+            self._quick = None
         self.engine.dispose()
 
     # -- dialect differences ----------------------------------------------------------------
@@ -173,6 +201,13 @@ class SQL:
     def notifies(self) -> bool:
         """Whether the database can tell other processes of a commit (``LISTEN``/``NOTIFY``)."""
         return self._dialect == "postgresql"
+
+    def notify(self, conn: Connection, payload: str) -> None:
+        """PostgreSQL: tell every listening API process ``payload`` once ``conn``'s
+        transaction commits (:class:`~edge_kombu.server.wakeup.PostgresListener`)."""
+        if self.notifies:
+            conn.exec_driver_sql("SELECT pg_notify(%(channel)s, %(payload)s)",
+                                 {"channel": NOTIFY_CHANNEL, "payload": payload})
 
     def insert_ignore(self, conn: Connection, table, rows: list[dict]) -> int:
         """Insert ``rows``, skipping those whose key exists; returns how many were inserted."""

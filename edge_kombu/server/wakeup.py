@@ -22,18 +22,17 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from edge_kombu.server.sql import Wakeup
+from edge_kombu.server.sql import NOTIFY_CHANNEL, Wakeup
 
 if TYPE_CHECKING:
     from edge_kombu.server.broker import Broker
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "edge_kombu"
 _NOTIFY_LIMIT = 7000  # PostgreSQL caps a NOTIFY payload at 8000 bytes
 
 
@@ -231,14 +230,21 @@ class ReadyPoller:
 
 
 class PostgresListener(threading.Thread):
-    """``LISTEN`` on a dedicated connection and wake local waiters on each notification."""
+    """``LISTEN`` on a dedicated connection and wake local waiters on each notification.
+
+    ``on_credentials`` is called when a credential changed (item ``c:``, sent by any
+    process: see :mod:`~edge_kombu.server.credential_cache`), and before each (re)start of
+    listening, since changes made while it was deaf went unheard.
+    """
 
     def __init__(self, engine, registry: WaiterRegistry, *, retry_interval: float = 1.0,
-                 origin: str | None = None) -> None:
+                 origin: str | None = None,
+                 on_credentials: Callable[[], None] | None = None) -> None:
         super().__init__(name="edge-kombu-pg-listener", daemon=True)
         self.engine = engine
         self.registry = registry
         self.origin = origin  # notifications this process sent itself: already handled
+        self.on_credentials = on_credentials or (lambda: None)
         self.retry_interval = retry_interval
         self.stopped = threading.Event()
         self.listening = threading.Event()
@@ -262,6 +268,7 @@ class PostgresListener(threading.Thread):
             conn.autocommit = True
             with conn.cursor() as cursor:
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self.on_credentials()
             self.listening.set()
             # Consumes that started waiting before we listened may have missed a NOTIFY.
             self.registry.wake_all()
@@ -272,6 +279,7 @@ class PostgresListener(threading.Thread):
                 conn.poll()
                 queues: set[str] = set()
                 sessions: set[str] = set()
+                credentials = False
                 while conn.notifies:
                     items = conn.notifies.pop(0).payload.split("\n")
                     if items[0] == self.origin:
@@ -280,6 +288,9 @@ class PostgresListener(threading.Thread):
                         kind, _, name = item.partition(":")
                         if kind in ("q", "s"):
                             (queues if kind == "q" else sessions).add(name)
+                        credentials = credentials or kind == "c"
+                if credentials:
+                    self.on_credentials()
                 if queues:
                     self.registry.wake_queues(queues)
                 if sessions:

@@ -297,6 +297,24 @@ def test_oidc_tokens_are_checked(world, tmp_path):
     assert "no worker entry names it" in message
 
 
+def test_every_api_process_refuses_a_revoked_token_on_its_next_request(api_factory, tokens):
+    """Each API process keeps the credentials it looked up in memory; a revocation made in
+    another process (here the test's, as ``edge-kombu token revoke`` makes it) is refused
+    by both processes on the very next request, and a token issued anew works at once."""
+    servers = (api_factory(), api_factory())
+    token = tokens.create("site-x-*", queues=["qx"])
+    for _ in range(3):  # both have it in memory now
+        for server in servers:
+            assert post(server, "hello", {}, token=token).json()["principal"] == "site-x-*"
+    tokens.revoke("site-x-*")
+    for server in reversed(servers):
+        assert "unknown or revoked" in error_message(post(server, "hello", {}, token=token), 401)
+    renewed = tokens.create("site-x-*", queues=["qy"])
+    for server in servers:
+        assert post(server, "hello", {}, token=renewed).json()["scope"]["queues"] == ["qy"]
+        assert post(server, "hello", {}, token=token).status_code == 401
+
+
 def test_revocation_cuts_a_waiting_consume_and_hands_nothing_over(api, tokens):
     """A consume waiting when its token is revoked answers 401 within a second; a message
     published right after the revocation stays in the queue."""

@@ -19,6 +19,7 @@ from edge_kombu.server.auth import Authenticator, OIDCSettings
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import ServerConfig
 from edge_kombu.server.credential_cache import (
+    ChangeWatch,
     CountedFreshness,
     CredentialCache,
     NotifiedFreshness,
@@ -110,13 +111,20 @@ def build_services(config: ServerConfig) -> Services:
                                 logs=logs, job_retention=config.job_retention, outages=outages,
                                 on_expired=metrics.record_reap)
     threads = [housekeeping.reaper(config.reap_interval)]
+    # A change to a credential wakes the waiting long-polls to check theirs.
     if listener is not None:
-        listener.on_credentials = freshness.changed
+        def credentials_changed() -> None:
+            freshness.changed()
+            waiters.recheck_all()
+
+        listener.on_credentials = credentials_changed
         threads.append(listener)
     else:
         poller = ReadyPoller(broker, waiters)
+        watch = ChangeWatch(freshness, waiters.recheck_all)
         threads.append(IntervalScheduler("edge-kombu-ready-poller", tick=config.wake_poll_interval)
-                       .every(0, "wake waiters", poller.poll))
+                       .every(0, "wake waiters", poller.poll)
+                       .every(0, "re-check credentials", watch.poll))
     return Services(
         config=config,
         sql=sql,

@@ -53,9 +53,10 @@ def _scope(entry: Entry, credentials: Credentials, *, token_hash: str | None = N
         return credentials.still_valid(entry.name, token_hash, fresh=fresh)
 
     if entry.central:
-        return Scope(name or entry.name, True, still_valid=still_valid)
+        return Scope(name or entry.name, True, still_valid=still_valid,
+                     valid_until=entry.expires_at)
     return Scope.for_worker(name or entry.name, entry.name, entry.queues, entry.publish,
-                            still_valid)
+                            still_valid, entry.expires_at)
 
 
 class Authenticator:
@@ -164,7 +165,9 @@ class Authenticator:
             return clock() < float(exp) + self.leeway and credentials.still_valid(
                 entry.name, None, fresh=fresh)
 
-        return Scope.for_worker(entry.name, entry.name, entry.queues, entry.publish, still_valid)
+        ends = [float(exp) + self.leeway, entry.expires_at]
+        return Scope.for_worker(entry.name, entry.name, entry.queues, entry.publish, still_valid,
+                                min(end for end in ends if end is not None))
 
     # -- OIDC workload identity -----------------------------------------------------------
 

@@ -59,9 +59,8 @@ log = logging.getLogger(__name__)
 MAX_PRIORITY = 255
 #: Seconds a closed session is kept (so that a late request gets "closed", not "unknown").
 CLOSED_SESSION_KEPT = 3600.0
-#: A waiting long-poll re-checks its caller's credential at least this often (seconds), so
-#: a revocation cuts it within a second.
-CREDENTIAL_RECHECK = 0.5
+#: Sessions whose opener a process remembers (for the settlements' authorization).
+SESSION_OPENERS_KEPT = 100_000
 _CREDENTIAL_GONE = "the credential was revoked or expired while the consume waited"
 
 
@@ -196,6 +195,9 @@ class Broker:
         self.grants = grants
         self.dedup_window = dedup_window
         self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 4)
+        # Who opened each session: it never changes while the session's row exists.
+        self._openers: OrderedDict[str, str] = OrderedDict()
+        self._openers_lock = threading.Lock()
 
     # -- exchanges, queues, bindings ----------------------------------------------------
 
@@ -568,6 +570,7 @@ class Broker:
         wait: float = 0.0,
         grantee: str | None = None,
         still_valid: Callable[..., bool] | None = None,
+        valid_until: float | None = None,
     ) -> list[Delivery]:
         """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
 
@@ -579,18 +582,20 @@ class Broker:
 
         ``grantee`` (a worker credential) is granted the task messages it leases.
         ``still_valid`` re-checks the caller's credential before each claim, after a claim
-        that found messages and at least every :data:`CREDENTIAL_RECHECK` seconds while
-        waiting: a revocation cuts the poll and closes the session, so nothing is handed
-        over and its leases are redelivered.
+        that found messages, and at ``valid_until`` (its expiry, on the kernel's clock)
+        while waiting; a change to any credential wakes every waiting consume
+        (:meth:`WaiterRegistry.recheck_all`), which re-checks it then. A revocation cuts
+        the poll and closes the session, so nothing is handed over and its leases are
+        redelivered.
         """
         names = [name for name, _ in queues]
         wait = min(wait, self.max_wait)
         self._touches.touch(session, principal, names)
         deadline = time.monotonic() + wait
         try:
-            found, waiter = self._poll(session, queues, deadline, still_valid, max_slots=max_slots,
-                                       max_messages=max_messages, total_slots=total_slots,
-                                       grantee=grantee)
+            found, waiter = self._poll(session, queues, deadline, still_valid, valid_until,
+                                       max_slots=max_slots, max_messages=max_messages,
+                                       total_slots=total_slots, grantee=grantee)
         except errors.AuthenticationFailed:
             # A revoked credential's session ends: its leases (and any just taken) go back,
             # and the other consumers of its queues hear of them and of any wake-up it had.
@@ -603,7 +608,7 @@ class Broker:
             self.waiters.wake_some({queue: (1, None) for queue in waiter.queues})
         return found
 
-    def _poll(self, session, queues, deadline, still_valid, **claim_args):
+    def _poll(self, session, queues, deadline, still_valid, valid_until, **claim_args):
         """Claim, and wait while nothing comes: the loop of :meth:`consume`."""
         names = [name for name, _ in queues]
         recheck = still_valid is not None
@@ -619,10 +624,14 @@ class Broker:
                     break
                 woken = False
                 while not woken and (remaining := deadline - time.monotonic()) > 0:
-                    woken = waiter.wait(min(remaining, CREDENTIAL_RECHECK) if recheck
-                                        else remaining)
-                    if not woken:
+                    expires_in = None if not recheck or valid_until is None \
+                        else valid_until - self.sql.clock()
+                    if expires_in is not None:  # wake when the credential expires
+                        remaining = min(remaining, max(expires_in, 0) + 0.01)
+                    woken = waiter.wait(remaining)
+                    if not woken and expires_in is not None and expires_in <= remaining:
                         self._check_credential(still_valid)
+                        valid_until = None  # still valid: renewed, wait out the deadline
                 if not woken or waiter.by_session:
                     # Timed out, or this session's capacity changed: let the client ask again.
                     break
@@ -634,11 +643,29 @@ class Broker:
             raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
 
     def session_principal(self, session: str) -> str | None:
-        """Who opened ``session`` (None if unknown)."""
+        """Who opened ``session`` (None if unknown); from memory once this process knows.
+
+        A session's opener never changes while its row exists (a touch by anyone else is
+        refused); its id could serve another opener only once the row is forgotten, an
+        hour after it closed, and only for a client that chose that id on purpose."""
+        with self._openers_lock:
+            opener = self._openers.get(session)
+        if opener is not None:
+            return opener
         with self.sql.connect() as conn:
-            return conn.execute(
+            opener = conn.execute(
                 select(m.session.c.principal).where(m.session.c.id == session)
             ).scalar()
+        if opener is not None:
+            self._remember_opener(session, opener)
+        return opener
+
+    def _remember_opener(self, session: str, principal: str) -> None:
+        with self._openers_lock:
+            self._openers[session] = principal
+            self._openers.move_to_end(session)
+            while len(self._openers) > SESSION_OPENERS_KEPT:
+                self._openers.popitem(last=False)
 
     def touch_session(self, session: str, principal: str, queues: Iterable[str] = ()) -> None:
         """Mark ``session`` alive (opening it if new) and record the queues it consumes."""
@@ -688,6 +715,7 @@ class Broker:
                 conn.execute(
                     update(m.queue).where(m.queue.c.name.in_(queues)).values(last_used_at=now)
                 )
+        self._remember_opener(session, principal)
 
     def claim(
         self,

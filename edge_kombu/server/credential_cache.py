@@ -85,6 +85,24 @@ class NotifiedFreshness:
         return self._epoch if self.listening.is_set() else None
 
 
+class ChangeWatch:
+    """Where no listener hears of changes: :meth:`poll` (on a timer) calls ``on_change``
+    when the stamp moved since the last poll (waiting long-polls check their credential)."""
+
+    def __init__(self, freshness: Freshness, on_change: Callable[[], None]) -> None:
+        self.freshness = freshness
+        self.on_change = on_change
+        self._last = self._first = object()
+
+    def poll(self) -> None:
+        stamp = self.freshness.stamp()
+        if stamp != self._last:
+            moved = self._last is not self._first
+            self._last = stamp
+            if moved:
+                self.on_change()
+
+
 class CredentialCache:
     """Entries by key, each valid while the stamp it was read under is current."""
 

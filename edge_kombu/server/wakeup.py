@@ -146,6 +146,14 @@ class WaiterRegistry:
                 self._pending_wakes = {s: t for s, t in self._pending_wakes.items()
                                        if now - t < self.PENDING_SESSION_WAKE}
 
+    def recheck_all(self) -> None:
+        """A credential changed: wake every waiting consume to check its caller's again
+        (and claim again); unlike :meth:`wake_all`, none answers for that alone."""
+        with self._lock:
+            for waiters in self._by_session.values():
+                for waiter in waiters:
+                    waiter.event.set()
+
     def wake_all(self) -> None:
         with self._lock:
             for waiters in self._by_session.values():

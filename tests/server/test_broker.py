@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from edge_kombu import errors
 from edge_kombu.protocol import HEADER_POOL_SLOTS
@@ -606,3 +606,18 @@ def test_close_session_reports_released_queues(recorder):
     wakeup.calls.clear()
     broker.close_session("s1")
     assert wakeup.calls == [({"q"}, set(), 1)]
+
+
+def test_the_opener_of_a_session_is_read_once(sql, broker):
+    """Settlements ask who opened the session; the process remembers it."""
+    broker.touch_session("s1", "site-a", ["q"])
+    reads = []
+    listener = lambda *args: reads.append(args[2])  # noqa: E731
+    event.listen(sql.engine, "before_cursor_execute", listener)
+    try:
+        assert broker.session_principal("s1") == "site-a"
+        assert Broker(sql).session_principal("s1") == "site-a"  # another process reads it
+        assert broker.session_principal("unknown") is None
+    finally:
+        event.remove(sql.engine, "before_cursor_execute", listener)
+    assert sum("edge_kombu_session" in statement for statement in reads) == 2

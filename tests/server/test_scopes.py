@@ -348,6 +348,18 @@ def test_revocation_cuts_a_waiting_consume_and_hands_nothing_over(api, tokens):
     assert max(cut_after) < 1.0, cut_after
 
 
+def test_a_waiting_consume_ends_when_its_token_expires(api, tokens):
+    """No periodic re-check: the wait is cut at the credential's expiry."""
+    central = tokens.create("scheduler", kind="central")
+    post(api, "queue/declare", {"name": "qe"}, token=central).raise_for_status()
+    token = tokens.create("site-e-*", queues=["qe"], expires=1.5)
+    started = time.monotonic()
+    response = post(api, "consume", {"session": uuid.uuid4().hex, "queues": [{"name": "qe"}],
+                                     "wait": 10}, token=token)
+    assert "revoked or expired while the consume waited" in error_message(response, 401)
+    assert time.monotonic() - started < 3.0
+
+
 def test_a_rotated_identity_token_is_read_again_from_its_file(world, tmp_path):
     """The client re-reads a token file when it changes (Kubernetes rotates projected
     service-account tokens); the server checks each token it is sent."""

@@ -118,6 +118,7 @@ def build_services(config: ServerConfig) -> Services:
             waiters.recheck_all()
 
         listener.on_credentials = credentials_changed
+        broker.hearing = listener.listening.is_set  # a deaf process knows too little
         threads.append(listener)
     else:
         poller = ReadyPoller(broker, waiters)

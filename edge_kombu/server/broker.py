@@ -198,6 +198,12 @@ class Broker:
         # Who opened each session: it never changes while the session's row exists.
         self._openers: OrderedDict[str, str] = OrderedDict()
         self._openers_lock = threading.Lock()
+        self._empty = _KnownEmpty(lease_timeout)
+        #: Whether this process hears of every message made claimable: only if its
+        #: transactions wake its registry; the PostgreSQL listener makes it "while
+        #: listening"; elsewhere the ready poller hears of other processes' within its tick.
+        self.hearing: Callable[[], bool] = \
+            lambda: getattr(self.sql.wakeup, "registry", None) is self.waiters
 
     # -- exchanges, queues, bindings ----------------------------------------------------
 
@@ -580,6 +586,13 @@ class Broker:
         client asks again with its new capacity. The session's liveness is written at
         most every ``lease_timeout / 4`` seconds per process.
 
+        No claim at the start when this process knows it would find nothing: the session's
+        last claim, with the same queues and capacity, found nothing (not held back by the
+        starvation guard), and no wake-up for those queues came since (see
+        :meth:`WaiterRegistry.heard`); at least one claim per ``lease_timeout`` all the same.
+        On databases without ``NOTIFY`` another process's publish in between is claimed at
+        the ready poller's next tick, as one made while the consume waits.
+
         ``grantee`` (a worker credential) is granted the task messages it leases.
         ``still_valid`` re-checks the caller's credential before each claim, after a claim
         that found messages, and at ``valid_until`` (its expiry, on the kernel's clock)
@@ -612,11 +625,21 @@ class Broker:
         """Claim, and wait while nothing comes: the loop of :meth:`consume`."""
         names = [name for name, _ in queues]
         recheck = still_valid is not None
+        asked = (tuple(queues), claim_args["max_slots"], claim_args["total_slots"])
+        first = True
         with self.waiters.waiting(names, session, claim_args["max_slots"]) as waiter:
             while True:
                 waiter.event.clear()
                 self._check_credential(still_valid)
-                found = self.claim(session, queues, **claim_args)
+                if first and self.hearing() and self._empty.knows(
+                        session, asked, self.waiters.heard(names)):
+                    found = []
+                else:
+                    heard = self.waiters.heard(names)  # before the claim: nothing missed
+                    found, settled = self._claim(session, queues, **claim_args)
+                    if not found and settled and self.hearing():
+                        self._empty.note(session, asked, heard)
+                first = False
                 if found and recheck and not still_valid(fresh=True):
                     raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
                 remaining = deadline - time.monotonic()
@@ -740,8 +763,15 @@ class Broker:
         seconds, the consumer gets no smaller message from behind it; its slots free up
         as its running tasks end, until the big one fits.
         """
+        return self._claim(session, queues, max_slots=max_slots, max_messages=max_messages,
+                           total_slots=total_slots, grantee=grantee)[0]
+
+    def _claim(self, session, queues, *, max_slots, max_messages, total_slots, grantee
+               ) -> tuple[list[Delivery], bool]:
+        """:meth:`claim`, and whether finding nothing says nothing fits this consumer now
+        (False: the starvation guard held smaller messages back)."""
         if not queues:
-            return []
+            return [], True
         no_ack = {name for name, flag in queues if flag}
         names = [name for name, _ in queues]
         now = self.sql.clock()
@@ -760,13 +790,15 @@ class Broker:
             fits = msg.slots <= max_slots
             stmt = stmt.where(or_(fits, msg.queue.in_(no_ack)) if no_ack else fits)
         acked = [name for name in names if name not in no_ack]
+        guarded = False
         with self.sql.transaction() as tx:
             if max_slots is not None and acked and self._big_one_waits(
                 tx.conn, acked, max_slots, total_slots, now
             ):
                 if not no_ack:
-                    return []
+                    return [], False
                 stmt = stmt.where(msg.queue.in_(no_ack))
+                guarded = True
             # Lease only to an open session, and keep it open until this commits: leases of
             # a closed session would never be released.
             is_open = self.sql.lock_shared(select(m.session.c.id).where(
@@ -787,7 +819,7 @@ class Broker:
                     budget -= row.slots
                 chosen.append(row)
             if not chosen:
-                return []
+                return [], not guarded
             nonce = secrets.token_hex(6)
             taken = [r.id for r in chosen if r.queue in no_ack]
             leased = [r.id for r in chosen if r.queue not in no_ack]
@@ -816,7 +848,7 @@ class Broker:
             props["delivery_tag"] = f"{row.id}.{nonce}"
             props.setdefault("delivery_info", {})["redelivered"] = bool(row.redelivered)
             deliveries.append(Delivery(row.queue, message))
-        return deliveries
+        return deliveries, True
 
     def _big_one_waits(self, conn: Connection, queues: list[str], max_slots: int,
                        total_slots: int | None, now: float) -> bool:
@@ -931,6 +963,7 @@ class Broker:
         Returns how many leases were released.
         """
         conn = tx.conn
+        self._empty.forget(sessions)  # their next consume claims (and hears they are closed)
         conn.execute(
             update(m.session)
             .where(m.session.c.id.in_(sessions), m.session.c.closed_at.is_(None))
@@ -1059,3 +1092,32 @@ class _SessionTouches:
     def forget(self, session: str) -> None:
         with self._lock:
             self._seen.pop(session, None)
+
+
+class _KnownEmpty:
+    """Per session: the queues and capacity of its last claim that found nothing, with what
+    the process had heard of those queues then (at most ``trust_for`` seconds ago)."""
+
+    def __init__(self, trust_for: float, *, capacity: int = 100_000) -> None:
+        self.trust_for = trust_for
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._known: OrderedDict[str, tuple[tuple, tuple, float]] = OrderedDict()
+
+    def note(self, session: str, asked: tuple, heard: tuple) -> None:
+        with self._lock:
+            self._known[session] = (asked, heard, time.monotonic())
+            self._known.move_to_end(session)
+            while len(self._known) > self.capacity:
+                self._known.popitem(last=False)
+
+    def knows(self, session: str, asked: tuple, heard: tuple) -> bool:
+        with self._lock:
+            known = self._known.get(session)
+        return (known is not None and known[0] == asked and known[1] == heard
+                and time.monotonic() - known[2] < self.trust_for)
+
+    def forget(self, sessions: Iterable[str]) -> None:
+        with self._lock:
+            for session in sessions:
+                self._known.pop(session, None)

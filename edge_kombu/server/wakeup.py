@@ -68,6 +68,10 @@ class WaiterRegistry:
         # An ack can overtake the consume its worker sent just before (two connections):
         # that consume asked with the capacity of before the ack, so it must not wait.
         self._pending_wakes: dict[str, float] = {}
+        # What this process heard: a queue's count moves with every wake-up for it (a
+        # message may have become claimable), the epoch when it may have missed some.
+        self._versions: dict[str, int] = {}
+        self._epoch = 0
         self.closed = False
 
     def close(self) -> None:
@@ -97,6 +101,19 @@ class WaiterRegistry:
                     self._discard(self._by_queue, queue, waiter)
                 self._discard(self._by_session, session, waiter)
 
+    def heard(self, queues: Iterable[str]) -> tuple:
+        """What this process has heard of ``queues`` so far: equal snapshots mean that no
+        message became claimable on them since (as far as this process can know)."""
+        with self._lock:
+            return self._epoch, tuple(self._versions.get(queue, 0) for queue in queues)
+
+    def _moved(self, queues: Iterable[str]) -> None:  # under the lock
+        if len(self._versions) > 100_000:
+            self._versions.clear()
+            self._epoch += 1
+        for queue in queues:
+            self._versions[queue] = self._versions.get(queue, 0) + 1
+
     @staticmethod
     def _discard(index: dict, key: str, waiter: Waiter) -> None:
         waiters = index.get(key)
@@ -108,7 +125,9 @@ class WaiterRegistry:
     def wake_queues(self, queues: Iterable[str], min_slots: dict[str, int] | None = None) -> int:
         """Wake waiters on ``queues`` (only those a message fits, if ``min_slots`` given)."""
         woken = 0
+        queues = list(queues)
         with self._lock:
+            self._moved(queues)
             for queue in queues:
                 need = None if min_slots is None else min_slots.get(queue)
                 for waiter in self._by_queue.get(queue, ()):
@@ -124,6 +143,7 @@ class WaiterRegistry:
         N claim transactions per message with N workers on one queue.
         """
         with self._lock:
+            self._moved(fresh)
             for queue, (count, min_slots) in fresh.items():
                 for waiter in self._by_queue.get(queue, ()):
                     if count <= 0:
@@ -156,6 +176,7 @@ class WaiterRegistry:
 
     def wake_all(self) -> None:
         with self._lock:
+            self._epoch += 1  # the PostgreSQL listener was deaf, the server stops
             for waiters in self._by_session.values():
                 for waiter in waiters:
                     waiter.by_session = True

@@ -194,7 +194,10 @@ class Broker:
         self.history = history
         self.grants = grants
         self.dedup_window = dedup_window
-        self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 4)
+        # Liveness: written by a consume at most every lease_timeout / 2, and for the
+        # sessions whose consume waits here by keep_waiting_alive, in one statement.
+        self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 2,
+                                        clock=sql.clock)
         # Who opened each session: it never changes while the session's row exists.
         self._openers: OrderedDict[str, str] = OrderedDict()
         self._openers_lock = threading.Lock()
@@ -584,7 +587,8 @@ class Broker:
         holding no database connection, and claims again when woken. Answers at once,
         even empty, when this session's capacity changed (an ack, a close), so that the
         client asks again with its new capacity. The session's liveness is written at
-        most every ``lease_timeout / 4`` seconds per process.
+        most every ``lease_timeout / 2`` seconds per process when a consume starts, and
+        kept fresh while one waits by :meth:`keep_waiting_alive`.
 
         No claim at the start when this process knows it would find nothing: the session's
         last claim, with the same queues and capacity, found nothing (not held back by the
@@ -689,6 +693,23 @@ class Broker:
             self._openers.move_to_end(session)
             while len(self._openers) > SESSION_OPENERS_KEPT:
                 self._openers.popitem(last=False)
+
+    def keep_waiting_alive(self) -> int:
+        """Mark alive, in one statement, the sessions with a consume waiting in this process
+        whose liveness was written here more than ``lease_timeout / 4`` ago (a reaper job,
+        every ``lease_timeout / 8``): a waiting consume is a live session, and the next
+        consume of an idle one need not write. Returns how many were written."""
+        stale = self._touches.stale(self.waiters.waiting_sessions(), self.lease_timeout / 4)
+        if not stale:
+            return 0
+        now = self.sql.clock()
+        with self.sql.transaction() as tx:
+            for start in range(0, len(stale), 500):
+                tx.conn.execute(update(m.session).where(
+                    m.session.c.id.in_(stale[start:start + 500]),
+                    m.session.c.closed_at.is_(None)).values(last_seen=now))
+        self._touches.written(stale, now)
+        return len(stale)
 
     def touch_session(self, session: str, principal: str, queues: Iterable[str] = ()) -> None:
         """Mark ``session`` alive (opening it if new) and record the queues it consumes."""
@@ -1068,15 +1089,31 @@ class _SessionTouches:
     """
 
     def __init__(self, write: Callable[[str, str, Iterable[str]], None], interval: float, *,
-                 capacity: int = 100_000) -> None:
+                 capacity: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self.write = write
         self.interval = interval
         self.capacity = capacity
+        self.clock = clock  # the kernel's: the reaper holds last_seen against it
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, tuple[tuple, float]] = OrderedDict()
 
+    def stale(self, sessions: Iterable[str], older_than: float) -> list[str]:
+        """Of ``sessions``, those written here more than ``older_than`` seconds ago."""
+        now = self.clock()
+        with self._lock:
+            return [session for session in sessions
+                    if (seen := self._seen.get(session)) is not None
+                    and now - seen[1] > older_than]
+
+    def written(self, sessions: Iterable[str], when: float) -> None:
+        with self._lock:
+            for session in sessions:
+                seen = self._seen.get(session)
+                if seen is not None:
+                    self._seen[session] = (seen[0], when)
+
     def touch(self, session: str, principal: str, queues: list[str]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         key = (principal, frozenset(queues))
         with self._lock:
             last = self._seen.get(session)

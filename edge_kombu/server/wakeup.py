@@ -182,6 +182,10 @@ class WaiterRegistry:
                     waiter.by_session = True
                     waiter.event.set()
 
+    def waiting_sessions(self) -> list[str]:
+        with self._lock:
+            return list(self._by_session)
+
     def waited_queues(self) -> set[str]:
         with self._lock:
             return set(self._by_queue)

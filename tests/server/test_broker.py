@@ -668,3 +668,25 @@ def test_a_consume_held_back_by_the_starvation_guard_claims_every_time(sql, cloc
     assert big.message["body"] == "big"
     [small] = line.consume("c1", "w1", [("tasks", False)], **args)
     assert small.message["body"] == "small"
+
+
+def test_a_session_waiting_longer_than_its_lease_is_kept_alive_without_a_consume(sql, clock):
+    """An idle session writes its liveness at most every lease / 2 when it consumes; while
+    its consume waits, the reaper's job marks it alive (one statement for all such)."""
+    registry = WaiterRegistry()
+    timed = Broker(SQL(sql.engine, clock=clock, wakeup=LocalWakeup(registry)),
+                   lease_timeout=10.0, waiters=registry)
+    timed.declare_queue("q")
+    timed.consume("s1", "w1", [("q", False)])
+    clock.advance(2)
+    timed.consume("s1", "w1", [("q", False)])  # within lease / 2: not written
+    with registry.waiting(["q"], "s1", None):  # a consume of s1 waits here
+        assert timed.keep_waiting_alive() == 0  # written 2 s ago: not due (lease / 4)
+        clock.advance(1)
+        assert timed.keep_waiting_alive() == 1
+        clock.advance(9)  # 12 s after the consume's write, 9 s after the job's
+        with timed.sql.transaction() as tx:
+            assert timed.expire(tx, clock())["sessions_expired"] == 0
+    clock.advance(2)
+    with timed.sql.transaction() as tx:
+        assert timed.expire(tx, clock())["sessions_expired"] == 1

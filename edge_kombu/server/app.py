@@ -22,7 +22,6 @@ from edge_kombu.server.credential_cache import (
     ChangeWatch,
     CountedFreshness,
     CredentialCache,
-    NotifiedFreshness,
 )
 from edge_kombu.server.credentials import Credentials
 from edge_kombu.server.db import describe
@@ -99,9 +98,9 @@ def build_services(config: ServerConfig) -> Services:
     audit = AuditLog(sql)
     listener = PostgresListener(sql.engine, waiters, origin=wakeup.origin) if sql.notifies \
         else None
-    # Credentials come from memory until one changes: PostgreSQL's listener hears of it,
-    # elsewhere each lookup reads the credentials' generation (microseconds on SQLite).
-    freshness = NotifiedFreshness(listener.listening) if listener else CountedFreshness(sql)
+    # Credentials come from memory while their generation is unchanged (one tiny read per
+    # lookup, microseconds on SQLite): a NOTIFY could reach us after the next request.
+    freshness = CountedFreshness(sql)
     credentials = Credentials(sql, audit=audit, cache=CredentialCache(freshness))
     workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,
                              worker_timeout=config.worker_timeout)
@@ -113,11 +112,7 @@ def build_services(config: ServerConfig) -> Services:
     threads = [housekeeping.reaper(config.reap_interval)]
     # A change to a credential wakes the waiting long-polls to check theirs.
     if listener is not None:
-        def credentials_changed() -> None:
-            freshness.changed()
-            waiters.recheck_all()
-
-        listener.on_credentials = credentials_changed
+        listener.on_credentials = waiters.recheck_all
         broker.hearing = listener.listening.is_set  # a deaf process knows too little
         threads.append(listener)
     else:

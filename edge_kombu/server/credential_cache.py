@@ -3,15 +3,15 @@
 Authenticating a request would otherwise read the token table every time. Each entry is
 kept with the *stamp* it was read under; a :class:`Freshness` gives the current stamp,
 which changes whenever any credential may have changed, so a revocation made anywhere
-takes effect on the next request in every process:
+takes effect on the next request in every process.
 
-* :class:`CountedFreshness` (every database) reads the credentials' generation, a random
-  value each change rewrites in its transaction (``edge_kombu_generation``). On SQLite
-  that read is a few microseconds (:meth:`~edge_kombu.server.sql.SQL.quick_scalar`).
-* :class:`NotifiedFreshness` (PostgreSQL) reads nothing: the change's transaction also
-  sends a ``NOTIFY`` that the process's listener turns into a new stamp. While the
-  listener is not listening (starting, reconnecting) there is no stamp, and every request
-  reads the database.
+:class:`CountedFreshness` reads the credentials' generation, a random value each change
+rewrites in its transaction (``edge_kombu_generation``): one tiny read per lookup, a few
+microseconds on SQLite (:meth:`~edge_kombu.server.sql.SQL.quick_scalar`), one round trip
+elsewhere. (A ``NOTIFY`` alone would not do: it can reach a process after the next
+request.) The change's transaction also sends ``NOTIFY`` (PostgreSQL), on which the
+listener wakes the waiting long-polls to check their credential; elsewhere a
+:class:`ChangeWatch` polls the generation for them.
 
 A stamp is read *before* the database, so an entry read while a change commits is kept
 under the old stamp and never used.
@@ -63,26 +63,6 @@ class CountedFreshness:
 
     def changed(self) -> None:
         """Nothing to do: the change's transaction rewrote the generation."""
-
-
-class NotifiedFreshness:
-    """The stamp moves when the PostgreSQL listener hears of a change; none while it is
-    not listening (``listening``: its event)."""
-
-    def __init__(self, listening: threading.Event) -> None:
-        self.listening = listening
-        self._epoch = 0
-        self._lock = threading.Lock()
-
-    def changed(self) -> None:
-        """A credential changed (or the listener may have missed that one did): called by
-        the listener, and by this process after its own change, which must not wait for
-        its ``NOTIFY``."""
-        with self._lock:
-            self._epoch += 1
-
-    def stamp(self) -> Hashable | None:
-        return self._epoch if self.listening.is_set() else None
 
 
 class ChangeWatch:

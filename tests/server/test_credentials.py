@@ -6,18 +6,13 @@ Run per database with ``EDGE_KOMBU_TEST_DB``; time runs on a :class:`FakeClock`.
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import pytest
 from sqlalchemy import event, select
 
 from edge_kombu import errors
 from edge_kombu.server import models
-from edge_kombu.server.credential_cache import (
-    CountedFreshness,
-    CredentialCache,
-    NotifiedFreshness,
-)
+from edge_kombu.server.credential_cache import CountedFreshness, CredentialCache
 from edge_kombu.server.credentials import Credentials
 from edge_kombu.server.sql import SQL
 
@@ -173,22 +168,3 @@ def test_a_cached_process_reads_no_token_until_another_process_changes_one(sql, 
     assert api.lookup(token) is None
     assert not api.still_valid("site-a-*", digest)
     assert api.for_worker("site-a-2") is None
-
-
-def test_a_notified_cache_is_trusted_only_while_listening(sql, token_reads):
-    listening = threading.Event()
-    freshness = NotifiedFreshness(listening)
-    api = Credentials(sql, cache=CredentialCache(freshness))
-    token = Credentials(sql).create("site-a-*")
-    api.lookup(token)
-    api.lookup(token)
-    assert token_reads[0] == 2  # deaf: nothing is trusted
-    listening.set()
-    api.lookup(token)
-    api.lookup(token)
-    assert token_reads[0] == 3
-    freshness.changed()  # what the listener does on a NOTIFY of a change
-    api.lookup(token)
-    assert token_reads[0] == 4
-    api.revoke("site-a-*")  # its own change is seen without waiting for the NOTIFY
-    assert api.lookup(token) is None

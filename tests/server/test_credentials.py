@@ -168,3 +168,17 @@ def test_a_cached_process_reads_no_token_until_another_process_changes_one(sql, 
     assert api.lookup(token) is None
     assert not api.still_valid("site-a-*", digest)
     assert api.for_worker("site-a-2") is None
+
+
+def test_the_generation_read_survives_its_connection_failing(sql):
+    """The quick read's own connection breaks (a database restart): the read goes through
+    the pool and the next one opens a new connection."""
+    fresh = CountedFreshness(sql)
+    before = fresh.stamp()
+    Credentials(sql).create("site-a-*")
+    changed = fresh.stamp()
+    assert changed != before
+    if sql._quick is not None:  # SQLite and PostgreSQL read on a connection of their own
+        sql._quick[1].close()
+    assert fresh.stamp() == changed
+    assert fresh.stamp() == changed

@@ -158,7 +158,7 @@ class Credentials:
         if self.cache is not None:
             self.cache.changed()
 
-    # -- lookups on every request ---------------------------------------------------------
+    # -- lookups on every request (from the cache, if any) -------------------------------
 
     def _cached(self, key: Hashable, read: Callable[[], object]):
         return read() if self.cache is None else self.cache.get(key, read)

@@ -18,6 +18,9 @@ writers                     ``BEGIN IMMEDIATE``  row locks               row loc
 :meth:`SQL.skip_locked`     (the write lock)     ``FOR UPDATE SKIP       ``FOR UPDATE SKIP
                                                  LOCKED``                LOCKED``
 :attr:`SQL.notifies`        no                   ``LISTEN``/``NOTIFY``   no
+:meth:`SQL.notify`          (nothing)            ``pg_notify``           (nothing)
+:meth:`SQL.quick_scalar`    own connection       own autocommit          the pool
+                                                 connection
 :meth:`SQL.explain`         ``EXPLAIN QUERY      ``EXPLAIN``             ``EXPLAIN``
                             PLAN``
 ==========================  ===================  ======================  ===================

@@ -248,6 +248,7 @@ def consume(body: dict) -> dict:
         wait=body.get("wait", 0.0),
         grantee=None if scope.central else scope.name,
         still_valid=scope.still_valid,
+        valid_until=scope.valid_until,
     )
     metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}

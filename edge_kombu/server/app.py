@@ -18,6 +18,11 @@ from edge_kombu.server.audit import AuditLog
 from edge_kombu.server.auth import Authenticator, OIDCSettings
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import ServerConfig
+from edge_kombu.server.credential_cache import (
+    ChangeWatch,
+    CountedFreshness,
+    CredentialCache,
+)
 from edge_kombu.server.credentials import Credentials
 from edge_kombu.server.db import describe
 from edge_kombu.server.grants import TaskGrants
@@ -93,7 +98,12 @@ def build_services(config: ServerConfig) -> Services:
                     grants=grants, dedup_window=config.publish_dedup_window,
                     expired=ExpiredTasks(results))
     audit = AuditLog(sql)
-    credentials = Credentials(sql, audit=audit)
+    listener = PostgresListener(sql.engine, waiters, origin=wakeup.origin) if sql.notifies \
+        else None
+    # Credentials come from memory while their generation is unchanged (one tiny read per
+    # lookup, microseconds on SQLite): a NOTIFY could reach us after the next request.
+    freshness = CountedFreshness(sql)
+    credentials = Credentials(sql, audit=audit, cache=CredentialCache(freshness))
     workers = WorkerRegistry(sql, broker=broker, jobs=jobs, audit=audit,
                              worker_timeout=config.worker_timeout)
     logs = TaskLogs(sql, retention_days=config.log_retention_days)
@@ -102,12 +112,17 @@ def build_services(config: ServerConfig) -> Services:
                                 logs=logs, job_retention=config.job_retention, outages=outages,
                                 on_expired=metrics.record_reap)
     threads = [housekeeping.reaper(config.reap_interval)]
-    if sql.notifies:
-        threads.append(PostgresListener(sql.engine, waiters, origin=wakeup.origin))
+    # A change to a credential wakes the waiting long-polls to check theirs.
+    if listener is not None:
+        listener.on_credentials = waiters.recheck_all
+        broker.hearing = listener.listening.is_set  # a deaf process knows too little
+        threads.append(listener)
     else:
         poller = ReadyPoller(broker, waiters)
+        watch = ChangeWatch(freshness, waiters.recheck_all)
         threads.append(IntervalScheduler("edge-kombu-ready-poller", tick=config.wake_poll_interval)
-                       .every(0, "wake waiters", poller.poll))
+                       .every(0, "wake waiters", poller.poll)
+                       .every(0, "re-check credentials", watch.poll))
     return Services(
         config=config,
         sql=sql,

@@ -4,7 +4,8 @@
 
 * an API token (``ekt_…``) from ``edge-kombu token create``: central (``--central``) or
   scoped to a site's workers (``--worker NAME --queues …``); the server keeps only its
-  SHA-256 and looks it up on every request, so a revocation takes effect on the next
+  SHA-256, and each process remembers what it looked up until any credential changes
+  (:mod:`~edge_kombu.server.credential_cache`), so a revocation takes effect on the next
   request (and cuts a waiting long-poll within a second);
 * a JWT (HS512) minted from the shared secret ``[core] internal_api_secret_key``, bound to
   the one route it was minted for (claim ``route``) and living at most
@@ -52,9 +53,10 @@ def _scope(entry: Entry, credentials: Credentials, *, token_hash: str | None = N
         return credentials.still_valid(entry.name, token_hash, fresh=fresh)
 
     if entry.central:
-        return Scope(name or entry.name, True, still_valid=still_valid)
+        return Scope(name or entry.name, True, still_valid=still_valid,
+                     valid_until=entry.expires_at)
     return Scope.for_worker(name or entry.name, entry.name, entry.queues, entry.publish,
-                            still_valid)
+                            still_valid, entry.expires_at)
 
 
 class Authenticator:
@@ -163,7 +165,9 @@ class Authenticator:
             return clock() < float(exp) + self.leeway and credentials.still_valid(
                 entry.name, None, fresh=fresh)
 
-        return Scope.for_worker(entry.name, entry.name, entry.queues, entry.publish, still_valid)
+        ends = [float(exp) + self.leeway, entry.expires_at]
+        return Scope.for_worker(entry.name, entry.name, entry.queues, entry.publish, still_valid,
+                                min(end for end in ends if end is not None))
 
     # -- OIDC workload identity -----------------------------------------------------------
 

@@ -59,9 +59,8 @@ log = logging.getLogger(__name__)
 MAX_PRIORITY = 255
 #: Seconds a closed session is kept (so that a late request gets "closed", not "unknown").
 CLOSED_SESSION_KEPT = 3600.0
-#: A waiting long-poll re-checks its caller's credential at least this often (seconds), so
-#: a revocation cuts it within a second.
-CREDENTIAL_RECHECK = 0.5
+#: Sessions whose opener a process remembers (for the settlements' authorization).
+SESSION_OPENERS_KEPT = 100_000
 _CREDENTIAL_GONE = "the credential was revoked or expired while the consume waited"
 
 
@@ -204,7 +203,19 @@ class Broker:
         self.grants = grants
         self.dedup_window = dedup_window
         self.expired = expired
-        self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 4)
+        # Liveness: written by a consume at most every lease_timeout / 2, and for the
+        # sessions whose consume waits here by keep_waiting_alive, in one statement.
+        self._touches = _SessionTouches(self.touch_session, interval=lease_timeout / 2,
+                                        clock=sql.clock)
+        # Who opened each session: it never changes while the session's row exists.
+        self._openers: OrderedDict[str, str] = OrderedDict()
+        self._openers_lock = threading.Lock()
+        self._empty = _KnownEmpty(lease_timeout)
+        #: Whether this process hears of every message made claimable: only if its
+        #: transactions wake its registry; the PostgreSQL listener makes it "while
+        #: listening"; elsewhere the ready poller hears of other processes' within its tick.
+        self.hearing: Callable[[], bool] = \
+            lambda: getattr(self.sql.wakeup, "registry", None) is self.waiters
 
     # -- exchanges, queues, bindings ----------------------------------------------------
 
@@ -577,6 +588,7 @@ class Broker:
         wait: float = 0.0,
         grantee: str | None = None,
         still_valid: Callable[..., bool] | None = None,
+        valid_until: float | None = None,
     ) -> list[Delivery]:
         """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
 
@@ -584,22 +596,32 @@ class Broker:
         holding no database connection, and claims again when woken. Answers at once,
         even empty, when this session's capacity changed (an ack, a close), so that the
         client asks again with its new capacity. The session's liveness is written at
-        most every ``lease_timeout / 4`` seconds per process.
+        most every ``lease_timeout / 2`` seconds per process when a consume starts, and
+        kept fresh while one waits by :meth:`keep_waiting_alive`.
+
+        No claim at the start when this process knows it would find nothing: the session's
+        last claim, with the same queues and capacity, found nothing (not held back by the
+        starvation guard), and no wake-up for those queues came since (see
+        :meth:`WaiterRegistry.heard`); at least one claim per ``lease_timeout`` all the same.
+        On databases without ``NOTIFY`` another process's publish in between is claimed at
+        the ready poller's next tick, as one made while the consume waits.
 
         ``grantee`` (a worker credential) is granted the task messages it leases.
         ``still_valid`` re-checks the caller's credential before each claim, after a claim
-        that found messages and at least every :data:`CREDENTIAL_RECHECK` seconds while
-        waiting: a revocation cuts the poll and closes the session, so nothing is handed
-        over and its leases are redelivered.
+        that found messages, and at ``valid_until`` (its expiry, on the kernel's clock)
+        while waiting; a change to any credential wakes every waiting consume
+        (:meth:`WaiterRegistry.recheck_all`), which re-checks it then. A revocation cuts
+        the poll and closes the session, so nothing is handed over and its leases are
+        redelivered.
         """
         names = [name for name, _ in queues]
         wait = min(wait, self.max_wait)
         self._touches.touch(session, principal, names)
         deadline = time.monotonic() + wait
         try:
-            found, waiter = self._poll(session, queues, deadline, still_valid, max_slots=max_slots,
-                                       max_messages=max_messages, total_slots=total_slots,
-                                       grantee=grantee)
+            found, waiter = self._poll(session, queues, deadline, still_valid, valid_until,
+                                       max_slots=max_slots, max_messages=max_messages,
+                                       total_slots=total_slots, grantee=grantee)
         except errors.AuthenticationFailed:
             # A revoked credential's session ends: its leases (and any just taken) go back,
             # and the other consumers of its queues hear of them and of any wake-up it had.
@@ -612,15 +634,25 @@ class Broker:
             self.waiters.wake_some({queue: (1, None) for queue in waiter.queues})
         return found
 
-    def _poll(self, session, queues, deadline, still_valid, **claim_args):
+    def _poll(self, session, queues, deadline, still_valid, valid_until, **claim_args):
         """Claim, and wait while nothing comes: the loop of :meth:`consume`."""
         names = [name for name, _ in queues]
         recheck = still_valid is not None
+        asked = (tuple(queues), claim_args["max_slots"], claim_args["total_slots"])
+        first = True
         with self.waiters.waiting(names, session, claim_args["max_slots"]) as waiter:
             while True:
                 waiter.event.clear()
                 self._check_credential(still_valid)
-                found = self.claim(session, queues, **claim_args)
+                if first and self.hearing() and self._empty.knows(
+                        session, asked, self.waiters.heard(names)):
+                    found = []
+                else:
+                    heard = self.waiters.heard(names)  # before the claim: nothing missed
+                    found, settled = self._claim(session, queues, **claim_args)
+                    if not found and settled and self.hearing():
+                        self._empty.note(session, asked, heard)
+                first = False
                 if found and recheck and not still_valid(fresh=True):
                     raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
                 remaining = deadline - time.monotonic()
@@ -628,10 +660,14 @@ class Broker:
                     break
                 woken = False
                 while not woken and (remaining := deadline - time.monotonic()) > 0:
-                    woken = waiter.wait(min(remaining, CREDENTIAL_RECHECK) if recheck
-                                        else remaining)
-                    if not woken:
+                    expires_in = None if not recheck or valid_until is None \
+                        else valid_until - self.sql.clock()
+                    if expires_in is not None:  # wake when the credential expires
+                        remaining = min(remaining, max(expires_in, 0) + 0.01)
+                    woken = waiter.wait(remaining)
+                    if not woken and expires_in is not None and expires_in <= remaining:
                         self._check_credential(still_valid)
+                        valid_until = None  # still valid: renewed, wait out the deadline
                 if not woken or waiter.by_session:
                     # Timed out, or this session's capacity changed: let the client ask again.
                     break
@@ -643,11 +679,46 @@ class Broker:
             raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
 
     def session_principal(self, session: str) -> str | None:
-        """Who opened ``session`` (None if unknown)."""
+        """Who opened ``session`` (None if unknown); from memory once this process knows.
+
+        A session's opener never changes while its row exists (a touch by anyone else is
+        refused); its id could serve another opener only once the row is forgotten, an
+        hour after it closed, and only for a client that chose that id on purpose."""
+        with self._openers_lock:
+            opener = self._openers.get(session)
+        if opener is not None:
+            return opener
         with self.sql.connect() as conn:
-            return conn.execute(
+            opener = conn.execute(
                 select(m.session.c.principal).where(m.session.c.id == session)
             ).scalar()
+        if opener is not None:
+            self._remember_opener(session, opener)
+        return opener
+
+    def _remember_opener(self, session: str, principal: str) -> None:
+        with self._openers_lock:
+            self._openers[session] = principal
+            self._openers.move_to_end(session)
+            while len(self._openers) > SESSION_OPENERS_KEPT:
+                self._openers.popitem(last=False)
+
+    def keep_waiting_alive(self) -> int:
+        """Mark alive, in one statement, the sessions with a consume waiting in this process
+        whose liveness was written here more than ``lease_timeout / 4`` ago (a reaper job,
+        every ``lease_timeout / 8``): a waiting consume is a live session, and the next
+        consume of an idle one need not write. Returns how many were written."""
+        stale = self._touches.stale(self.waiters.waiting_sessions(), self.lease_timeout / 4)
+        if not stale:
+            return 0
+        now = self.sql.clock()
+        with self.sql.transaction() as tx:
+            for start in range(0, len(stale), 500):
+                tx.conn.execute(update(m.session).where(
+                    m.session.c.id.in_(stale[start:start + 500]),
+                    m.session.c.closed_at.is_(None)).values(last_seen=now))
+        self._touches.written(stale, now)
+        return len(stale)
 
     def touch_session(self, session: str, principal: str, queues: Iterable[str] = ()) -> None:
         """Mark ``session`` alive (opening it if new) and record the queues it consumes."""
@@ -697,6 +768,7 @@ class Broker:
                 conn.execute(
                     update(m.queue).where(m.queue.c.name.in_(queues)).values(last_used_at=now)
                 )
+        self._remember_opener(session, principal)
 
     def claim(
         self,
@@ -721,8 +793,15 @@ class Broker:
         seconds, the consumer gets no smaller message from behind it; its slots free up
         as its running tasks end, until the big one fits.
         """
+        return self._claim(session, queues, max_slots=max_slots, max_messages=max_messages,
+                           total_slots=total_slots, grantee=grantee)[0]
+
+    def _claim(self, session, queues, *, max_slots, max_messages, total_slots, grantee
+               ) -> tuple[list[Delivery], bool]:
+        """:meth:`claim`, and whether finding nothing says nothing fits this consumer now
+        (False: the starvation guard held smaller messages back)."""
         if not queues:
-            return []
+            return [], True
         no_ack = {name for name, flag in queues if flag}
         names = [name for name, _ in queues]
         now = self.sql.clock()
@@ -741,13 +820,15 @@ class Broker:
             fits = msg.slots <= max_slots
             stmt = stmt.where(or_(fits, msg.queue.in_(no_ack)) if no_ack else fits)
         acked = [name for name in names if name not in no_ack]
+        guarded = False
         with self.sql.transaction() as tx:
             if max_slots is not None and acked and self._big_one_waits(
                 tx.conn, acked, max_slots, total_slots, now
             ):
                 if not no_ack:
-                    return []
+                    return [], False
                 stmt = stmt.where(msg.queue.in_(no_ack))
+                guarded = True
             # Lease only to an open session, and keep it open until this commits: leases of
             # a closed session would never be released.
             is_open = self.sql.lock_shared(select(m.session.c.id).where(
@@ -768,7 +849,7 @@ class Broker:
                     budget -= row.slots
                 chosen.append(row)
             if not chosen:
-                return []
+                return [], not guarded
             nonce = secrets.token_hex(6)
             taken = [r.id for r in chosen if r.queue in no_ack]
             leased = [r.id for r in chosen if r.queue not in no_ack]
@@ -797,7 +878,7 @@ class Broker:
             props["delivery_tag"] = f"{row.id}.{nonce}"
             props.setdefault("delivery_info", {})["redelivered"] = bool(row.redelivered)
             deliveries.append(Delivery(row.queue, message))
-        return deliveries
+        return deliveries, True
 
     def _big_one_waits(self, conn: Connection, queues: list[str], max_slots: int,
                        total_slots: int | None, now: float) -> bool:
@@ -946,6 +1027,7 @@ class Broker:
         Returns how many leases were released.
         """
         conn = tx.conn
+        self._empty.forget(sessions)  # their next consume claims (and hears they are closed)
         conn.execute(
             update(m.session)
             .where(m.session.c.id.in_(sessions), m.session.c.closed_at.is_(None))
@@ -1072,15 +1154,31 @@ class _SessionTouches:
     """
 
     def __init__(self, write: Callable[[str, str, Iterable[str]], None], interval: float, *,
-                 capacity: int = 100_000) -> None:
+                 capacity: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self.write = write
         self.interval = interval
         self.capacity = capacity
+        self.clock = clock  # the kernel's: the reaper holds last_seen against it
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, tuple[tuple, float]] = OrderedDict()
 
+    def stale(self, sessions: Iterable[str], older_than: float) -> list[str]:
+        """Of ``sessions``, those written here more than ``older_than`` seconds ago."""
+        now = self.clock()
+        with self._lock:
+            return [session for session in sessions
+                    if (seen := self._seen.get(session)) is not None
+                    and now - seen[1] > older_than]
+
+    def written(self, sessions: Iterable[str], when: float) -> None:
+        with self._lock:
+            for session in sessions:
+                seen = self._seen.get(session)
+                if seen is not None:
+                    self._seen[session] = (seen[0], when)
+
     def touch(self, session: str, principal: str, queues: list[str]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         key = (principal, frozenset(queues))
         with self._lock:
             last = self._seen.get(session)
@@ -1096,3 +1194,32 @@ class _SessionTouches:
     def forget(self, session: str) -> None:
         with self._lock:
             self._seen.pop(session, None)
+
+
+class _KnownEmpty:
+    """Per session: the queues and capacity of its last claim that found nothing, with what
+    the process had heard of those queues then (at most ``trust_for`` seconds ago)."""
+
+    def __init__(self, trust_for: float, *, capacity: int = 100_000) -> None:
+        self.trust_for = trust_for
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._known: OrderedDict[str, tuple[tuple, tuple, float]] = OrderedDict()
+
+    def note(self, session: str, asked: tuple, heard: tuple) -> None:
+        with self._lock:
+            self._known[session] = (asked, heard, time.monotonic())
+            self._known.move_to_end(session)
+            while len(self._known) > self.capacity:
+                self._known.popitem(last=False)
+
+    def knows(self, session: str, asked: tuple, heard: tuple) -> bool:
+        with self._lock:
+            known = self._known.get(session)
+        return (known is not None and known[0] == asked and known[1] == heard
+                and time.monotonic() - known[2] < self.trust_for)
+
+    def forget(self, sessions: Iterable[str]) -> None:
+        with self._lock:
+            for session in sessions:
+                self._known.pop(session, None)

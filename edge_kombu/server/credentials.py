@@ -3,9 +3,11 @@
 A row names a worker (or a pattern such as ``wisconsin-*``) with the queues it may
 consume and publish to, or a central caller. Its bearer token (``ekt_…``) is stored only
 as SHA-256; a row without a token gives its scope to the shared-secret or OIDC JWTs of
-the workers it names. :mod:`edge_kombu.server.auth` looks tokens up on every request, so a
-revocation takes effect on the next one; a waiting long-poll re-checks through
-:meth:`Credentials.still_valid` (cached for a fraction of a second per process).
+the workers it names. :mod:`edge_kombu.server.auth` looks credentials up on every request,
+from the process's :class:`~edge_kombu.server.credential_cache.CredentialCache` when it has
+one: every change gives the credentials a new generation in its transaction, so a
+revocation takes effect on the next request in every process; a waiting long-poll
+re-checks through :meth:`Credentials.still_valid`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -24,6 +26,7 @@ from sqlalchemy import delete, select, update
 from edge_kombu import errors
 from edge_kombu.server import models as m
 from edge_kombu.server.audit import Actor, AuditLog
+from edge_kombu.server.credential_cache import CredentialCache, note_change
 from edge_kombu.server.scopes import CENTRAL, DEFAULT_QUEUES, KINDS, WORKER, loads_list
 from edge_kombu.server.sql import SQL
 
@@ -31,8 +34,6 @@ from edge_kombu.server.sql import SQL
 TOKEN_PREFIX = "ekt_"
 #: A token's last use is written at most this often per process (seconds).
 LAST_USE_INTERVAL = 60.0
-#: How long a long-poll's re-check of its token may be answered from memory (seconds).
-VALIDITY_CACHE = 0.25
 
 
 def hash_token(token: str) -> str:
@@ -84,12 +85,14 @@ def _scope_text(row: dict) -> str:
 class Credentials:
     """The credentials in the database; each method is one transaction of ``sql``."""
 
-    def __init__(self, sql: SQL, *, audit: AuditLog | None = None) -> None:
+    def __init__(self, sql: SQL, *, audit: AuditLog | None = None,
+                 cache: CredentialCache | None = None) -> None:
         self.sql = sql
         self.audit = audit or AuditLog(sql)
+        #: Lookups answered from memory while no credential changed (None: always read).
+        self.cache = cache
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}
-        self._valid: dict[str, tuple[bool, float]] = {}
 
     def create(self, name: str, *, kind: str = WORKER, queues: Iterable[str] | None = None,
                publish: Iterable[str] = (), expires: float | None = None,
@@ -126,6 +129,9 @@ class Credentials:
                     f"a token for {name!r} exists already; revoke it first")
             self.audit.record(actor, "token create", name, detail=_scope_text(row),
                               conn=tx.conn)
+            # A new entry may name a worker a pattern named before: for_worker changes.
+            note_change(self.sql, tx.conn)
+        self._changed()
         return token
 
     def list(self) -> list[dict]:
@@ -145,18 +151,31 @@ class Credentials:
             if not tx.conn.execute(delete(m.token).where(m.token.c.name == name)).rowcount:
                 raise errors.NotFound(f"no token for {name!r}")
             self.audit.record(actor, "token revoke", name, conn=tx.conn)
+            note_change(self.sql, tx.conn)
+        self._changed()
 
-    # -- lookups on every request ---------------------------------------------------------
+    def _changed(self) -> None:
+        if self.cache is not None:
+            self.cache.changed()
+
+    # -- lookups on every request (from the cache, if any) -------------------------------
+
+    def _cached(self, key: Hashable, read: Callable[[], object]):
+        return read() if self.cache is None else self.cache.get(key, read)
 
     def lookup(self, token: str) -> Entry | None:
         """The entry a token was issued for, or None if unknown or revoked (not expiry)."""
         digest = hash_token(token)
-        with self.sql.connect() as conn:
-            row = conn.execute(select(m.token).where(m.token.c.token_hash == digest)).first()
-        if row is None:
-            return None
-        self._note_use(row.name)
-        return _entry(row)
+
+        def read() -> Entry | None:
+            with self.sql.connect() as conn:
+                row = conn.execute(select(m.token).where(m.token.c.token_hash == digest)).first()
+            return None if row is None else _entry(row)
+
+        entry = self._cached(("token", digest), read)
+        if entry is not None:
+            self._note_use(entry.name)
+        return entry
 
     def principal_for(self, token: str) -> str | None:
         """The name a token was issued for, or None if unknown or revoked."""
@@ -165,6 +184,12 @@ class Credentials:
 
     def for_worker(self, worker: str) -> Entry | None:
         """The worker entry naming ``worker``: its exact name, else the longest pattern."""
+        entry = self._cached(("worker", worker), lambda: self._read_worker(worker))
+        if entry is not None:
+            self._note_use(entry.name)
+        return entry
+
+    def _read_worker(self, worker: str) -> Entry | None:
         t = m.token.c
         with self.sql.connect() as conn:
             exact = conn.execute(select(m.token).where(t.name == worker, t.kind == WORKER)).first()
@@ -173,32 +198,26 @@ class Credentials:
                     t.kind == WORKER, t.name.contains("*") | t.name.contains("?")
                     | t.name.contains("["))).all() if fnmatchcase(worker, row.name)]
                 exact = max(patterns, key=lambda row: len(row.name), default=None)
-        if exact is None:
-            return None
-        self._note_use(exact.name)
-        return _entry(exact)
+        return None if exact is None else _entry(exact)
 
     def still_valid(self, name: str, token_hash: str | None, *, fresh: bool = False) -> bool:
-        """Whether ``name``'s entry (with this token, if any) still exists and is unexpired;
-        answered from memory for :data:`VALIDITY_CACHE` seconds unless ``fresh``."""
-        key = f"{name}\x00{token_hash}"
-        now = time.monotonic()
-        with self._lock:
-            cached = self._valid.get(key)
-        if not fresh and cached is not None and now - cached[1] < VALIDITY_CACHE:
-            return cached[0]
+        """Whether ``name``'s entry (with this token, if any) still exists and is unexpired.
+
+        From the cache while no credential changed (a fresh answer: every change moves
+        its stamp); without a cache, from the database (``fresh`` is kept for callers that
+        say they need it)."""
         t = m.token.c
         where = [t.name == name]
         if token_hash is not None:
             where.append(t.token_hash == token_hash)
-        with self.sql.connect() as conn:
-            expires = conn.execute(select(t.expires_at).where(*where)).first()
-        valid = expires is not None and (expires[0] is None or expires[0] > self.sql.clock())
-        with self._lock:
-            self._valid[key] = (valid, now)
-            if len(self._valid) > 10_000:
-                self._valid.clear()
-        return valid
+
+        def read() -> tuple[float | None] | None:
+            with self.sql.connect() as conn:
+                row = conn.execute(select(t.expires_at).where(*where)).first()
+            return None if row is None else (row[0],)
+
+        found = self._cached(("valid", name, token_hash), read)
+        return found is not None and (found[0] is None or found[0] > self.sql.clock())
 
     def _note_use(self, name: str) -> None:
         """Write the last use, at most every :data:`LAST_USE_INTERVAL` per process."""

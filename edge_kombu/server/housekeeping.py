@@ -4,6 +4,7 @@
 job                    every        does
 =====================  ===========  ====================================================
 silent workers         tick         ``unknown``, their sessions closed, leases redelivered
+waiting sessions       lease / 8    the sessions whose consume waits here marked alive
 expiry                 tick         silent sessions, TTL'd messages, idle queues, results
 queue samples          1 min        each queue's depth, for the Queues page's charts
 tasks too big          30 s         logs queues holding a task no live worker can fit
@@ -170,6 +171,9 @@ class Housekeeping:
         watch = self.outages.watch  # jobs that always use the database tell it if they could
         if self.workers is not None:
             reaper.every(0, "silent workers", self.expire_silent_workers)
+        # Not watched: it reads the database only when a waiting session is due.
+        reaper.every(self.broker.lease_timeout / 8, "waiting sessions",
+                     self.broker.keep_waiting_alive)
         reaper.every(0, "expiry", self.expire)
         if self.jobs is not None:
             reaper.every(self.SAMPLE_INTERVAL, "queue samples", watch(self.sample_queues))

@@ -263,3 +263,13 @@ publish_key = Table(
     Column("key", String(40), primary_key=True),
     Column("created_at", Double, nullable=False, index=True),
 )
+
+generation = Table(
+    "edge_kombu_generation",
+    metadata,
+    # A random value that every transaction changing what the API processes cache (the
+    # credentials) rewrites: a cache filled under another value is stale
+    # (server/credential_cache.py). Random, not counted, so that it never comes back.
+    Column("name", String(64), primary_key=True),
+    Column("value", String(32), nullable=False),
+)

@@ -49,7 +49,8 @@ def _always(fresh: bool = False) -> bool:
 @dataclass(frozen=True)
 class Scope:
     """A caller and what it may do; ``still_valid(fresh=False)`` re-checks revocation and
-    expiry (``fresh``: not from a cache)."""
+    expiry (``fresh``: not from a cache); ``valid_until`` is when the credential expires
+    (epoch seconds; None: it does not), when a waiting long-poll must check it again."""
 
     name: str
     central: bool
@@ -57,12 +58,14 @@ class Scope:
     queues: frozenset[str] = frozenset()
     publish: frozenset[str] = frozenset()
     still_valid: Callable[..., bool] = field(default=_always, compare=False, repr=False)
+    valid_until: float | None = None
 
     @classmethod
     def for_worker(cls, name: str, workers: str, queues: Iterable[str],
-                   publish: Iterable[str] = (), still_valid: Callable[..., bool] = _always
-                   ) -> Scope:
-        return cls(name, False, workers, frozenset(queues), frozenset(publish), still_valid)
+                   publish: Iterable[str] = (), still_valid: Callable[..., bool] = _always,
+                   valid_until: float | None = None) -> Scope:
+        return cls(name, False, workers, frozenset(queues), frozenset(publish), still_valid,
+                   valid_until)
 
     # -- what it may do, in words -----------------------------------------------------------
 

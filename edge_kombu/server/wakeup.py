@@ -22,18 +22,17 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from edge_kombu.server.sql import Wakeup
+from edge_kombu.server.sql import NOTIFY_CHANNEL, Wakeup
 
 if TYPE_CHECKING:
     from edge_kombu.server.broker import Broker
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "edge_kombu"
 _NOTIFY_LIMIT = 7000  # PostgreSQL caps a NOTIFY payload at 8000 bytes
 
 
@@ -69,6 +68,10 @@ class WaiterRegistry:
         # An ack can overtake the consume its worker sent just before (two connections):
         # that consume asked with the capacity of before the ack, so it must not wait.
         self._pending_wakes: dict[str, float] = {}
+        # What this process heard: a queue's count moves with every wake-up for it (a
+        # message may have become claimable), the epoch when it may have missed some.
+        self._versions: dict[str, int] = {}
+        self._epoch = 0
         self.closed = False
 
     def close(self) -> None:
@@ -98,6 +101,19 @@ class WaiterRegistry:
                     self._discard(self._by_queue, queue, waiter)
                 self._discard(self._by_session, session, waiter)
 
+    def heard(self, queues: Iterable[str]) -> tuple:
+        """What this process has heard of ``queues`` so far: equal snapshots mean that no
+        message became claimable on them since (as far as this process can know)."""
+        with self._lock:
+            return self._epoch, tuple(self._versions.get(queue, 0) for queue in queues)
+
+    def _moved(self, queues: Iterable[str]) -> None:  # under the lock
+        if len(self._versions) > 100_000:
+            self._versions.clear()
+            self._epoch += 1
+        for queue in queues:
+            self._versions[queue] = self._versions.get(queue, 0) + 1
+
     @staticmethod
     def _discard(index: dict, key: str, waiter: Waiter) -> None:
         waiters = index.get(key)
@@ -109,7 +125,9 @@ class WaiterRegistry:
     def wake_queues(self, queues: Iterable[str], min_slots: dict[str, int] | None = None) -> int:
         """Wake waiters on ``queues`` (only those a message fits, if ``min_slots`` given)."""
         woken = 0
+        queues = list(queues)
         with self._lock:
+            self._moved(queues)
             for queue in queues:
                 need = None if min_slots is None else min_slots.get(queue)
                 for waiter in self._by_queue.get(queue, ()):
@@ -125,6 +143,7 @@ class WaiterRegistry:
         N claim transactions per message with N workers on one queue.
         """
         with self._lock:
+            self._moved(fresh)
             for queue, (count, min_slots) in fresh.items():
                 for waiter in self._by_queue.get(queue, ()):
                     if count <= 0:
@@ -147,12 +166,25 @@ class WaiterRegistry:
                 self._pending_wakes = {s: t for s, t in self._pending_wakes.items()
                                        if now - t < self.PENDING_SESSION_WAKE}
 
+    def recheck_all(self) -> None:
+        """A credential changed: wake every waiting consume to check its caller's again
+        (and claim again); unlike :meth:`wake_all`, none answers for that alone."""
+        with self._lock:
+            for waiters in self._by_session.values():
+                for waiter in waiters:
+                    waiter.event.set()
+
     def wake_all(self) -> None:
         with self._lock:
+            self._epoch += 1  # the PostgreSQL listener was deaf, the server stops
             for waiters in self._by_session.values():
                 for waiter in waiters:
                     waiter.by_session = True
                     waiter.event.set()
+
+    def waiting_sessions(self) -> list[str]:
+        with self._lock:
+            return list(self._by_session)
 
     def waited_queues(self) -> set[str]:
         with self._lock:
@@ -231,14 +263,21 @@ class ReadyPoller:
 
 
 class PostgresListener(threading.Thread):
-    """``LISTEN`` on a dedicated connection and wake local waiters on each notification."""
+    """``LISTEN`` on a dedicated connection and wake local waiters on each notification.
+
+    ``on_credentials`` is called when a credential changed (item ``c:``, sent by any
+    process: see :mod:`~edge_kombu.server.credential_cache`), and before each (re)start of
+    listening, since changes made while it was deaf went unheard.
+    """
 
     def __init__(self, engine, registry: WaiterRegistry, *, retry_interval: float = 1.0,
-                 origin: str | None = None) -> None:
+                 origin: str | None = None,
+                 on_credentials: Callable[[], None] | None = None) -> None:
         super().__init__(name="edge-kombu-pg-listener", daemon=True)
         self.engine = engine
         self.registry = registry
         self.origin = origin  # notifications this process sent itself: already handled
+        self.on_credentials = on_credentials or (lambda: None)
         self.retry_interval = retry_interval
         self.stopped = threading.Event()
         self.listening = threading.Event()
@@ -262,6 +301,7 @@ class PostgresListener(threading.Thread):
             conn.autocommit = True
             with conn.cursor() as cursor:
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self.on_credentials()
             self.listening.set()
             # Consumes that started waiting before we listened may have missed a NOTIFY.
             self.registry.wake_all()
@@ -272,6 +312,7 @@ class PostgresListener(threading.Thread):
                 conn.poll()
                 queues: set[str] = set()
                 sessions: set[str] = set()
+                credentials = False
                 while conn.notifies:
                     items = conn.notifies.pop(0).payload.split("\n")
                     if items[0] == self.origin:
@@ -280,6 +321,9 @@ class PostgresListener(threading.Thread):
                         kind, _, name = item.partition(":")
                         if kind in ("q", "s"):
                             (queues if kind == "q" else sessions).add(name)
+                        credentials = credentials or kind == "c"
+                if credentials:
+                    self.on_credentials()
                 if queues:
                     self.registry.wake_queues(queues)
                 if sessions:

@@ -12,13 +12,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from edge_kombu import errors
 from edge_kombu.protocol import HEADER_POOL_SLOTS
 from edge_kombu.server import models
 from edge_kombu.server.broker import Broker
 from edge_kombu.server.sql import SQL, Wakeup
+from edge_kombu.server.wakeup import LocalWakeup, WaiterRegistry
 from tests.server.helpers import (
     PRINCIPAL,
     bodies,
@@ -635,3 +636,86 @@ def test_resume_of_a_closed_session_says_so(broker):
 
 def test_resume_of_a_session_the_server_never_saw_releases_nothing(broker):
     assert broker.resume_session("never-opened", ["1.abc"]) == (0, ["1.abc"])
+
+
+def test_the_opener_of_a_session_is_read_once(sql, broker):
+    """Settlements ask who opened the session; the process remembers it."""
+    broker.touch_session("s1", "site-a", ["q"])
+    reads = []
+    listener = lambda *args: reads.append(args[2])  # noqa: E731
+    event.listen(sql.engine, "before_cursor_execute", listener)
+    try:
+        assert broker.session_principal("s1") == "site-a"
+        assert Broker(sql).session_principal("s1") == "site-a"  # another process reads it
+        assert broker.session_principal("unknown") is None
+    finally:
+        event.remove(sql.engine, "before_cursor_execute", listener)
+    assert sum("edge_kombu_session" in statement for statement in reads) == 2
+
+
+def test_a_consume_skips_the_claim_while_the_process_knows_its_queues_are_empty(sql, broker):
+    """An idle long-poll asks the database once: its next one, with the same queues and
+    capacity and no wake-up for them in between, waits without claiming; a publish (heard
+    through the registry) makes the next one claim."""
+    sql.wakeup = LocalWakeup(broker.waiters)  # as the API wires them
+    broker.declare_queue("q")
+    claims = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("SELECT") and "ORDER BY" in statement.upper() \
+                and "edge_kombu_message" in statement:
+            claims.append(statement)
+
+    event.listen(sql.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            assert broker.consume("s1", "site-a", [("q", False)], max_slots=2) == []
+        assert len(claims) == 1
+        assert broker.consume("s1", "site-a", [("q", False)], max_slots=3) == []
+        assert len(claims) == 2  # more capacity: claims again
+        broker.publish("", "q", {"body": "hi", "properties": {}})
+        [delivery] = broker.consume("s1", "site-a", [("q", False)], max_slots=3)
+        assert delivery.message["body"] == "hi"
+    finally:
+        event.remove(sql.engine, "before_cursor_execute", count)
+
+
+def test_a_consume_held_back_by_the_starvation_guard_claims_every_time(sql, clock):
+    """The guard's answer changes without a wake-up (the big message leaves): not known."""
+    registry = WaiterRegistry()
+    line = Broker(SQL(sql.engine, clock=clock, wakeup=LocalWakeup(registry)),
+                  starvation_guard=5.0, waiters=registry)
+    other = Broker(SQL(sql.engine, clock=clock))  # another API process
+    line.publish("", "tasks", {"body": "big", "headers": {HEADER_POOL_SLOTS: 4},
+                               "properties": {}})
+    line.publish("", "tasks", {"body": "small", "properties": {}})
+    clock.advance(10)
+    args = dict(max_slots=1, total_slots=4)
+    assert line.consume("c1", "w1", [("tasks", False)], **args) == []  # the big one waits
+    other.touch_session("c2", "w2", ["tasks"])
+    [big] = other.claim("c2", [("tasks", False)], max_slots=4)
+    assert big.message["body"] == "big"
+    [small] = line.consume("c1", "w1", [("tasks", False)], **args)
+    assert small.message["body"] == "small"
+
+
+def test_a_session_waiting_longer_than_its_lease_is_kept_alive_without_a_consume(sql, clock):
+    """An idle session writes its liveness at most every lease / 2 when it consumes; while
+    its consume waits, the reaper's job marks it alive (one statement for all such)."""
+    registry = WaiterRegistry()
+    timed = Broker(SQL(sql.engine, clock=clock, wakeup=LocalWakeup(registry)),
+                   lease_timeout=10.0, waiters=registry)
+    timed.declare_queue("q")
+    timed.consume("s1", "w1", [("q", False)])
+    clock.advance(2)
+    timed.consume("s1", "w1", [("q", False)])  # within lease / 2: not written
+    with registry.waiting(["q"], "s1", None):  # a consume of s1 waits here
+        assert timed.keep_waiting_alive() == 0  # written 2 s ago: not due (lease / 4)
+        clock.advance(1)
+        assert timed.keep_waiting_alive() == 1
+        clock.advance(9)  # 12 s after the consume's write, 9 s after the job's
+        with timed.sql.transaction() as tx:
+            assert timed.expire(tx, clock())["sessions_expired"] == 0
+    clock.advance(2)
+    with timed.sql.transaction() as tx:
+        assert timed.expire(tx, clock())["sessions_expired"] == 1

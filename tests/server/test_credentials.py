@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from edge_kombu import errors
 from edge_kombu.server import models
+from edge_kombu.server.credential_cache import CountedFreshness, CredentialCache
 from edge_kombu.server.credentials import Credentials
 from edge_kombu.server.sql import SQL
 
@@ -129,3 +130,55 @@ def test_last_use_is_recorded(timed, clock):
     token = timed.create("site-a-*")
     timed.lookup(token)
     assert timed.list()[0]["last_used_at"] == clock.now
+
+
+# -- the per-process cache -------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_reads(sql):
+    """How many statements have read the token table so far (a list of one count)."""
+    count = [0]
+
+    def before(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("SELECT") and "edge_kombu_token" in statement:
+            count[0] += 1
+
+    event.listen(sql.engine, "before_cursor_execute", before)
+    yield count
+    event.remove(sql.engine, "before_cursor_execute", before)
+
+
+def test_a_cached_process_reads_no_token_until_another_process_changes_one(sql, token_reads):
+    """Two processes on one database (two Credentials): the one serving requests reads
+    each credential once; a revocation or a new entry made by the other is seen on the
+    next lookup."""
+    api = Credentials(sql, cache=CredentialCache(CountedFreshness(sql)))
+    admin = Credentials(sql)
+    token = admin.create("site-a-*", queues=["qa"])
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    for _ in range(5):
+        assert api.lookup(token).name == "site-a-*"
+        assert api.for_worker("site-a-1").name == "site-a-*"
+        assert api.still_valid("site-a-*", digest)
+    assert token_reads[0] == 4  # the token; the worker's name, then the patterns; validity
+    admin.create("site-a-1", queues=["exact"], issue_token=False)
+    assert api.for_worker("site-a-1").queues == ("exact",)
+    admin.revoke("site-a-*")
+    assert api.lookup(token) is None
+    assert not api.still_valid("site-a-*", digest)
+    assert api.for_worker("site-a-2") is None
+
+
+def test_the_generation_read_survives_its_connection_failing(sql):
+    """The quick read's own connection breaks (a database restart): the read goes through
+    the pool and the next one opens a new connection."""
+    fresh = CountedFreshness(sql)
+    before = fresh.stamp()
+    Credentials(sql).create("site-a-*")
+    changed = fresh.stamp()
+    assert changed != before
+    if sql._quick is not None:  # SQLite and PostgreSQL read on a connection of their own
+        sql._quick[1].close()
+    assert fresh.stamp() == changed
+    assert fresh.stamp() == changed

@@ -297,6 +297,24 @@ def test_oidc_tokens_are_checked(world, tmp_path):
     assert "no worker entry names it" in message
 
 
+def test_every_api_process_refuses_a_revoked_token_on_its_next_request(api_factory, tokens):
+    """Each API process keeps the credentials it looked up in memory; a revocation made in
+    another process (here the test's, as ``edge-kombu token revoke`` makes it) is refused
+    by both processes on the very next request, and a token issued anew works at once."""
+    servers = (api_factory(), api_factory())
+    token = tokens.create("site-x-*", queues=["qx"])
+    for _ in range(3):  # both have it in memory now
+        for server in servers:
+            assert post(server, "hello", {}, token=token).json()["principal"] == "site-x-*"
+    tokens.revoke("site-x-*")
+    for server in reversed(servers):
+        assert "unknown or revoked" in error_message(post(server, "hello", {}, token=token), 401)
+    renewed = tokens.create("site-x-*", queues=["qy"])
+    for server in servers:
+        assert post(server, "hello", {}, token=renewed).json()["scope"]["queues"] == ["qy"]
+        assert post(server, "hello", {}, token=token).status_code == 401
+
+
 def test_revocation_cuts_a_waiting_consume_and_hands_nothing_over(api, tokens):
     """A consume waiting when its token is revoked answers 401 within a second; a message
     published right after the revocation stays in the queue."""
@@ -328,6 +346,18 @@ def test_revocation_cuts_a_waiting_consume_and_hands_nothing_over(api, tokens):
             assert depth(queue) == {"name": queue, "messages": int(publish), "consumers": 0}
     print(f"waiting consumes cut {[round(t, 2) for t in cut_after]} s after revocation")
     assert max(cut_after) < 1.0, cut_after
+
+
+def test_a_waiting_consume_ends_when_its_token_expires(api, tokens):
+    """No periodic re-check: the wait is cut at the credential's expiry."""
+    central = tokens.create("scheduler", kind="central")
+    post(api, "queue/declare", {"name": "qe"}, token=central).raise_for_status()
+    token = tokens.create("site-e-*", queues=["qe"], expires=1.5)
+    started = time.monotonic()
+    response = post(api, "consume", {"session": uuid.uuid4().hex, "queues": [{"name": "qe"}],
+                                     "wait": 10}, token=token)
+    assert "revoked or expired while the consume waited" in error_message(response, 401)
+    assert time.monotonic() - started < 3.0
 
 
 def test_a_rotated_identity_token_is_read_again_from_its_file(world, tmp_path):

@@ -94,7 +94,9 @@ def test_rate_limited_tasks_go_back_at_once_when_the_connection_is_lost(
     for label in ("r0", "r1", "r2"):
         celery_client.send_task("tests.celery_app.rate_limited_stamp", args=(str(out), label))
     wait_for(lambda: out.exists(), timeout=30, message="the first task ran")
-    wait_for(lambda: _leased(sql) == 2, timeout=30, message="two tasks held by the rate limit")
+    # The first one acknowledged (deleted), the other two delivered and held back.
+    wait_for(lambda: messages_left(sql) == 2 and _leased(sql) == 2, timeout=30,
+             message="two tasks held by the rate limit")
 
     api.kill(signal.SIGKILL)
     api.proc.wait(10)

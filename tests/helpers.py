@@ -65,14 +65,16 @@ def drain_until(conn, done: Callable[[], object], timeout: float = 10.0) -> None
             pass
 
 
-def messages_left(sql) -> int:
-    """Messages stored on the server (waiting or leased), read from its database."""
+def messages_left(sql, *where) -> int:
+    """Messages stored on the server (waiting or leased; or those matching ``where``, e.g.
+    ``models.message.c.redelivered.is_(True)``), read from its database."""
     from sqlalchemy import func, select
 
     from edge_kombu.server import models
 
     with sql.connect() as conn:
-        return conn.execute(select(func.count()).select_from(models.message)).scalar_one()
+        return conn.execute(
+            select(func.count()).select_from(models.message).where(*where)).scalar_one()
 
 
 def free_port() -> int:

@@ -156,7 +156,10 @@ def stop_after_recovery(publisher, tally: Tally, since: float, timeout: float = 
     publisher.stop()
 
 
-def verdict(line: str, settled: bool, tally: Tally, recovery: float | None) -> None:
+def verdict(name: str, settled: bool, tally: Tally, recovery: float | None) -> None:
+    """Print the case's line, then hold it to: nothing lost or unsettled, nothing run twice,
+    back within the limit."""
+    line = report(name, tally, recovery)
     assert settled and tally.lost == 0, f"{line}: tasks lost or messages left unsettled"
     assert tally.run_twice == 0, line
     assert recovery is not None and recovery < RECOVERY_LIMIT, line
@@ -191,9 +194,7 @@ def test_api_killed_for_5s(store, pool, api_factory, worker_factory, publishers,
 
     publisher.finish(timeout=90)
     settled = settle(tally, store.stored, timeout=40)
-    recovery = tally.recovery(healed)
-    line = report(f"api-killed-5s[{store.name}-{pool}]", tally, recovery)
-    verdict(line, settled, tally, recovery)
+    verdict(f"api-killed-5s[{store.name}-{pool}]", settled, tally, tally.recovery(healed))
 
 
 # -- 2. PostgreSQL restarted, and stopped for 20 s ------------------------------------------
@@ -244,9 +245,7 @@ def test_postgres_outage(outage, postgres, postgres_store, api_factory, edge_wor
 
     stop_after_recovery(publisher, tally, back)
     settled = settle(tally, store.stored, timeout=60)
-    recovery = tally.recovery(back)
-    line = report(f"postgres-{outage}", tally, recovery)
-    verdict(line, settled, tally, recovery)
+    verdict(f"postgres-{outage}", settled, tally, tally.recovery(back))
 
 
 # -- 3. a partition shorter than the lease --------------------------------------------------
@@ -276,10 +275,8 @@ def test_partition_shorter_than_the_lease(sqlite_store, api_factory, worker_fact
 
     stop_after_recovery(publisher, tally, healed)
     settled = settle(tally, sqlite_store.stored, timeout=60)
-    recovery = tally.recovery(healed)
-    line = report("partition-20s", tally, recovery)
+    verdict("partition-20s", settled, tally, tally.recovery(healed))
     assert "carried on edge session" in worker.log(), "the partition forced no reconnect"
-    verdict(line, settled, tally, recovery)
 
 
 # -- 4. warm shutdowns ----------------------------------------------------------------------
@@ -317,8 +314,7 @@ def test_warm_shutdown_with_tasks_running(pool, sqlite_store, api, worker_factor
 
     publisher.stop()
     settled = settle(tally, sqlite_store.stored, timeout=60)
-    line = report(f"warm-shutdown-x{SHUTDOWNS[pool]}[{pool}]", tally, max(shutdowns))
-    verdict(line, settled, tally, max(shutdowns))
+    verdict(f"warm-shutdown-x{SHUTDOWNS[pool]}[{pool}]", settled, tally, max(shutdowns))
 
 
 # -- 6. a partition longer than the lease ---------------------------------------------------

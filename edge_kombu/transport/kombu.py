@@ -584,6 +584,10 @@ class Transport(virtual.Transport):
                         "message whose delivery was lost with the connection stays leased "
                         "until this connection closes", session.id, exc.message)
             return
+        # Channels left with nothing unsettled will not ack again: no need to keep them
+        # across further reconnects.
+        session.earlier_channels[:] = [ch for ch in session.earlier_channels
+                                       if ch._qos is not None and ch._qos._delivered]
         log.info("carried on edge session %s of a lost connection: %d message(s) still held, "
                  "%d never received and redelivered", session.id, len(held) - len(
                      answer["unknown"]), answer["released"])

@@ -212,10 +212,12 @@ def test_site_b_cannot_touch_site_a(world):
         assert "'site-b-*'" in message and "['qb']" in message, message
     # A worker token cannot act in another credential's session, even knowing its id.
     session = _session_of(world, "token-a")
-    for route in ("ack", "reject", "session/wake"):
+    for route in ("ack", "reject", "session/wake", "session/resume"):
         body = {"session": session}
-        if route != "session/wake":
+        if route in ("ack", "reject"):
             body["delivery_tags"] = ["1.x"]
+        if route == "session/resume":
+            body["held"] = []
         assert "opened by another credential" in error_message(call("token-b", route, body), 403)
     message = error_message(call("token-b", "consume",
                                  {"session": session, "queues": [{"name": "qb"}]}), 403)

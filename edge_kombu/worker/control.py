@@ -1,6 +1,8 @@
 """Local control of edge workers over a Unix socket (works while the API is unreachable).
 
-Each worker listens on ``<run dir>/<name>.sock`` (mode 0600, in a 0700 directory).
+Each worker listens on ``<run dir>/<name>.sock`` (mode 0600, in a 0700 directory); when
+the run directory is too deep for a Unix socket path (108 bytes), in a short directory of
+this user under the temporary directory, named after the run directory.
 A request is one JSON object on one line, the answer too::
 
     {"command": "status"}
@@ -20,6 +22,8 @@ import os
 import re
 import socket
 import socketserver
+import stat
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +36,28 @@ MAX_LINE = 1 << 20
 _MAX_SOCKET_PATH = 100
 
 
+def _short_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"edge-kombu-{os.getuid()}"
+
+
+def short_dir(run_dir: Path) -> Path:
+    """Where ``run_dir``'s sockets go when its own path is too long for one."""
+    key = hashlib.sha1(os.fsencode(str(run_dir.absolute()))).hexdigest()[:12]
+    return _short_root() / f"s-{key}"
+
+
 def socket_path(run_dir: Path, name: str) -> Path:
     """The control socket of worker ``name``; a hash when the plain name would not fit."""
     safe = re.sub(r"[^A-Za-z0-9@._-]", "_", name)
-    path = run_dir / f"{safe}.sock"
-    if len(os.fsencode(str(path))) <= _MAX_SOCKET_PATH and safe == name:
-        return path
-    return run_dir / f"w-{hashlib.sha1(name.encode()).hexdigest()[:16]}.sock"
+    hashed = f"w-{hashlib.sha1(name.encode()).hexdigest()[:16]}.sock"
+    candidates = [run_dir / hashed, short_dir(run_dir) / hashed]
+    if safe == name:
+        candidates.insert(0, run_dir / f"{safe}.sock")
+    for path in candidates:
+        if len(os.fsencode(str(path))) <= _MAX_SOCKET_PATH:
+            return path
+    raise ControlError(f"no control socket path under {_MAX_SOCKET_PATH} bytes for {name!r}; "
+                       "set EDGE_KOMBU_RUN_DIR to a shorter directory")
 
 
 class ControlError(Exception):
@@ -67,7 +86,8 @@ def request(path: Path, payload: dict, timeout: float = 15.0) -> dict:
 def live_sockets(run_dir: Path) -> list[tuple[Path, dict]]:
     """``(socket, status)`` of every worker answering in ``run_dir``."""
     found = []
-    for path in sorted(run_dir.glob("*.sock")) if run_dir.is_dir() else []:
+    dirs = [d for d in (run_dir, short_dir(run_dir)) if d.is_dir()]
+    for path in [p for d in dirs for p in sorted(d.glob("*.sock"))]:
         try:
             found.append((path, request(path, {"command": "status"}, timeout=5.0)))
         except (ControlError, ValueError):
@@ -101,6 +121,15 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(path, _Handler)
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (0700) and refuse it if another user owns it or can write to it."""
+    path.mkdir(exist_ok=True, mode=0o700)
+    info = os.lstat(path)
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise ControlError(f"{path} must be a directory of this user that others cannot write to")
+
+
 class ControlServer:
     """Serves a worker's socket in a daemon thread; ``close`` removes the socket file."""
 
@@ -110,7 +139,12 @@ class ControlServer:
         self._server: _Server | None = None
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        parent = self.path.parent
+        if parent.parent == _short_root():  # shared temporary directory: refuse a squatter's
+            _private_dir(parent.parent)
+            _private_dir(parent)
+        else:
+            parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.path.exists() or self.path.is_symlink():
             try:
                 request(self.path, {"command": "status"}, timeout=2.0)

@@ -40,13 +40,16 @@ class AirflowAccess:
         from jwt import InvalidTokenError
 
         token = self._token()
-        if not token:
-            raise NotSignedIn(401, "sign in to Airflow first (the pages use its session)")
         manager = get_auth_manager()
+        login_url = manager.get_url_login(next_url=request.url)
+        if not token:
+            raise NotSignedIn(401, "sign in to Airflow first (the pages use its session)",
+                              login_url=login_url)
         try:
             user = asyncio.run(manager.get_user_from_token(token))
         except InvalidTokenError:
-            raise NotSignedIn(401, "not an Airflow session: sign in to Airflow") from None
+            raise NotSignedIn(401, "not an Airflow session: sign in to Airflow",
+                              login_url=login_url) from None
         if not manager.is_authorized_view(access_view=AccessView.JOBS, user=user):
             raise NotSignedIn(403, f"Airflow user {user.get_name()!r} may not view jobs")
         role = ADMIN if manager.is_authorized_configuration(method="PUT", user=user) else VIEWER

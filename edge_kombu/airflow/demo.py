@@ -1,11 +1,13 @@
 """``edge-kombu demo`` with Airflow installed: a whole Airflow site on SQLite and an edge worker.
 
 It starts ``airflow api-server`` (serving the edge API under ``/edge``), the scheduler,
-the dag-processor and one edge worker (``celery -A edge_kombu worker``, whose database
+the dag-processor, the triggerer and one edge worker (``celery -A edge_kombu worker``, whose database
 URL points nowhere: it reaches the central site only over HTTP), runs the ``edge_demo``
 DAG through the edge worker, prints what ran where and the UI address, and waits for
 Ctrl-C (or exits at once with ``--once``). Everything it starts is a child process,
-stopped by PID on the way out.
+stopped by PID on the way out, and listens on 127.0.0.1 only (Airflow's log servers, which
+listen on every interface, are not started: the edge tasks' logs come from the database,
+the central ones from the local files).
 
 All settings travel as ``AIRFLOW__*`` variables; nothing is written to ``airflow.cfg``.
 """
@@ -57,6 +59,8 @@ class Site:
             "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # The LocalExecutor forks this many processes at start; the demo needs few.
+            "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__INTERNAL_API_SECRET_KEY": secrets.token_urlsafe(32),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
@@ -68,6 +72,9 @@ class Site:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__EDGE__API_ENABLED": "True",
             "AIRFLOW__EDGE__API_URL": f"{self.base_url}/edge",
+            # Edge tasks' logs in the UI, pushed by the worker to the edge tables.
+            "AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS":
+                "edge_kombu.airflow.logging_config.LOGGING_CONFIG",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "EDGE_KOMBU_RUN_DIR": str(home / "run"),
@@ -164,10 +171,14 @@ def _run(stack: ExitStack, site: Site, started: float, once: bool) -> None:
     api = start_child(stack, [site.bin("airflow"), "api-server", "--host", "127.0.0.1",
                               "--port", str(site.port), "--workers", "1"],
                       site.env, site.logs / "api-server.log")
-    for name in ("scheduler", "dag-processor"):
-        start_child(stack, [site.bin("airflow"), name], site.env, site.logs / f"{name}.log")
+    for name, options in (("scheduler", ["--skip-serve-logs"]), ("dag-processor", []),
+                          ("triggerer", ["--skip-serve-logs"])):
+        start_child(stack, [site.bin("airflow"), name, *options], site.env,
+                    site.logs / f"{name}.log")
     wait_until(site.serving, 180, "airflow api-server", api, site.logs / "api-server.log")
     click.echo(f"api-server:  {site.base_url} (edge API at {site.base_url}/edge)")
+    ui_line = f"Airflow UI:  {site.base_url}  (user admin, password {site.password()})"
+    click.echo(ui_line)
 
     worker_home = home / "edge-worker"
     worker_env = {**site.env, "AIRFLOW_HOME": str(worker_home),
@@ -194,7 +205,7 @@ def _run(stack: ExitStack, site: Site, started: float, once: bool) -> None:
                f"start); what ran where:")
     for line in site.report(run_id):
         click.echo(line)
-    click.echo(f"Airflow UI:  {site.base_url}  (user admin, password {site.password()})")
+    click.echo(ui_line)
     if state != "success":
         raise click.ClickException(f"the DAG run ended {state}; logs in {site.logs}")
     if not once:

@@ -6,7 +6,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 
-from flask import Flask, Request, jsonify, request
+from flask import Flask, Request, jsonify, redirect, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
@@ -213,6 +213,9 @@ def _register_error_handlers(app: Flask, config: ServerConfig) -> None:
 
     @app.errorhandler(NotSignedIn)
     def not_signed_in(exc: NotSignedIn):
+        if (exc.login_url and request.method == "GET"
+                and any(kind == "text/html" for kind, _ in request.accept_mimetypes)):
+            return redirect(exc.login_url)  # a browser: to the sign-in page, then back
         return jsonify({"error": "unauthorized" if exc.status == 401 else "forbidden",
                         "message": exc.message}), exc.status, exc.headers
 

@@ -4,10 +4,12 @@ where and the UI address, and leaves nothing running when interrupted."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 from contextlib import suppress
+from urllib.parse import parse_qs, urlsplit
 
 import psutil
 import pytest
@@ -51,6 +53,11 @@ class Demo:
         return self.proc.wait(90)
 
     def kill(self) -> None:
+        """The demo and every process it started (each child has a session of its own)."""
+        with suppress(psutil.NoSuchProcess):
+            for process in [*self.descendants(), psutil.Process(self.proc.pid)]:
+                with suppress(psutil.NoSuchProcess):
+                    process.kill()
         with suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
@@ -66,6 +73,8 @@ def test_demo_runs_the_dag_on_the_edge_worker_and_stops_everything_on_ctrl_c(tmp
     try:
         demo.wait_for_line("Ctrl-C stops everything", timeout=360)
         out = demo.output()
+        # The UI address comes first, so a user can watch the run.
+        assert out.index("Airflow UI:") < out.index("triggered edge_demo run"), out
         assert "edge_demo demo_" in out and ": success (" in out, out
         rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
         for task in ("hello", "two_slots", "square[0]", "square[1]", "square[2]"):
@@ -76,6 +85,8 @@ def test_demo_runs_the_dag_on_the_edge_worker_and_stops_everything_on_ctrl_c(tmp
         ui = next(line for line in out.splitlines() if line.startswith("Airflow UI:"))
         url = ui.split()[2]
         assert requests.get(f"{url}/api/v2/version", timeout=10).ok  # the UI stays up
+        run_id = out.split("triggered edge_demo run ")[1].split()[0]
+        shows_itself_as_it_should(demo, url, ui.split("password ")[1].rstrip(")"), run_id)
         # The edge worker had no database: its URL points at a file that cannot exist.
         assert (demo.home / "edge-worker").is_dir()
 
@@ -85,6 +96,42 @@ def test_demo_runs_the_dag_on_the_edge_worker_and_stops_everything_on_ctrl_c(tmp
         assert_all_gone(children)
     finally:
         demo.kill()
+
+
+def shows_itself_as_it_should(demo: Demo, url: str, password: str, run_id: str) -> None:
+    """Edge task logs in Airflow's REST API, a live triggerer, the pages behind Airflow's
+    sign-in, and nothing listening beyond loopback."""
+    token = requests.post(f"{url}/auth/token", json={"username": "admin", "password": password},
+                          timeout=10).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    log = requests.get(f"{url}/api/v2/dags/edge_demo/dagRuns/{run_id}/taskInstances/hello/"
+                       "logs/1", headers=headers, timeout=30)
+    assert log.ok, log.text
+    text = json.dumps(log.json()["content"])
+    assert "hello from edge worker demo-edge@" in text, text[:2000]  # the task's own print
+    assert "Log file not found" not in text and "Could not read served logs" not in text, text
+
+    health = requests.get(f"{url}/api/v2/monitor/health", timeout=10).json()
+    assert health["triggerer"]["status"] == "healthy", health
+
+    page = f"{url}/edge/ui/workers"
+    browser = requests.get(page, timeout=30, allow_redirects=False,
+                           headers={"Accept": "text/html,application/xhtml+xml"})
+    assert browser.status_code == 302, browser.text
+    login = browser.headers["Location"]
+    assert "/login" in login and parse_qs(urlsplit(login).query)["next"] == [page], login
+    assert requests.get(page, timeout=30).status_code == 401  # a script: says what to do
+
+    listening = {(c.laddr.ip, c.laddr.port)
+                 for p in [psutil.Process(demo.proc.pid), *demo.descendants()]
+                 for c in _connections(p) if c.status == psutil.CONN_LISTEN}
+    assert listening and all(ip == "127.0.0.1" for ip, _ in listening), listening
+
+
+def _connections(process: psutil.Process) -> list:
+    with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        return process.net_connections(kind="inet")
+    return []
 
 
 def test_ctrl_c_while_starting_stops_what_was_started(tmp_path):

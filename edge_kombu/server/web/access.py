@@ -44,11 +44,14 @@ class User:
 class NotSignedIn(Exception):
     """No acceptable credentials: the answer says how to sign in."""
 
-    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict | None = None,
+                 login_url: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        #: Where a browser asking for a page is sent to sign in (none: answer ``status``).
+        self.login_url = login_url
 
 
 class BasicAccess:

@@ -1,9 +1,9 @@
 """``edge-kombu demo`` with Airflow installed: a whole Airflow site on SQLite and an edge worker.
 
 It starts ``airflow api-server`` (serving the edge API under ``/edge``), the scheduler,
-the dag-processor, the triggerer and one edge worker (``celery -A edge_kombu worker``, whose database
-URL points nowhere: it reaches the central site only over HTTP), runs the ``edge_demo``
-DAG through the edge worker, prints what ran where and the UI address, and waits for
+the dag-processor, the triggerer and one edge worker (``celery -A edge_kombu worker``,
+whose database URL points nowhere: it reaches the central site only over HTTP), runs the
+``edge_demo`` DAG through the edge worker, prints what ran where and the UI address, and waits for
 Ctrl-C (or exits at once with ``--once``). Everything it starts is a child process,
 stopped by PID on the way out, and listens on 127.0.0.1 only (Airflow's log servers, which
 listen on every interface, are not started: the edge tasks' logs come from the database,

@@ -75,8 +75,9 @@ MAX_SLOTS = MAX_INT32
 MAX_SECONDS = 100 * 365 * 86400
 #: Deepest nesting of a request's JSON (objects and arrays).
 MAX_JSON_DEPTH = 64
-#: Highest message priority kept (AMQP's range; the broker orders by at most 255).
-MAX_PRIORITY = 255
+#: Message priorities (higher first): Celery's 0..255 and Airflow's whole ``priority_weight``.
+MIN_PRIORITY = -MAX_INT32 - 1
+MAX_PRIORITY = MAX_INT32
 #: Strings stored in text columns: PostgreSQL refuses the NUL character.
 NO_NUL = "^[^\\u0000]*$"
 #: The protocol header: a version of this major, ``MAJOR[.MINOR[.PATCH]]``.

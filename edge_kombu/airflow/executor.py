@@ -5,7 +5,8 @@ Each workload is published, in the scheduler process, as the Celery task
 sets one), with
 
 * the ``pool_slots`` header: the task's ``pool_slots``, its weight on the edge worker;
-* the message priority: the task's ``priority_weight`` clamped to 0..255 (higher first);
+* the message priority: the task's whole ``priority_weight`` (higher first; callbacks
+  before every task);
 * the Celery task id Airflow pre-assigned (``external_executor_id``), so a restarted
   scheduler adopts its tasks;
 * a timeout of ``[edge] publish_timeout`` seconds (10 by default) rather than
@@ -38,7 +39,13 @@ from edge_kombu.airflow.celery_app import (
     create_celery_app,
     publish_timeout,
 )
-from edge_kombu.protocol import AIRFLOW_TASK_NAME, HEADER_AIRFLOW_VERSION, HEADER_POOL_SLOTS
+from edge_kombu.protocol import (
+    AIRFLOW_TASK_NAME,
+    HEADER_AIRFLOW_VERSION,
+    HEADER_POOL_SLOTS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -60,22 +67,20 @@ with _quiet_default_celery_config():
     from airflow.providers.celery.executors.celery_executor import CeleryExecutor
     from airflow.providers.celery.executors.celery_executor_utils import ExceptionWithTraceback
 
-#: Highest message priority the edge API stores; larger weights are clamped to it.
-MAX_PRIORITY = 255
-
-
 def message_priority(priority_weight: int | None) -> int:
-    """Airflow's ``priority_weight`` as a message priority (0..255, higher first)."""
+    """Airflow's ``priority_weight`` as a message priority (higher first), whole: Airflow
+    keeps weights within 32 bits, as the edge API does."""
     if priority_weight is None:
         return 0
-    return max(0, min(int(priority_weight), MAX_PRIORITY))
+    return max(MIN_PRIORITY, min(int(priority_weight), MAX_PRIORITY - 1))
 
 
 def publish_options(workload: Any) -> dict[str, Any]:
     """Headers, priority and task id of one workload's message."""
     ti = getattr(workload, "ti", None)
-    if ti is None:  # a callback: weight 1, default priority, a fresh task id
-        return {"headers": {HEADER_POOL_SLOTS: 1, HEADER_AIRFLOW_VERSION: airflow_version}}
+    if ti is None:  # a callback: weight 1, before every task (above any weight), fresh id
+        return {"headers": {HEADER_POOL_SLOTS: 1, HEADER_AIRFLOW_VERSION: airflow_version},
+                "priority": MAX_PRIORITY}
     return {
         "headers": {HEADER_POOL_SLOTS: max(1, int(ti.pool_slots or 1)),
                     HEADER_AIRFLOW_VERSION: airflow_version},

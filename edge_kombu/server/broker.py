@@ -41,7 +41,7 @@ from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from edge_kombu import errors
-from edge_kombu.protocol import pool_slots
+from edge_kombu.protocol import MAX_PRIORITY, MIN_PRIORITY, pool_slots
 from edge_kombu.server import models as m
 from edge_kombu.server.config import (
     DEFAULT_LEASE_TIMEOUT,
@@ -56,7 +56,6 @@ from edge_kombu.server.wakeup import WaiterRegistry
 
 log = logging.getLogger(__name__)
 
-MAX_PRIORITY = 255
 #: Seconds a closed session is kept (so that a late request gets "closed", not "unknown").
 CLOSED_SESSION_KEPT = 3600.0
 #: Sessions whose opener a process remembers (for the settlements' authorization).
@@ -108,13 +107,15 @@ def message_slots(message: dict) -> int:
 
 
 def message_priority(message: dict) -> int:
+    """Higher first: Celery's 0..255, or an Airflow task's whole ``priority_weight``."""
     priority = (message.get("properties") or {}).get("priority") or 0
-    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+    if (isinstance(priority, bool) or not isinstance(priority, int)
+            or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
         raise errors.InvalidRequest(
-            f"message.properties.priority must be an integer from 0 to {MAX_PRIORITY}, "
-            f"got {priority!r}"
+            f"message.properties.priority must be an integer from {MIN_PRIORITY} to "
+            f"{MAX_PRIORITY}, got {priority!r}"
         )
-    return min(priority, MAX_PRIORITY)
+    return priority
 
 
 def message_expiration(message: dict) -> float | None:

@@ -294,8 +294,16 @@ def test_higher_priority_first(broker):
     ]
 
 
+def test_whole_airflow_weights_order_the_queue(broker):
+    """Airflow's priority_weight, whole: above 255 and below 0 keep their order."""
+    for weight in (1, 300, -5, 1000, 2**31 - 1, -(2**31)):
+        broker.publish("", "q", msg(f"w{weight}", priority=weight))
+    assert bodies(consume(broker, "s1", "q", max_messages=10)) == [
+        f"w{w}" for w in (2**31 - 1, 1000, 300, 1, -5, -(2**31))]
+
+
 def test_invalid_priority_raises(broker):
-    for bad in (-1, "5", True):
+    for bad in (2**31, -(2**31) - 1, "5", True, 1.5):
         with pytest.raises(errors.InvalidRequest, match="priority"):
             broker.publish("", "q", msg("x", priority=bad))
     assert not queue_exists(broker, "q")

@@ -31,13 +31,17 @@ command line or the code using the app sets (``app.conf...``) wins over these.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from edge_kombu.airflow.worker.workload import register as register_airflow_tasks
 from edge_kombu.worker.bootstep import install
 from edge_kombu.worker.settings import WorkerSettings, current
 
-POOL = "edge_kombu.worker.pool:SlotPool"
+#: Slot pools: on child processes where the platform can fork, else on threads (Windows).
+POOL = ("edge_kombu.worker.pool:SlotPool" if hasattr(os, "fork")
+        else "edge_kombu.worker.pool:ThreadSlotPool")
 
 
 def celery_settings(settings: WorkerSettings) -> dict:

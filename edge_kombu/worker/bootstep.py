@@ -103,7 +103,7 @@ def preflight(worker) -> EdgeWorker:
         name=worker.hostname, queues=queues, concurrency=int(worker.concurrency),
         client=_client(app, settings, connect_retries=0),
         interval=settings.heartbeat_interval,
-        socket_path=control.socket_path(settings.run_dir, worker.hostname),
+        socket_path=control.endpoint(settings.run_dir, worker.hostname, settings.control),
     )
     try:
         answer = edge.register()

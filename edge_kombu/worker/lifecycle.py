@@ -369,6 +369,16 @@ class EdgeWorker:
     def _terminate_held(self, consumer) -> None:
         held = _snapshot(worker_state.reserved_requests)
         log.warning("drain timeout: terminating %d task(s)", len(held))
+        if not getattr(consumer.pool, "kills_tasks", True):
+            # Tasks on threads cannot be killed one by one: report them revoked (stored,
+            # acknowledged, as a terminate does) and leave at once, without them.
+            for request in held:
+                request._announce_revoked("terminated", terminated=True, signum="SIGTERM",
+                                          expired=False)
+            self._exit_requested = True
+            worker_state.should_terminate = 0  # Celery's cold shutdown, exit code 0
+            nudge_consumers()
+            return
         for request in held:
             try:
                 request.terminate(consumer.pool, signal="SIGTERM")

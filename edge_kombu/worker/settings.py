@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 
 from edge_kombu.transport.settings import ClientSettings, Credential, find_credential, ssl_options
+from edge_kombu.worker import control
 
 ENV_RUN_DIR = "EDGE_KOMBU_RUN_DIR"
 ENV_INCLUDE = "EDGE_KOMBU_INCLUDE"
@@ -78,6 +79,9 @@ class WorkerSettings:
     includes: tuple[str, ...] = ()
     #: Where workers put their control sockets (shared by the worker and ``celery edge``).
     run_dir: Path
+    #: How ``celery edge`` reaches workers: ``unix`` sockets or loopback ``tcp``
+    #: (``EDGE_KOMBU_CONTROL``; default: unix where the platform has it).
+    control: str = "unix"
     #: ``[edge] push_logs``: push Airflow task logs to the edge API.
     push_logs: bool = True
     #: ``[logging] base_log_folder``: where Airflow task logs are written on this host.
@@ -104,6 +108,7 @@ class WorkerSettings:
             includes=tuple(name.strip() for name in env.get(ENV_INCLUDE, "").split(",")
                            if name.strip()),
             run_dir=_run_dir(env, home),
+            control=control.channel(env),
             push_logs=(option("edge", "push_logs") or "True").strip().lower() in _TRUE,
             base_log_folder=Path(option("logging", "base_log_folder")
                                  or home / "logs").expanduser(),
@@ -140,4 +145,4 @@ def _run_dir(env: Mapping[str, str], home: Path) -> Path:
         return Path(explicit).expanduser()
     if env.get("AIRFLOW_HOME") or home.is_dir():
         return home / "edge_kombu" / "run"
-    return Path(tempfile.gettempdir()) / f"edge-kombu-{os.getuid()}"
+    return Path(tempfile.gettempdir()) / f"edge-kombu-{control.user_id()}"

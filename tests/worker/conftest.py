@@ -70,13 +70,16 @@ class EdgeWorker(Process):
     """``celery -A edge_kombu worker -n NAME@localhost -Q QUEUES -c N``."""
 
     def __init__(self, tmp: Path, env: dict, *, name: str, queues: str = "remote",
-                 concurrency: int = 2) -> None:
+                 concurrency: int = 2, pool: str | None = None) -> None:
         self.name = name
         self.hostname = f"{name}@localhost"
         self.edge_env = env
         args = [str(BIN / "celery"), "-A", "edge_kombu", "worker", "-n", self.hostname,
                 "-Q", queues, "-c", str(concurrency),
                 "-l", os.environ.get("EDGE_TEST_WORKER_LOGLEVEL", "info")]
+        if pool:  # Celery's way to name a pool of one's own
+            args += ["-P", "custom"]
+            env = {**env, "CELERY_CUSTOM_WORKER_POOL": pool}
         log_path = tmp / f"edge-worker-{name}.log"
         restarts = 1
         while log_path.exists():  # a restart under the same name gets its own log
@@ -113,7 +116,8 @@ class EdgeWorker(Process):
 
     @property
     def socket(self) -> Path:
-        return control.socket_path(Path(self.edge_env["EDGE_KOMBU_RUN_DIR"]), self.hostname)
+        return control.endpoint(Path(self.edge_env["EDGE_KOMBU_RUN_DIR"]), self.hostname,
+                                control.channel(self.edge_env))
 
     def status(self) -> dict:
         """The worker's status straight from its socket (what ``celery edge status`` shows)."""
@@ -137,16 +141,29 @@ class EdgeWorker(Process):
         )
 
 
+#: What a host without fork and Unix sockets (Windows) uses, forced on Linux.
+NO_FORK_POOL = "edge_kombu.worker.pool:ThreadSlotPool"
+
+
 @pytest.fixture
-def env_for(tmp_path, token):
+def platform(request) -> str:
+    """``posix`` (prefork slot pool, Unix control sockets) or ``windows`` (thread slot
+    pool, loopback TCP control): parametrize with ``indirect=True`` to run both."""
+    return getattr(request, "param", "posix")
+
+
+@pytest.fixture
+def env_for(tmp_path, token, platform):
     def make(api, **extra: str) -> dict:
+        if platform == "windows":
+            extra = {"EDGE_KOMBU_CONTROL": "tcp", **extra}
         return edge_env(tmp_path, api.url if api else None, token, **extra)
 
     return make
 
 
 @pytest.fixture
-def edge_workers(tmp_path, env_for, request, api_factory):
+def edge_workers(tmp_path, env_for, request, api_factory, platform):
     """``edge_workers(name, env=None, ...)``: a started worker (against the ``api`` fixture
     unless ``env`` says otherwise), stopped at the end of the test, before the API servers."""
     started: list[EdgeWorker] = []
@@ -154,6 +171,8 @@ def edge_workers(tmp_path, env_for, request, api_factory):
     def start(name: str, *, env: dict | None = None, wait_ready: bool = True,
               **kwargs) -> EdgeWorker:
         env = env or env_for(request.getfixturevalue("api"))
+        if platform == "windows":
+            kwargs.setdefault("pool", NO_FORK_POOL)
         worker = EdgeWorker(tmp_path, env, name=name, **kwargs)
         started.append(worker)
         return worker.start(wait_ready=wait_ready)

@@ -1,5 +1,6 @@
 """The local control socket works wherever the run directory lives (deep AIRFLOW_HOME included)."""
 
+import json
 import os
 import shutil
 
@@ -49,3 +50,27 @@ def test_a_short_directory_owned_by_another_user_is_refused(tmp_path):
             _serve(run_dir, "w@h")
     finally:
         shutil.rmtree(squatted)
+
+
+def test_loopback_tcp_control_needs_the_secret_of_the_private_endpoint_file(tmp_path):
+    """Where Unix sockets are missing (Windows), or with EDGE_KOMBU_CONTROL=tcp."""
+    assert control.channel({"EDGE_KOMBU_CONTROL": "tcp"}) == control.TCP
+    assert control.channel({}) == control.UNIX
+    path = control.endpoint(tmp_path / "run", "w1@host", control.TCP)
+    assert path == tmp_path / "run" / "w1@host.ctl"
+    server = control.ControlServer(path, lambda payload: {"seen": sorted(payload)})
+    server.start()
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        # The secret is checked and taken out before the worker sees the request.
+        assert control.request(path, {"command": "status"}) == {"seen": ["command"]}
+        assert [p for p, _ in control.live_sockets(tmp_path / "run")] == [path]
+        forged = tmp_path / "forged.ctl"
+        forged.write_text(json.dumps({**json.loads(path.read_text()), "secret": "guess"}))
+        with pytest.raises(control.ControlError, match="wrong or missing control secret"):
+            control.request(forged, {"command": "status"})
+        with pytest.raises(control.ControlError, match="already listens"):
+            control.ControlServer(path, lambda payload: {}).start()
+    finally:
+        server.close()
+    assert not path.exists()

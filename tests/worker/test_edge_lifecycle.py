@@ -14,7 +14,11 @@ from tests.worker.conftest import (
     queue_depth,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.timeout(180),
+    # The whole lifecycle also as on Windows: thread slot pool, loopback TCP control.
+    pytest.mark.parametrize("platform", ["posix", "windows"], indirect=True),
+]
 
 
 def test_maintenance_pending_then_mode_takes_no_task_and_off_resumes(

@@ -10,6 +10,8 @@ import pytest
 pytestmark = pytest.mark.timeout(240)
 
 POOL = "edge_kombu.worker.pool:SlotPool"
+#: The same admission on threads, for hosts without fork (Windows).
+THREAD_POOL = "edge_kombu.worker.pool:ThreadSlotPool"
 
 
 def max_overlap(records: list[dict]) -> int:
@@ -23,8 +25,10 @@ def max_overlap(records: list[dict]) -> int:
     return peak
 
 
-def test_slots_never_exceed_concurrency(broker_url, worker_factory, celery_client, tmp_path):
-    worker_factory(broker_url, pool=POOL, concurrency=3)
+@pytest.mark.parametrize("pool", [POOL, THREAD_POOL])
+def test_slots_never_exceed_concurrency(pool, broker_url, worker_factory, celery_client,
+                                        tmp_path):
+    worker = worker_factory(broker_url, pool=pool, concurrency=3)
     out = tmp_path / "runs.jsonl"
     sizes = [1, 2, 3, 1, 1, 2, 1, 3, 2, 1, 1, 1]
     results = [
@@ -36,6 +40,9 @@ def test_slots_never_exceed_concurrency(broker_url, worker_factory, celery_clien
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["slots"] for r in records) == sorted(sizes)
     assert max_overlap(records) <= 3
+    stats = celery_client.control.inspect(timeout=5).stats()[worker.hostname]["pool"]
+    assert stats["implementation"] == pool
+    assert stats["slots"] == {"total": 3, "used": 0, "free": 3, "waiting": 0}
     busy = sum((r["end"] - r["start"]) * r["slots"] for r in records)
     span = max(r["end"] for r in records) - min(r["start"] for r in records)
     assert busy / (3 * span) >= 0.8, f"slot utilisation {busy / (3 * span):.0%}"

@@ -34,8 +34,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite_only: runs only against the embedded SQLite default")
     config.addinivalue_line("markers", "postgres: needs PostgreSQL whatever EDGE_KOMBU_TEST_DB is")
     config.addinivalue_line(
-        "markers", "postgres_only: runs only when EDGE_KOMBU_TEST_DB is PostgreSQL (tox -e postgres)",
-    )
+        "markers", "postgres_only: runs only if EDGE_KOMBU_TEST_DB is PostgreSQL (tox -e postgres)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,105 @@
+"""The systemd units of deploy/systemd: ``systemd-analyze verify`` accepts them (with the
+binaries pointed at this installation's, which exist), and their stop behaviour and
+hardening are what docs/deploy.md says."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import BIN, ROOT
+
+pytestmark = pytest.mark.sqlite_only
+
+UNITS = ROOT / "deploy" / "systemd"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+INSTALLED = "/opt/edge-kombu/bin/"
+
+
+def directives(unit: Path) -> dict[str, list[str]]:
+    """``Key`` → its values in order, across sections (systemd allows repeated keys)."""
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def verify(*units: Path) -> tuple[int, str]:
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", *map(str, units)],
+                            capture_output=True, text=True, timeout=60)
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+@pytest.fixture
+def rendered(tmp_path) -> dict[str, Path]:
+    """The units with ``/opt/edge-kombu/bin`` replaced by this installation's bin directory
+    (verify insists that ExecStart's program exists)."""
+    if not Path(SYSTEMD_ANALYZE).exists():
+        pytest.skip("systemd-analyze is not installed")
+    units = {}
+    for unit in sorted(UNITS.glob("*.service")):
+        text = unit.read_text()
+        assert INSTALLED in text, f"{unit.name}: expected the programs under {INSTALLED}"
+        (tmp_path / unit.name).write_text(text.replace(INSTALLED, f"{BIN}/"))
+        units[unit.name] = tmp_path / unit.name
+    assert set(units) == {"edge-kombu-api.service", "edge-kombu-worker@.service"}
+    return units
+
+
+def test_systemd_analyze_verify_accepts_the_units(rendered):
+    rc, output = verify(*rendered.values())
+    # verify exits 0 on settings it ignores: any line it prints is a failure here.
+    assert rc == 0 and output == "", output
+
+
+def test_verify_catches_a_broken_unit(rendered, tmp_path):
+    """The check above can fail: a unit with a setting systemd cannot parse is reported."""
+    broken = tmp_path / "broken@.service"
+    broken.write_text(rendered["edge-kombu-worker@.service"].read_text()
+                      .replace("KillMode=mixed", "KillMode=gently"))
+    rc, output = verify(broken)
+    assert "kill mode" in output.lower(), output
+
+
+def test_units_stop_by_draining_and_are_hardened():
+    for name in ("edge-kombu-api.service", "edge-kombu-worker@.service"):
+        unit = directives(UNITS / name)
+        assert unit["KillMode"] == ["mixed"], name
+        assert unit["NoNewPrivileges"] == ["yes"], name
+        assert unit["ProtectSystem"] == ["strict"], name
+        assert unit["User"] == ["edge-kombu"], name
+        assert unit["EnvironmentFile"], name
+        assert unit["ReadWritePaths"], name
+        assert not any("TOKEN" in v or "SECRET" in v for v in unit.get("Environment", [])), \
+            f"{name}: credentials belong in the EnvironmentFile"
+
+    worker = directives(UNITS / "edge-kombu-worker@.service")
+    [stop] = worker["ExecStop"]
+    assert re.search(r"celery -A edge_kombu edge stop --wait -n %i --drain-timeout "
+                     r"\$\{EDGE_KOMBU_DRAIN_TIMEOUT\}", stop), stop
+    assert "-n %i@%H" in worker["ExecStart"][0]
+    env = dict(value.split("=", 1) for value in worker["Environment"])
+    drain = float(env["EDGE_KOMBU_DRAIN_TIMEOUT"])
+    [timeout] = worker["TimeoutStopSec"]
+    # The stop timeout covers the drain and Celery's warm shutdown after it.
+    assert float(timeout) >= drain + 30, (timeout, drain)
+    # Each worker its own control-socket directory, which `edge stop` finds by the same
+    # environment.
+    assert env["EDGE_KOMBU_RUN_DIR"] == "/run/edge-kombu-worker/%i"
+    assert worker["RuntimeDirectory"] == ["edge-kombu-worker/%i"]
+
+    api = directives(UNITS / "edge-kombu-api.service")
+    assert "edge-kombu api" in api["ExecStart"][0]
+
+
+def test_sysusers_creates_the_units_user():
+    line = next(line for line in (UNITS / "edge-kombu.sysusers.conf").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert line.split()[:2] == ["u", "edge-kombu"]

@@ -1,34 +1,28 @@
 """The systemd units of deploy/systemd: ``systemd-analyze verify`` accepts them (with the
-binaries pointed at this installation's, which exist), and their stop behaviour and
-hardening are what docs/deploy.md says."""
+binaries pointed at this installation's, which exist), their stop behaviour and hardening
+are what docs/deploy.md says, and the API unit's command serves and stops as systemd
+would run it (the worker unit's: tests/worker/test_systemd_unit.py)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+import requests
 
-from tests.helpers import BIN, ROOT
+from tests.helpers import BIN, ROOT, Process, free_port, wait_for
+from tests.systemd_units import INSTALLED, UNITS, directives, expand, unit_environment
 
 pytestmark = pytest.mark.sqlite_only
 
-UNITS = ROOT / "deploy" / "systemd"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
-INSTALLED = "/opt/edge-kombu/bin/"
-
-
-def directives(unit: Path) -> dict[str, list[str]]:
-    """``Key`` → its values in order, across sections (systemd allows repeated keys)."""
-    found: dict[str, list[str]] = {}
-    for line in unit.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", ";", "[")):
-            key, _, value = line.partition("=")
-            found.setdefault(key.strip(), []).append(value.strip())
-    return found
 
 
 def verify(*units: Path) -> tuple[int, str]:
@@ -103,3 +97,39 @@ def test_sysusers_creates_the_units_user():
     line = next(line for line in (UNITS / "edge-kombu.sysusers.conf").read_text().splitlines()
                 if line and not line.startswith("#"))
     assert line.split()[:2] == ["u", "edge-kombu"]
+
+
+def test_api_unit_serves_and_stops_on_sigterm(db_url, tmp_path):
+    """ExecStart as systemd runs it (defaults, then an environment file with the database
+    and the bind address) serves the API; SIGTERM to the main process only (KillMode=mixed)
+    stops gunicorn and its processes within TimeoutStopSec."""
+    unit_file = UNITS / "edge-kombu-api.service"
+    unit = directives(unit_file)
+    port = free_port()
+    env = unit_environment(unit_file, None, {
+        "EDGE_KOMBU_DB_URL": db_url, "EDGE_KOMBU_BIND": f"127.0.0.1:{port}"},
+        tmp_path, {"AIRFLOW_HOME": "state", "HOME": "state"})
+    [command] = unit["ExecStart"]
+    server = Process(expand(command, None, env), tmp_path / "unit-api.log")
+    server.env = {**{k: v for k, v in os.environ.items()
+                     if not k.startswith(("AIRFLOW__", "EDGE_KOMBU_"))},
+                  **env, "PYTHONPATH": str(ROOT)}
+    server.start()
+    try:
+        def healthy() -> bool:
+            assert server.alive(), server.log()[-3000:]
+            return requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).ok
+
+        wait_for(healthy, timeout=60, message="the unit's API server")
+        children = psutil.Process(server.pid).children(recursive=True)
+        assert len(children) == int(env["EDGE_KOMBU_API_WORKERS"]), children
+        stopping = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)  # KillMode=mixed: the main process only
+        server.proc.wait(float(unit["TimeoutStopSec"][0]))
+        took = time.monotonic() - stopping
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, server.log()[-3000:]
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                   for child in children), "gunicorn's processes outlived the stop"
+    print(f"the API unit stopped {took:.1f} s after SIGTERM")

@@ -133,3 +133,25 @@ def test_api_unit_serves_and_stops_on_sigterm(db_url, tmp_path):
     assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
                    for child in children), "gunicorn's processes outlived the stop"
     print(f"the API unit stopped {took:.1f} s after SIGTERM")
+
+
+def test_environment_file_examples_name_real_settings():
+    """Each variable of the example environment files is a setting edge-kombu reads (its
+    name in the code, or an ``[edge]`` option of the provider) or one the unit's own
+    command lines use: a misspelt one would be ignored without a word."""
+    from edge_kombu.airflow.provider import get_provider_info
+
+    source = "\n".join(p.read_text() for p in (ROOT / "edge_kombu").rglob("*.py"))
+    edge_options = set(get_provider_info()["config"]["edge"]["options"])
+    for example, unit in (("api.env.example", "edge-kombu-api.service"),
+                          ("worker.env.example", "edge-kombu-worker@.service")):
+        commands = " ".join(" ".join(values) for key, values in directives(UNITS / unit).items()
+                            if key in ("ExecStart", "ExecStop"))
+        lines = (UNITS / example).read_text().splitlines()
+        names = [line.split("=", 1)[0] for line in lines if line and not line.startswith("#")]
+        assert names, example
+        for name in names:
+            if name.startswith("AIRFLOW__EDGE__"):
+                assert name.removeprefix("AIRFLOW__EDGE__").lower() in edge_options, name
+            else:
+                assert f'"{name}"' in source or f"${{{name}}}" in commands, (example, name)

@@ -33,6 +33,22 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite_only: runs only against the embedded SQLite default")
     config.addinivalue_line("markers", "postgres: needs PostgreSQL whatever EDGE_KOMBU_TEST_DB is")
+    config.addinivalue_line(
+        "markers", "postgres_only: runs only if EDGE_KOMBU_TEST_DB is PostgreSQL (tox -e postgres)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _test_db_backend() == "postgresql":
+        return
+    skip = pytest.mark.skip(reason="runs in the PostgreSQL env only (EDGE_KOMBU_TEST_DB)")
+    for item in items:
+        if item.get_closest_marker("postgres_only"):
+            item.add_marker(skip)
+
+
+def _test_db_backend() -> str:
+    url = os.environ.get("EDGE_KOMBU_TEST_DB", "sqlite")
+    return "sqlite" if url == "sqlite" else make_url(url).get_backend_name()
 
 
 def _unreachable(url: str, exc: Exception):

@@ -179,3 +179,45 @@ def test_without_configured_users_the_pages_say_how_to_enable_them(api_factory):
     server = api_factory()
     answer = requests.get(f"{server.url}/ui/workers", timeout=10)
     assert answer.status_code == 403 and "EDGE_KOMBU_UI_ADMIN" in answer.json()["message"]
+
+
+def test_bulk_actions_and_the_maintenance_comment_from_the_worker_hosts_page(
+        browser, api, edge_workers):
+    """Several workers at once, as on the edge provider's page; the comment edited in
+    maintenance; the selection kept across the page's refreshes."""
+    workers = [edge_workers(f"bulk{i}", concurrency=1) for i in range(3)]
+    admin = signed_in(browser, api, ADMIN)
+    admin.goto("/ui/workers")
+    answers = []
+    admin.on("dialog", lambda dialog: dialog.accept(answers.pop(0)))
+    for worker in workers[:2]:
+        admin.locator(f'tr[data-worker="{worker.hostname}"] input.pick').check()
+    assert admin.locator("#picked").inner_text() == "2"
+    last = admin.locator("#status").inner_text()
+    wait_for(lambda: admin.locator("#status").inner_text() != last, message="page refreshed")
+    assert admin.locator("input.pick:checked").count() == 2  # kept across the refresh
+
+    answers[:] = ["rack move"]
+    admin.click('button[data-bulk="maintenance-on"]')
+    for worker in workers[:2]:
+        assert worker.wait_state("maintenance mode")["maintenance_comment"] == "rack move"
+    assert workers[2].status()["state"] == "idle"  # not selected, not touched
+
+    row = admin.locator(f'tr[data-worker="{workers[0].hostname}"]')
+    wait_for(lambda: row.locator('button[data-action="maintenance-comment"]').count() == 1,
+             message="comment button shown in maintenance")
+    answers[:] = ["rack move, back at 14:00"]
+    row.locator('button[data-action="maintenance-comment"]').click()
+    wait_for(lambda: workers[0].status()["maintenance_comment"] == "rack move, back at 14:00",
+             message="new comment reached the worker")
+    assert workers[0].status()["state"] == "maintenance mode"  # still in maintenance
+
+    answers[:] = [""]
+    admin.click('button[data-bulk="maintenance-off"]')
+    for worker in workers[:2]:
+        worker.wait_state("idle")
+    answers[:] = ["decommissioned"]
+    admin.click('button[data-bulk="shutdown"]')
+    for worker in workers[:2]:
+        assert worker.proc.wait(60) == 0
+    assert workers[2].alive()

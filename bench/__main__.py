@@ -1,4 +1,4 @@
-"""``python -m bench <brokers|idle|scale|airflow|report|all> [--quick]``
+"""``python -m bench <brokers|idle|scale|airflow|dbload|report|all> [--quick]``
 
 Runs the benchmarks against real processes on this machine, writes
 ``bench/results/<name>[-quick].json`` and (``report``, ``all``) ``docs/benchmarks.md``
@@ -21,7 +21,7 @@ BENCHMARKS = ("brokers", "idle", "scale", "airflow")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=(*BENCHMARKS, "report", "all"))
+    parser.add_argument("what", choices=(*BENCHMARKS, "dbload", "report", "all"))
     parser.add_argument("--quick", action="store_true",
                         help="seconds, tiny N: checks the harness, not the numbers")
     parser.add_argument("--out", type=Path, default=env.RESULTS, help="results directory")
@@ -54,6 +54,10 @@ def _run(name: str, args) -> dict:
 
         chosen = tuple(args.brokers.split(",")) if args.brokers else brokers.BROKERS
         return brokers.run(quick=args.quick, brokers=chosen)
+    if name == "dbload":
+        from bench import dbload
+
+        return dbload.run(quick=args.quick)
     if name == "idle":
         from bench import idle
 

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds, tiny N: checks the harness, not the numbers")
     parser.add_argument("--out", type=Path, default=env.RESULTS, help="results directory")
     parser.add_argument("--brokers", help="comma-separated subset of brokers (brokers)")
+    parser.add_argument("--dbs", help="comma-separated subset of sqlite,postgres (dbload)")
     parser.add_argument("--workers", help="comma-separated simulated worker counts (scale)")
     parser.add_argument("--airflow-venv", default=None,
                         help="virtualenv with Airflow + this project (default $BENCH_AIRFLOW_VENV"
@@ -57,7 +58,8 @@ def _run(name: str, args) -> dict:
     if name == "dbload":
         from bench import dbload
 
-        return dbload.run(quick=args.quick)
+        dbs = tuple(args.dbs.split(",")) if args.dbs else ("sqlite", "postgres")
+        return dbload.run(quick=args.quick, dbs=dbs)
     if name == "idle":
         from bench import idle
 

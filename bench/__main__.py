@@ -1,4 +1,4 @@
-"""``python -m bench <brokers|idle|scale|airflow|report|all> [--quick]``
+"""``python -m bench <brokers|idle|scale|airflow|dbload|report|all> [--quick]``
 
 Runs the benchmarks against real processes on this machine, writes
 ``bench/results/<name>[-quick].json`` and (``report``, ``all``) ``docs/benchmarks.md``
@@ -21,11 +21,12 @@ BENCHMARKS = ("brokers", "idle", "scale", "airflow")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=(*BENCHMARKS, "report", "all"))
+    parser.add_argument("what", choices=(*BENCHMARKS, "dbload", "report", "all"))
     parser.add_argument("--quick", action="store_true",
                         help="seconds, tiny N: checks the harness, not the numbers")
     parser.add_argument("--out", type=Path, default=env.RESULTS, help="results directory")
     parser.add_argument("--brokers", help="comma-separated subset of brokers (brokers)")
+    parser.add_argument("--dbs", help="comma-separated subset of sqlite,postgres (dbload)")
     parser.add_argument("--workers", help="comma-separated simulated worker counts (scale)")
     parser.add_argument("--airflow-venv", default=None,
                         help="virtualenv with Airflow + this project (default $BENCH_AIRFLOW_VENV"
@@ -54,6 +55,11 @@ def _run(name: str, args) -> dict:
 
         chosen = tuple(args.brokers.split(",")) if args.brokers else brokers.BROKERS
         return brokers.run(quick=args.quick, brokers=chosen)
+    if name == "dbload":
+        from bench import dbload
+
+        dbs = tuple(args.dbs.split(",")) if args.dbs else ("sqlite", "postgres")
+        return dbload.run(quick=args.quick, dbs=dbs)
     if name == "idle":
         from bench import idle
 

@@ -4,6 +4,9 @@
 
 A WSGI middleware counts requests and bytes (request line, headers and body each way)
 per route; ``GET /bench/stats`` returns the counts as JSON and is not counted itself.
+``GET /bench/sql`` returns what the process asked of its database since it started, counted
+by SQLAlchemy event hooks on every engine: statements by leading keyword, commits,
+rollbacks and pool checkouts (statements on raw DB-API connections are not seen).
 Benchmarks only: one gunicorn gevent process, as the default server runs.
 """
 
@@ -18,6 +21,42 @@ from edge_kombu.server.config import ServerConfig
 from edge_kombu.server.serve import APIServer
 
 STATS_PATH = "/bench/stats"
+SQL_PATH = "/bench/sql"
+
+
+class SQLCounter:
+    """Counts of the database work of this process, from SQLAlchemy's engine events."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def install(self) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import Pool
+
+        event.listen(Engine, "before_cursor_execute", self._statement)
+        event.listen(Engine, "commit", lambda conn: self._add("commits"))
+        event.listen(Engine, "rollback", lambda conn: self._add("rollbacks"))
+        event.listen(Pool, "checkout", lambda *args: self._add("checkouts"))
+
+    def _add(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] += 1
+
+    def _statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
+        with self.lock:
+            self.counts["statements"] += 1
+            self.counts[f"statements_{verb}"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.counts)
+
+
+SQL_COUNTS = SQLCounter()
 
 
 class Counter:
@@ -30,6 +69,11 @@ class Counter:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
+        if path == SQL_PATH:
+            body = json.dumps(SQL_COUNTS.snapshot()).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
         if path == STATS_PATH:
             with self.lock:
                 body = json.dumps({p: {"requests": c[0], "bytes_in": c[1], "bytes_out": c[2]}
@@ -68,6 +112,7 @@ class Counter:
 
 class CountingAPIServer(APIServer):
     def load(self):
+        SQL_COUNTS.install()
         app = super().load()
         app.wsgi_app = Counter(app.wsgi_app)
         return app

@@ -51,6 +51,20 @@ def test_scale_quick(out):
     assert run["idle"]["requests_per_s"] > 0 and run["idle"]["server_rss_mb"] > 0
 
 
+def test_dbload_quick_counts_the_statements_of_each_task(out):
+    assert cli.main(["dbload", "--quick", "--dbs", "sqlite", "--out", str(out)]) == 0
+    row = _results(out, "dbload")["databases"]["sqlite"]
+    for part in ("sequential_per_task", "batch_per_task"):
+        per_task = row[part]
+        # A task is at least stored (INSERT) and removed (DELETE) in committed transactions
+        # reached by HTTP requests; statements are counted one by one.
+        assert per_task["statements_INSERT"] >= 1 and per_task["statements_DELETE"] >= 1, part
+        assert per_task["statements"] > per_task["commits"] >= 1, part
+        assert per_task["requests"] >= 1 and per_task["server_cpu_ms"] > 0, part
+    assert row["idle_per_s"]["commits"] > 0  # housekeeping runs while the worker idles
+    assert row["rss_mb"]["api_server"] > 0 and row["rss_mb"]["worker"] > 0
+
+
 def test_report_from_quick_results(out, tmp_path, monkeypatch):
     monkeypatch.setattr(report, "SUFFIX", "-quick")
     path = report.write(out, docs=tmp_path)

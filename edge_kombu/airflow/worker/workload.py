@@ -7,6 +7,13 @@ the Task SDK supervisor, which talks to the Execution API (``[core]
 execution_api_server_url``) over HTTP(S) with the workload's token. The worker needs
 the DAG files and Airflow, never the metadata database.
 
+The same task runs Airflow 3.3's other executor workloads, each with its Task SDK
+supervisor (``BaseExecutor.run_workload``): ``ExecuteCallback`` (a deadline alert's
+``SyncCallback``, imported by path, from the DAG file when defined there) and
+``TestConnection`` (a connection test, which reports its own result to the Execution
+API). A callback that fails (non-zero exit) fails the Celery task, so Airflow records the
+callback as failed with the reason.
+
 A message delivered again while its task instance already runs elsewhere is ignored
 (no result is stored), as with the CeleryExecutor. The task process finds the edge
 worker's Celery node name in ``EDGE_KOMBU_WORKER``.
@@ -71,7 +78,7 @@ def execute_workload(workload_json: str) -> None:
     title = _proctitle()
     pusher = _start_log_pusher(workload, conf)
     try:
-        BaseExecutor.run_workload(
+        exit_code = BaseExecutor.run_workload(
             workload,
             subprocess_logs_to_stdout=conf.getboolean(
                 "logging", "task_logs_to_stdout", fallback=False
@@ -86,6 +93,15 @@ def execute_workload(workload_json: str) -> None:
         if pusher is not None and not pusher.finish():
             log.warning("the end of the log of %s is not pushed yet; still trying in the "
                         "background", workload.display_name)
+    if exit_code and getattr(workload, "type", None) == "ExecuteCallback":
+        # A task reports its own state to the Execution API; a callback only through us.
+        raise CallbackFailed(f"callback {workload.display_name} ({workload.callback.id}) "
+                             f"exited with {exit_code}; its log is {workload.log_path} in "
+                             "[logging] base_log_folder on this worker")
+
+
+class CallbackFailed(RuntimeError):
+    """An ``ExecuteCallback`` workload whose callback raised (its supervisor exited non-zero)."""
 
 
 def push_settings(conf) -> PushSettings:

@@ -169,6 +169,11 @@ class AirflowSite:
     def start_dag_processor(self) -> Process:
         return self.start_process("dag-processor", [str(self.bin / "airflow"), "dag-processor"])
 
+    def start_triggerer(self) -> Process:
+        """Deferred tasks wait here; no log server (nothing listens beyond 127.0.0.1)."""
+        return self.start_process("triggerer", [str(self.bin / "airflow"), "triggerer",
+                                                "--skip-serve-logs"])
+
     def start_edge_worker(self, name: str, queues: str = "default", concurrency: int = 2,
                           wait_ready: bool = True, **overrides: str) -> Process:
         """``celery -A edge_kombu worker``, with no usable database URL."""

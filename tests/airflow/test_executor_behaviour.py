@@ -59,6 +59,30 @@ with DAG(
 '''
 
 
+FAILING_CALLBACK_DAG = '''
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, DeadlineAlert, DeadlineReference, SyncCallback
+
+
+def broken_alert(context):
+    raise RuntimeError("the pager is down")
+
+
+with DAG(
+    dag_id="failing_callback", schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), catchup=False,
+    deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
+                           interval=timedelta(seconds=1), callback=SyncCallback(broken_alert)),
+):
+    BashOperator(task_id="slow", bash_command="sleep 4")
+'''
+
+
 @pytest.fixture(scope="module")
 def late_site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("behaviour")
@@ -67,9 +91,11 @@ def late_site(tmp_path_factory):
                      "AIRFLOW__CORE__TEST_CONNECTION": "Enabled"})
     site.add_dag("weights.py", WEIGHTS_DAG.format(marker=str(tmp / "callback.json"),
                                                   weights=WEIGHTS))
+    site.add_dag("failing_callback.py", FAILING_CALLBACK_DAG)
     try:
         site.start_central()
         site.wait_for_dag("weights")
+        site.wait_for_dag("failing_callback")
         yield site
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{site.logs()}") from None
@@ -115,14 +141,37 @@ def test_callback_first_then_tasks_by_whole_priority_weight(late_site):
     assert "executing Airflow workload record_missed_deadline" in site.processes[-1].log()
 
 
+def _late_worker(site: AirflowSite):
+    """The one-slot worker the order test starts (started here when run alone)."""
+    worker = next((p for p in site.processes if p.log_path.name == "worker-late.log"), None)
+    return worker or site.start_edge_worker("late", queues=QUEUE, concurrency=1)
+
+
+def test_a_callback_that_raises_is_recorded_as_failed(late_site):
+    site = late_site
+    worker = _late_worker(site)
+    answer = site.rest("POST", "/dags/failing_callback/dagRuns",
+                       json={"dag_run_id": "broken", "logical_date": None})
+    assert answer.status_code == 200, answer.text
+    assert site.wait_for_dag_run("failing_callback", "broken", timeout=120) == "success"
+
+    def failed() -> list:
+        return _query(site, "SELECT output FROM callback WHERE state = 'failed'")
+
+    ((output,),) = wait_for(failed, timeout=60, interval=0.2, message="callback failed")
+    assert "callback broken_alert" in output and "exited with 1" in output, output
+    # The callback's own log, on the worker, says why.
+    logs = [path for path in (site.home / "logs" / "executor_callbacks").rglob("*")
+            if path.is_file()]
+    assert any("the pager is down" in path.read_text() for path in logs), (logs, worker.log())
+
+
 def test_connection_test_from_the_ui_runs_on_the_edge_worker(late_site):
     """POST /connections/enqueue-test (what the UI calls with [core] test_connection
     Enabled): the scheduler hands a TestConnection workload to the EdgeExecutor, the edge
     worker serving the queue runs the hook's test and reports through the Execution API."""
     site = late_site
-    worker = next((p for p in site.processes if p.log_path.name == "worker-late.log"), None)
-    if worker is None:  # run alone: the worker the order test starts
-        worker = site.start_edge_worker("late", queues=QUEUE, concurrency=1)
+    worker = _late_worker(site)
     path = site.tmp / "only-checked-by-the-worker"
     path.mkdir()
     answer = site.rest("POST", "/connections/enqueue-test", json={

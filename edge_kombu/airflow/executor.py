@@ -160,6 +160,18 @@ class EdgeExecutor(CeleryExecutor):
         return [send_workload(self.celery_app, item, seconds=self.publish_timeout)
                 for item in workload_tuples_to_send]
 
+    def update_task_state(self, key: Any, state: str, info: Any) -> None:
+        # Celery's stored result has no "info", so the CeleryExecutor reports every failure
+        # without a reason; Airflow keeps a failed callback's reason as its output: read it
+        # (one request, only for a failed callback or connection test).
+        if state == "FAILURE" and info is None and not hasattr(key, "try_number"):
+            result = self.workloads.get(key)
+            try:
+                info = result.result if result is not None else None
+            except Exception as exc:  # noqa: BLE001 - the reason is a courtesy
+                info = exc
+        super().update_task_state(key, state, info)
+
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         # The CeleryExecutor builds AsyncResults without an app, i.e. on the current app:
         # make that ours (thread-local) so adopted tasks read the edge result backend.

@@ -189,7 +189,9 @@ def test_callbacks_and_connection_tests_are_published_before_tasks(executor, sql
     backend.store_result(callback.callback.id, RuntimeError("callback exited with 1"),
                          "FAILURE")
     executor.sync()
-    assert executor.event_buffer[callback.key][0] == CallbackState.FAILED
+    state, info = executor.event_buffer[callback.key]
+    assert state == CallbackState.FAILED
+    assert str(info) == "callback exited with 1"  # kept by Airflow as the callback's output
 
 
 def test_parallelism_counts_queued_and_running_edge_workloads(executor, sql):

@@ -11,8 +11,8 @@ The same task runs Airflow 3.3's other executor workloads, each with its Task SD
 supervisor (``BaseExecutor.run_workload``): ``ExecuteCallback`` (a deadline alert's
 ``SyncCallback``, imported by path, from the DAG file when defined there) and
 ``TestConnection`` (a connection test, which reports its own result to the Execution
-API). A callback that fails (non-zero exit) fails the Celery task, so Airflow records the
-callback as failed with the reason.
+API). A callback that raises fails the Celery task (its supervisor raises), so Airflow
+records the callback as failed.
 
 A message delivered again while its task instance already runs elsewhere is ignored
 (no result is stored), as with the CeleryExecutor. The task process finds the edge
@@ -78,7 +78,7 @@ def execute_workload(workload_json: str) -> None:
     title = _proctitle()
     pusher = _start_log_pusher(workload, conf)
     try:
-        exit_code = BaseExecutor.run_workload(
+        BaseExecutor.run_workload(
             workload,
             subprocess_logs_to_stdout=conf.getboolean(
                 "logging", "task_logs_to_stdout", fallback=False
@@ -93,15 +93,6 @@ def execute_workload(workload_json: str) -> None:
         if pusher is not None and not pusher.finish():
             log.warning("the end of the log of %s is not pushed yet; still trying in the "
                         "background", workload.display_name)
-    if exit_code and getattr(workload, "type", None) == "ExecuteCallback":
-        # A task reports its own state to the Execution API; a callback only through us.
-        raise CallbackFailed(f"callback {workload.display_name} ({workload.callback.id}) "
-                             f"exited with {exit_code}; its log is {workload.log_path} in "
-                             "[logging] base_log_folder on this worker")
-
-
-class CallbackFailed(RuntimeError):
-    """An ``ExecuteCallback`` workload whose callback raised (its supervisor exited non-zero)."""
 
 
 def push_settings(conf) -> PushSettings:

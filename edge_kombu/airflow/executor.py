@@ -6,7 +6,7 @@ sets one), with
 
 * the ``pool_slots`` header: the task's ``pool_slots``, its weight on the edge worker;
 * the message priority: the task's whole ``priority_weight`` (higher first; callbacks
-  before every task);
+  and connection tests before every task);
 * the Celery task id Airflow pre-assigned (``external_executor_id``), so a restarted
   scheduler adopts its tasks;
 * a timeout of ``[edge] publish_timeout`` seconds (10 by default) rather than
@@ -14,6 +14,13 @@ sets one), with
 * the ``airflow_version`` header: this site's Airflow, which the edge worker compares
   with its own (another major version fails the task, saying so; see
   :mod:`edge_kombu.airflow.worker.refusal`).
+
+Besides tasks (``ExecuteTask``) it takes Airflow 3.3's other executor workloads:
+``ExecuteCallback`` (deadline-alert callbacks given as ``SyncCallback``; to ``[operators]
+default_queue``, as the CeleryExecutor routes them) and ``TestConnection`` (connection tests
+asked for in the UI or REST API when ``[core] test_connection`` is ``Enabled``; to the queue
+the request names, else the default queue). Their message carries the workload's own id as
+Celery task id, so a publish repeated after a timeout is stored once.
 
 Task states are read with one ``mget`` per sync through the edge result backend;
 ``revoke_task`` broadcasts a Celery revoke to the edge workers. Configuration:
@@ -78,9 +85,11 @@ def message_priority(priority_weight: int | None) -> int:
 def publish_options(workload: Any) -> dict[str, Any]:
     """Headers, priority and task id of one workload's message."""
     ti = getattr(workload, "ti", None)
-    if ti is None:  # a callback: weight 1, before every task (above any weight), fresh id
-        return {"headers": {HEADER_POOL_SLOTS: 1, HEADER_AIRFLOW_VERSION: airflow_version},
-                "priority": MAX_PRIORITY}
+    if ti is None:  # a callback or connection test: weight 1, before every task, its own id
+        options = {"headers": {HEADER_POOL_SLOTS: 1, HEADER_AIRFLOW_VERSION: airflow_version},
+                   "priority": MAX_PRIORITY}
+        key_id = getattr(getattr(workload, "key", None), "id", None)
+        return {**options, "task_id": str(key_id)} if key_id else options
     return {
         "headers": {HEADER_POOL_SLOTS: max(1, int(ti.pool_slots or 1)),
                     HEADER_AIRFLOW_VERSION: airflow_version},
@@ -111,6 +120,10 @@ def send_workload(app: Celery, workload_tuple: tuple, *,
 class EdgeExecutor(CeleryExecutor):
     """Runs Airflow workloads on Celery workers that reach the edge API over HTTP(S)."""
 
+    # Tasks and callbacks as the CeleryExecutor; connection tests too (the edge worker runs
+    # them with the Task SDK's connection-test supervisor; POSIX, as edge workers are).
+    supports_connection_test: bool = True
+
     def __init__(self, *args, **kwargs) -> None:
         with _quiet_default_celery_config():
             super().__init__(*args, **kwargs)
@@ -123,11 +136,41 @@ class EdgeExecutor(CeleryExecutor):
             raise AirflowConfigException(str(exc)) from None
         self.bulk_state_fetcher.celery_app = self.celery_app
 
+    def _process_workloads(self, workload_items: Sequence[Any]) -> None:
+        from airflow.executors.workloads import TestConnection
+
+        tests = [w for w in workload_items if isinstance(w, TestConnection)]
+        others = [w for w in workload_items if not isinstance(w, TestConnection)]
+        if others:
+            super()._process_workloads(others)
+        if not tests:
+            return
+        default_queue = self.conf.get_mandatory_value("operators", "default_queue")
+        self._send_workloads([(w.key, w, w.queue or default_queue, self.team_name)
+                              for w in tests])
+        for workload in tests:
+            # Sent (running) or failed (event buffer): no longer queued. A publish that timed
+            # out stays queued: the next heartbeat publishes it again, as for tasks.
+            if workload.key not in self.workload_publish_retries:
+                self.queued_connection_tests.pop(workload.key, None)
+
     def _send_workloads_to_celery(self, workload_tuples_to_send: Sequence[tuple]) -> list[tuple]:
         # In this process, one request per workload once its queue is declared: publishing
         # is cheap over HTTP, so none of the CeleryExecutor's publisher subprocesses.
         return [send_workload(self.celery_app, item, seconds=self.publish_timeout)
                 for item in workload_tuples_to_send]
+
+    def update_task_state(self, key: Any, state: str, info: Any) -> None:
+        # Celery's stored result has no "info", so the CeleryExecutor reports every failure
+        # without a reason; Airflow keeps a failed callback's reason as its output: read it
+        # (one request, only for a failed callback or connection test).
+        if state == "FAILURE" and info is None and not hasattr(key, "try_number"):
+            result = self.workloads.get(key)
+            try:
+                info = result.result if result is not None else None
+            except Exception as exc:  # noqa: BLE001 - the reason is a courtesy
+                info = exc
+        super().update_task_state(key, state, info)
 
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         # The CeleryExecutor builds AsyncResults without an app, i.e. on the current app:

@@ -36,7 +36,8 @@ SERVES = {queue: {name for name, (queues, _) in WORKERS.items() if queue in queu
           for queue in ("remote", "wisconsin_site", "slots")}
 #: DAGs triggered when the site is up (the killed-worker DAG runs on its own, last).
 TRIGGERED = ("suite_operators", "suite_data", "suite_setup_teardown", "suite_routing",
-             "suite_pool_slots", "suite_retry", "example_edge_pool_slots")
+             "suite_pool_slots", "suite_retry", "example_edge_pool_slots", "suite_deferred",
+             "suite_hitl")
 
 SUITE_ENV = {
     "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "remote",
@@ -92,6 +93,7 @@ def _start(site: AirflowSite) -> Suite:
     site.airflow("db", "migrate")
     site.start_scheduler()
     site.start_dag_processor()
+    site.start_triggerer()
     with ThreadPoolExecutor(2) as pool:  # the CLI takes seconds to start: beside the server
         cli = [
             pool.submit(site.airflow, "variables", "set", "edge_suite_greeting",
@@ -228,6 +230,37 @@ def test_failing_task_is_retried(suite):
     assert suite.xcom("suite_retry", "flaky") == 2
     tries = suite.tries("suite_retry", "flaky")
     assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")]
+
+
+def test_deferrable_task_and_reschedule_sensor(suite):
+    """A task deferred on an edge worker waits in the triggerer and resumes on an edge
+    worker; a sensor in reschedule mode frees its slot between pokes (two pokes, one try)."""
+    tis = suite.finished_run("suite_deferred")
+    assert _states(tis) == {"deferrable": "success", "reschedule_sensor": "success"}
+    deferred_on, resumed_on = suite.xcom("suite_deferred", "deferrable")
+    assert {deferred_on, resumed_on} <= SERVES["remote"]
+    assert resumed_on == _ran_on(tis, "deferrable")
+    assert tis[("deferrable", -1)]["try_number"] == 1
+    reschedules, poked_on = suite.xcom("suite_deferred", "reschedule_sensor")
+    assert reschedules == 1 and poked_on in SERVES["remote"]
+    assert tis[("reschedule_sensor", -1)]["try_number"] == 1
+
+
+def test_human_in_the_loop_task_waits_for_input_given_through_the_rest_api(suite):
+    path = f"/dags/suite_hitl/dagRuns/{RUN_ID}/taskInstances/ship_it"
+
+    def awaiting_input() -> bool:
+        return suite.site.rest("GET", path).json()["state"] == "awaiting_input"
+
+    wait_for(awaiting_input, timeout=120, interval=0.2, message="HITL task awaiting input")
+    answer = suite.site.rest("PATCH", f"{path}/-1/hitlDetails",
+                             json={"chosen_options": ["ship"], "params_input": {}})
+    assert answer.status_code == 200, answer.text
+    tis = suite.finished_run("suite_hitl")
+    ti = tis[("ship_it", -1)]
+    assert (ti["state"], ti["try_number"]) == ("success", 1)
+    assert ti["hostname"] in SERVES["remote"]  # resumed on an edge worker
+    assert suite.xcom("suite_hitl", "ship_it")["chosen_options"] == ["ship"]
 
 
 def test_worker_killed_mid_task_is_retried_on_another_worker(suite):

@@ -133,12 +133,12 @@ def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, ed
     assert set(messages) == {w.ti.external_executor_id for w in (big, small, negative)}
     by_ti = {w.ti.key: messages[w.ti.external_executor_id] for w in (big, small, negative)}
     assert (by_ti[big.ti.key]["queue"], by_ti[big.ti.key]["slots"],
-            by_ti[big.ti.key]["priority"]) == ("remote", 3, 255)
+            by_ti[big.ti.key]["priority"]) == ("remote", 3, 1000)
     assert by_ti[big.ti.key]["headers"]["pool_slots"] == 3
     assert by_ti[big.ti.key]["headers"]["airflow_version"] == "3.3.2"  # checked by the worker
     assert (by_ti[small.ti.key]["queue"], by_ti[small.ti.key]["slots"],
             by_ti[small.ti.key]["priority"]) == ("default", 1, 7)
-    assert by_ti[negative.ti.key]["priority"] == 0
+    assert by_ti[negative.ti.key]["priority"] == -5
     assert by_ti[small.ti.key]["headers"]["task"] == "execute_workload"
     assert executor.event_buffer[small.ti.key] == (TaskInstanceState.QUEUED,
                                                    small.ti.external_executor_id)
@@ -153,6 +153,75 @@ def test_publishes_slots_priority_and_queue_and_syncs_with_one_mget(executor, ed
     mgets = wait_for(lambda: edge_env.log().count("/api/v1/results/mget") >= 2 and
                      edge_env.log().count("/api/v1/results/mget"), message="access log")
     assert mgets == 2  # one request per sync
+
+
+def test_callbacks_and_connection_tests_are_published_before_tasks(executor, sql):
+    """Airflow 3.3's ExecuteCallback (to [operators] default_queue) and TestConnection (to
+    the queue asked for) go out above every task weight, under their own ids."""
+    from airflow.executors.workloads import BundleInfo, ExecuteCallback, TestConnection
+    from airflow.executors.workloads.callback import CallbackDTO, CallbackFetchMethod
+    from airflow.utils.state import CallbackState
+
+    callback = ExecuteCallback(
+        callback=CallbackDTO(id=str(uuid.uuid4()), fetch_method=CallbackFetchMethod.IMPORT_PATH,
+                             data={"path": "alerts.notify", "kwargs": {}}),
+        dag_rel_path=Path("edge_dag.py"), token="t", log_path="executor_callbacks/x",
+        bundle_info=BundleInfo(name="dags-folder"))
+    test = TestConnection(connection_test_id=uuid.uuid4(), connection_id="warehouse",
+                          timeout=30, queue="remote", token="t")
+    task = _workload(priority_weight=2**31 - 2)
+    executor.queue_workload(task, session=None)
+    executor.queue_workload(callback, session=None)
+    executor.queue_workload(test, session=None)
+    executor.heartbeat()
+    executor.trigger_connection_tests()  # what the scheduler's heartbeat calls next
+
+    messages = _messages(sql)
+    assert (messages[callback.callback.id]["queue"],
+            messages[callback.callback.id]["priority"]) == ("default", 2**31 - 1)
+    test_id = str(test.connection_test_id)
+    assert (messages[test_id]["queue"], messages[test_id]["priority"]) == ("remote", 2**31 - 1)
+    assert messages[task.ti.external_executor_id]["priority"] == 2**31 - 2
+    assert not executor.queued_callbacks and not executor.queued_connection_tests
+    assert {callback.key, test.key, task.ti.key} <= executor.running
+
+    backend = executor.celery_app.backend
+    backend.store_result(callback.callback.id, RuntimeError("callback exited with 1"),
+                         "FAILURE")
+    executor.sync()
+    state, info = executor.event_buffer[callback.key]
+    assert state == CallbackState.FAILED
+    assert str(info) == "callback exited with 1"  # kept by Airflow as the callback's output
+
+
+def test_parallelism_counts_queued_and_running_edge_workloads(executor, sql):
+    """[core] parallelism bounds what is queued in the executor plus what runs on edge
+    workers (a published workload counts until its result is read), as in every executor:
+    the scheduler queues no more than ``slots_available``, and a heartbeat publishes no more
+    than ``parallelism`` minus what runs."""
+    executor.parallelism = 2
+    first, second, third, fourth = (_workload(priority_weight=w) for w in (4, 3, 2, 1))
+    assert executor.slots_available == 2
+    for workload in (first, second):
+        executor.queue_workload(workload, session=None)
+    assert (executor.slots_available, executor.slots_occupied) == (0, 2)  # queued ones count
+    executor.heartbeat()
+    assert set(_messages(sql)) == {w.ti.external_executor_id for w in (first, second)}
+    assert (executor.slots_available, executor.slots_occupied) == (0, 2)  # running ones count
+
+    # More queued than parallelism allows (e.g. a second scheduler loop): none published.
+    for workload in (third, fourth):
+        executor.queue_workload(workload, session=None)
+    executor.heartbeat()
+    assert len(_messages(sql)) == 2
+
+    executor.celery_app.backend.store_result(first.ti.external_executor_id, None, "SUCCESS")
+    executor.heartbeat()  # publishes into the slots free before it, then reads the result
+    executor.heartbeat()  # one slot free: the higher weight of the two waiting
+    published = set(_messages(sql))
+    assert third.ti.external_executor_id in published
+    assert fourth.ti.external_executor_id not in published
+    assert len(published) == 3 and len(executor.running) == 2
 
 
 def test_revoke_reaches_the_edge_worker(executor, edge_env, token, sql, tmp_path):

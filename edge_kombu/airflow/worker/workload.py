@@ -7,6 +7,13 @@ the Task SDK supervisor, which talks to the Execution API (``[core]
 execution_api_server_url``) over HTTP(S) with the workload's token. The worker needs
 the DAG files and Airflow, never the metadata database.
 
+The same task runs Airflow 3.3's other executor workloads, each with its Task SDK
+supervisor (``BaseExecutor.run_workload``): ``ExecuteCallback`` (a deadline alert's
+``SyncCallback``, imported by path, from the DAG file when defined there) and
+``TestConnection`` (a connection test, which reports its own result to the Execution
+API). A callback that raises fails the Celery task (its supervisor raises), so Airflow
+records the callback as failed.
+
 A message delivered again while its task instance already runs elsewhere is ignored
 (no result is stored), as with the CeleryExecutor. The task process finds the edge
 worker's Celery node name in ``EDGE_KOMBU_WORKER``.

@@ -14,8 +14,20 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG, Connection, Variable, get_current_context, setup, task, teardown
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+from airflow.sdk import (
+    DAG,
+    BaseOperator,
+    Connection,
+    PokeReturnValue,
+    Variable,
+    get_current_context,
+    setup,
+    task,
+    teardown,
+)
 
 DAG_ARGS = {"schedule": None, "start_date": pendulum.datetime(2024, 1, 1, tz="UTC"),
             "catchup": False, "tags": ["edge_suite"]}
@@ -169,3 +181,34 @@ with DAG(dag_id="suite_killed_worker", **DAG_ARGS):
         return try_number
 
     outlive_the_worker()
+
+
+def _edge_worker() -> str | None:
+    return os.environ.get("EDGE_TEST_WORKER")  # set only in the suite's edge workers
+
+
+class WaitOnTheTriggerer(BaseOperator):
+    """Defers to the triggerer for a second, then resumes on an edge worker."""
+
+    def execute(self, context):
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=1)), method_name="resume",
+                   kwargs={"deferred_on": _edge_worker()})
+
+    def resume(self, context, event=None, deferred_on=None) -> list:
+        return [deferred_on, _edge_worker()]
+
+
+with DAG(dag_id="suite_deferred", **DAG_ARGS):
+    WaitOnTheTriggerer(task_id="deferrable")
+
+    @task.sensor(poke_interval=1, mode="reschedule", timeout=120)
+    def reschedule_sensor() -> PokeReturnValue:
+        """Done at its second poke: in between, its slot on the edge worker is free."""
+        count = get_current_context()["task_reschedule_count"]
+        return PokeReturnValue(is_done=count >= 1, xcom_value=[count, _edge_worker()])
+
+    reschedule_sensor()
+
+
+with DAG(dag_id="suite_hitl", **DAG_ARGS):
+    HITLOperator(task_id="ship_it", subject="Ship the release?", options=["ship", "hold"])

@@ -1,0 +1,162 @@
+"""DAG code over the edge link: an edge worker with an empty DAG folder and
+``[edge] fetch_dag_bundles`` runs DAGs that exist only at the central site, fetching the
+bundle (here the central ``LocalDagBundle``, versioned by content) from the edge API."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pendulum
+import pytest
+
+from edge_kombu import errors
+from edge_kombu.transport.client import EdgeClient
+from tests.airflow.site import AirflowSite
+
+DAG_ID = "edge_bundle"
+BUNDLE = "dags-folder"
+
+DAG_SOURCE = '''
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+
+CODE_VERSION = "{marker}"
+
+
+@dag(schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False)
+def edge_bundle():
+    @task(retries=0)
+    def which_code():
+        return CODE_VERSION
+
+    which_code()
+
+
+edge_bundle()
+'''
+MAX_BUNDLE_BYTES = 200_000
+
+
+def _write_dag(site: AirflowSite, marker: str) -> None:
+    site.add_dag("edge_bundle.py", DAG_SOURCE.format(marker=marker))
+
+
+def _run(site: AirflowSite, run_id: str) -> tuple[str, dict]:
+    site.airflow("dags", "trigger", DAG_ID, "--run-id", run_id)
+    state = site.wait_for_dag_run(DAG_ID, run_id)
+    (ti,) = site.task_instances(DAG_ID, run_id)
+    return state, ti
+
+
+def _task_log(site: AirflowSite, run_id: str) -> str:
+    logs = list((site.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/**/*.log"))
+    return "\n".join(path.read_text() for path in logs)
+
+
+def _versions(cache: Path) -> list[Path]:
+    return sorted(p.parent for p in cache.glob("*/*/.edge-bundle.json"))
+
+
+def _start_delay(site: AirflowSite, run_id: str, ti: dict) -> float:
+    run = site.rest("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()
+    return (pendulum.parse(ti["start_date"]) - pendulum.parse(run["start_date"])).total_seconds()
+
+
+def _token(site: AirflowSite, worker: str, queue: str) -> str:
+    done = subprocess.run(
+        [str(site.bin / "edge-kombu"), "token", "create", "--worker", worker, "--queues", queue,
+         "--db", site.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]],
+        capture_output=True, text=True, env=site.environ(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.timeout(300)
+def test_edge_worker_fetches_the_central_bundle(tmp_path):
+    site = AirflowSite(tmp_path)
+    central_cache, worker_cache = tmp_path / "central-cache", tmp_path / "worker-cache"
+    empty = tmp_path / "worker-dags"
+    empty.mkdir()
+    site.env.update({
+        "AIRFLOW__EDGE__BUNDLE_CACHE_DIR": str(central_cache),
+        "AIRFLOW__EDGE__MAX_BUNDLE_BYTES": str(MAX_BUNDLE_BYTES),
+        "AIRFLOW__EDGE__BUNDLE_QUEUES": '{"dags-folder": ["default"]}',
+    })
+    _write_dag(site, "v1")
+    timings = {}
+    try:
+        site.start_central()
+        site.start_edge_worker(
+            "edge1", queues="default", AIRFLOW__CORE__DAGS_FOLDER=str(empty),
+            AIRFLOW__EDGE__FETCH_DAG_BUNDLES="True",
+            AIRFLOW__EDGE__BUNDLE_CACHE_DIR=str(worker_cache))
+        site.wait_for_dag(DAG_ID)
+        central = EdgeClient(site.edge_url,
+                             secret=site.env["AIRFLOW__CORE__INTERNAL_API_SECRET_KEY"])
+
+        # 1. First task: the bundle is downloaded; a second one finds it cached.
+        state, ti = _run(site, "v1_first")
+        assert state == "success", _task_log(site, "v1_first")
+        assert site.xcom(DAG_ID, "v1_first", "which_code") == "v1"
+        assert list(empty.iterdir()) == []
+        assert len(_versions(worker_cache)) == 1
+        timings["download"] = _start_delay(site, "v1_first", ti)
+        assert "downloaded" in _task_log(site, "v1_first")
+        state, ti = _run(site, "v1_again")
+        assert state == "success"
+        assert "(cached)" in _task_log(site, "v1_again")
+        timings["cached"] = _start_delay(site, "v1_again", ti)
+
+        # 2. A changed file at the centre reaches the worker on the next task.
+        _write_dag(site, "v2")
+        state, _ = _run(site, "v2")
+        assert state == "success", _task_log(site, "v2")
+        assert site.xcom(DAG_ID, "v2", "which_code") == "v2"
+        assert len(_versions(worker_cache)) == 2
+
+        # 3. A tampered archive is refused, and the task says why; once right, it runs.
+        _write_dag(site, "v3")
+        resolved = central.call("bundles/resolve", {"name": BUNDLE})
+        archive = next(central_cache.glob(f"*/{resolved['sha256']}.tar.gz"))
+        good = archive.read_bytes()
+        archive.write_bytes(good[: len(good) // 2])  # truncated on the central disk
+        state, _ = _run(site, "v3_tampered")
+        assert state == "failed"
+        log = _task_log(site, "v3_tampered")
+        assert "hash mismatch" in log and BUNDLE in log and resolved["version"] in log, log
+        assert len(_versions(worker_cache)) == 2  # nothing unpacked
+        archive.write_bytes(good)
+        state, _ = _run(site, "v3_retry")
+        assert state == "success", _task_log(site, "v3_retry")
+        assert site.xcom(DAG_ID, "v3_retry", "which_code") == "v3"
+
+        # 4. Scope: a credential whose queues were not granted the bundle gets 403.
+        other = EdgeClient(site.edge_url, token=_token(site, "site-b", "other"))
+        with pytest.raises(errors.Forbidden, match="fetching DAG bundle 'dags-folder'"):
+            other.call("bundles/resolve", {"name": BUNDLE})
+        with pytest.raises(errors.Forbidden):
+            other.download("bundles/archive", {"name": BUNDLE, "sha256": resolved["sha256"]},
+                           io.BytesIO(), max_bytes=10**7)
+        granted = EdgeClient(site.edge_url, token=_token(site, "site-a", "default"))
+        assert granted.call("bundles/resolve", {"name": BUNDLE})["sha256"] == resolved["sha256"]
+        with pytest.raises(errors.NotFound, match="no DAG bundle 'nope'"):
+            central.call("bundles/resolve", {"name": "nope"})
+
+        # 5. Over the size limit: 413 naming the limit at the centre, and on the task.
+        (site.dags / "big.bin").write_bytes(b"x" * (MAX_BUNDLE_BYTES + 1))
+        with pytest.raises(errors.PayloadTooLarge, match=f"limit of {MAX_BUNDLE_BYTES} bytes"):
+            central.call("bundles/resolve", {"name": BUNDLE})
+        state, _ = _run(site, "too_big")
+        assert state == "failed"
+        assert f"limit of {MAX_BUNDLE_BYTES} bytes" in _task_log(site, "too_big")
+        timings["archive_bytes"] = resolved["size"]
+        print(f"\nbundle timings: {timings}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{site.logs()}") from None
+    finally:
+        site.stop()
+

@@ -5,6 +5,7 @@ bundle (here the central ``LocalDagBundle``, versioned by content) from the edge
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from edge_kombu import errors
 from edge_kombu.transport.client import EdgeClient
 from tests.airflow.site import AirflowSite
+from tests.helpers import wait_for
 
 DAG_ID = "edge_bundle"
 BUNDLE = "dags-folder"
@@ -160,3 +162,112 @@ def test_edge_worker_fetches_the_central_bundle(tmp_path):
     finally:
         site.stop()
 
+
+
+PINNED_DAG = '''
+from __future__ import annotations
+
+import os
+import time
+
+import pendulum
+from airflow.sdk import dag, task
+
+CODE_VERSION = "{marker}"
+RELEASE = "{release}"
+
+
+@dag(schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False)
+def edge_pinned():
+    @task
+    def wait_for_release():
+        deadline = time.monotonic() + 120  # bounded: the test releases it in seconds
+        while not os.path.exists(RELEASE) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    @task
+    def which_code():
+        return CODE_VERSION
+
+    wait_for_release() >> which_code()
+
+
+edge_pinned()
+'''
+
+
+def _commit(repo: Path, source: str) -> str:
+    (repo / "edge_pinned.py").write_text(source)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "dag"], check=True, capture_output=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _ti_state(site: AirflowSite, dag_id: str, run_id: str, task_id: str) -> str | None:
+    answer = site.rest("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+    return answer.json().get("state") if answer.status_code == 200 else None
+
+
+@pytest.mark.timeout(300)
+def test_runs_keep_their_bundle_version_across_a_commit(tmp_path):
+    """A versioned bundle (a git repository at the centre): a run started before a commit
+    finishes on the old code, one started after it uses the new code; each version is
+    downloaded once by the worker, which has neither the repository nor DAG files."""
+    repo, release = tmp_path / "repo", tmp_path / "release"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    old = _commit(repo, PINNED_DAG.format(marker="old", release=release))
+    site = AirflowSite(tmp_path)
+    worker_cache, empty = tmp_path / "worker-cache", tmp_path / "worker-dags"
+    empty.mkdir()
+    site.env.update({
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
+            "name": "git-dags", "classpath": "tests.airflow.git_bundle.GitArchiveBundle",
+            "kwargs": {"repo": str(repo)}}]),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "1",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(tmp_path / "bundle-storage"),
+        "AIRFLOW__EDGE__BUNDLE_CACHE_DIR": str(tmp_path / "central-cache"),
+    })
+    dag_id = "edge_pinned"
+    try:
+        site.start_central()
+        site.start_edge_worker(
+            "edge1", queues="default", concurrency=2, AIRFLOW__CORE__DAGS_FOLDER=str(empty),
+            AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST="[]",
+            AIRFLOW__EDGE__FETCH_DAG_BUNDLES="True",
+            AIRFLOW__EDGE__BUNDLE_CACHE_DIR=str(worker_cache))
+        site.wait_for_dag(dag_id)
+
+        site.airflow("dags", "trigger", dag_id, "--run-id", "before")
+        wait_for(lambda: _ti_state(site, dag_id, "before", "wait_for_release") == "running",
+                 timeout=60, interval=0.2, message="the first run's task started")
+        new = _commit(repo, PINNED_DAG.format(marker="new", release=release))
+        wait_for(lambda: site.rest("GET", f"/dags/{dag_id}").json().get("bundle_version") == new,
+                 timeout=60, interval=0.2, message="the commit parsed at the centre")
+        site.airflow("dags", "trigger", dag_id, "--run-id", "after")
+        wait_for(lambda: _ti_state(site, dag_id, "after", "wait_for_release") == "running",
+                 timeout=60, interval=0.2, message="the second run's task started")
+        release.touch()
+        assert site.wait_for_dag_run(dag_id, "before") == "success"
+        assert site.wait_for_dag_run(dag_id, "after") == "success"
+
+        runs = {run: site.rest("GET", f"/dags/{dag_id}/dagRuns/{run}").json()["bundle_version"]
+                for run in ("before", "after")}
+        assert runs == {"before": old, "after": new}
+        assert site.xcom(dag_id, "before", "which_code") == "old"
+        assert site.xcom(dag_id, "after", "which_code") == "new"
+        held = sorted(json.loads(p.read_text())["version"]
+                      for p in worker_cache.glob("*/*/.edge-bundle.json"))
+        assert held == sorted([old, new])
+        logs = [path.read_text() for path in (site.home / "logs").glob(
+            f"dag_id={dag_id}/**/*.log")]
+        assert len(logs) == 4
+        assert sum("downloaded" in text for text in logs) == 2  # once per version
+        assert list(empty.iterdir()) == []
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{site.logs()}") from None
+    finally:
+        site.stop()

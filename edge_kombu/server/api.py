@@ -454,7 +454,9 @@ def logs_read(body: dict) -> dict:
 def bundles_resolve(body: dict) -> dict:
     store = _bundles()
     store.check_access(_scope(), body["name"])
-    return store.resolve(body["name"], body.get("version")).describe()
+    answer = store.resolve(body["name"], body.get("version")).describe()
+    metrics.BUNDLE_RESOLVES.inc()
+    return answer
 
 
 assert set(_ROUTES) == set(REQUESTS), "every protocol route needs a handler"

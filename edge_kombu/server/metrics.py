@@ -55,6 +55,9 @@ LEASES_EXPIRED = Counter(
     registry=None)
 SESSIONS_EXPIRED = Counter("edge_kombu_sessions_expired_total",
                            "Consumer sessions closed for silence.", registry=None)
+BUNDLE_RESOLVES = Counter("edge_kombu_bundle_resolves_total",
+                          "DAG bundle versions resolved for edge workers (a resolve without a "
+                          "download is a cache hit on the worker).", registry=None)
 BUNDLE_ARCHIVES = Counter("edge_kombu_bundle_downloads_total",
                           "DAG bundle archives served to edge workers.", registry=None)
 BUNDLE_BYTES = Counter("edge_kombu_bundle_download_bytes_total",
@@ -67,8 +70,8 @@ REQUEST_SECONDS = Histogram(
     registry=None)
 
 _PROCESS_METRICS = (PUBLISHED, PUBLISH_REPEATS, DELIVERED, REDELIVERED, ACKED, REJECTED,
-                    LEASES_EXPIRED, SESSIONS_EXPIRED, BUNDLE_ARCHIVES, BUNDLE_BYTES,
-                    REQUEST_SECONDS)
+                    LEASES_EXPIRED, SESSIONS_EXPIRED, BUNDLE_RESOLVES, BUNDLE_ARCHIVES,
+                    BUNDLE_BYTES, REQUEST_SECONDS)
 
 bp = Blueprint("edge_metrics", __name__)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_kombu import errors
 from edge_kombu.airflow.worker.bundles import MARKER, BundleCache, BundleUnavailable
@@ -39,9 +40,18 @@ def served(tmp_path, api_factory, tokens):
         "EDGE_KOMBU_BUNDLE_CACHE_DIR": str(tmp_path / "central-cache"),
         "EDGE_KOMBU_BUNDLE_QUEUES": json.dumps({"dags": ["qa"]}),
         "EDGE_KOMBU_MAX_BUNDLE_BYTES": "100000",
+        "EDGE_KOMBU_METRICS_AUTH": "none",
     })
     return {"api": api, "dags": dags, "central": central, "granted": granted,
             "refused": refused, "central_cache": tmp_path / "central-cache"}
+
+
+def _metrics(url: str) -> dict[str, float]:
+    answer = requests.get(f"{url}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {sample.name: sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples if sample.name.startswith("edge_kombu_bundle")}
 
 
 def _cache(root: Path, url: str, token: str, **kwargs) -> BundleCache:
@@ -60,6 +70,11 @@ def test_fetch_verify_cache_and_scope(served, tmp_path):
 
     again = cache.get("dags", None)
     assert not again.downloaded and again.path == first.path
+
+    metrics = _metrics(api.url)
+    assert metrics["edge_kombu_bundle_resolves_total"] == 2  # a download, then a cache hit
+    assert metrics["edge_kombu_bundle_downloads_total"] == 1
+    assert metrics["edge_kombu_bundle_download_bytes_total"] > 0
 
     # Concurrent tasks wanting a new version: one download.
     (dags / "one.py").write_text("ONE = 'changed'\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -75,6 +76,12 @@ def _start_delay(site: AirflowSite, run_id: str, ti: dict) -> float:
     return (pendulum.parse(ti["start_date"]) - pendulum.parse(run["start_date"])).total_seconds()
 
 
+def _held(site: AirflowSite) -> dict:
+    with sqlite3.connect(site.db_path) as conn:
+        (versions,) = conn.execute("SELECT versions FROM edge_kombu_worker").fetchone()
+    return json.loads(versions)
+
+
 def _token(site: AirflowSite, worker: str, queue: str) -> str:
     done = subprocess.run(
         [str(site.bin / "edge-kombu"), "token", "create", "--worker", worker, "--queues", queue,
@@ -101,7 +108,7 @@ def test_edge_worker_fetches_the_central_bundle(tmp_path):
         site.start_central()
         site.start_edge_worker(
             "edge1", queues="default", AIRFLOW__CORE__DAGS_FOLDER=str(empty),
-            AIRFLOW__EDGE__FETCH_DAG_BUNDLES="True",
+            AIRFLOW__EDGE__FETCH_DAG_BUNDLES="True", AIRFLOW__EDGE__HEARTBEAT_INTERVAL="2",
             AIRFLOW__EDGE__BUNDLE_CACHE_DIR=str(worker_cache))
         site.wait_for_dag(DAG_ID)
         central = EdgeClient(site.edge_url,
@@ -163,6 +170,11 @@ def test_edge_worker_fetches_the_central_bundle(tmp_path):
         assert state == "failed"
         assert f"limit of {MAX_BUNDLE_BYTES} bytes" in _task_log(site, "too_big")
         timings["archive_bytes"] = resolved["size"]
+
+        # The worker's heartbeat tells which versions it holds (Worker hosts page).
+        wait_for(lambda: _held(site).get(f"bundle {BUNDLE}", "").startswith(
+            f"{resolved['version']} (+2 older)"), timeout=30, interval=0.5,
+            message="the heartbeat names the bundle versions held")
         print(f"\nbundle timings: {timings}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{site.logs()}") from None

@@ -219,6 +219,23 @@ class BundleCache:
         return removed
 
 
+def held_versions(root: Path, limit: int = 8) -> dict[str, str]:
+    """For the heartbeat: ``{"bundle NAME": "newest version (+n older)"}`` of the cache."""
+    found: dict[str, list[tuple[float, str]]] = {}
+    for marker in Path(root).glob(f"*/*/{MARKER}"):
+        try:
+            meta = json.loads(marker.read_text())
+            found.setdefault(meta["name"], []).append((marker.stat().st_mtime, meta["version"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    held = {}
+    for name in sorted(found)[:limit]:
+        versions = sorted(found[name], reverse=True)
+        more = f" (+{len(versions) - 1} older)" if len(versions) > 1 else ""
+        held[f"bundle {name}"[:64]] = (versions[0][1][:64 - len(more)] + more)
+    return held
+
+
 def _why(name: str, version: str | None, reason: str) -> str:
     return f"cannot get DAG bundle {name!r} version {version or '(current)'}: {reason}"
 

@@ -1,6 +1,7 @@
 """DAG code over the edge link: an edge worker with an empty DAG folder and
-``[edge] fetch_dag_bundles`` runs DAGs that exist only at the central site, fetching the
-bundle (here the central ``LocalDagBundle``, versioned by content) from the edge API."""
+``[edge] fetch_dag_bundles`` runs DAGs that exist only at the central site, fetching their
+bundles from the edge API: the central ``LocalDagBundle`` (versioned by content) and a
+git repository (versioned by commit). Both tests share one site (start-up costs ~30 s)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import sqlite3
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pendulum
 import pytest
@@ -67,8 +69,10 @@ def _task_log(site: AirflowSite, run_id: str) -> str:
     return "\n".join(path.read_text() for path in logs)
 
 
-def _versions(cache: Path) -> list[Path]:
-    return sorted(p.parent for p in cache.glob("*/*/.edge-bundle.json"))
+def _versions(cache: Path, bundle: str = BUNDLE) -> list[str]:
+    """The versions of ``bundle`` unpacked in a worker's cache."""
+    return sorted(meta["version"] for p in cache.glob("*/*/.edge-bundle.json")
+                  if (meta := json.loads(p.read_text()))["name"] == bundle)
 
 
 def _start_delay(site: AirflowSite, run_id: str, ti: dict) -> float:
@@ -91,25 +95,53 @@ def _token(site: AirflowSite, worker: str, queue: str) -> str:
     return done.stdout.strip()
 
 
-@pytest.mark.timeout(300)
-def test_edge_worker_fetches_the_central_bundle(tmp_path):
-    site = AirflowSite(tmp_path)
-    central_cache, worker_cache = tmp_path / "central-cache", tmp_path / "worker-cache"
-    empty = tmp_path / "worker-dags"
+@pytest.fixture(scope="module")
+def bundle_site(tmp_path_factory):
+    """One central site with two bundles (its DAG folder as a LocalDagBundle, and a git
+    repository as a versioned bundle) and one edge worker that has neither."""
+    tmp = tmp_path_factory.mktemp("bundles")
+    repo, release = tmp / "repo", tmp / "release"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    old = _commit(repo, PINNED_DAG.format(marker="old", release=release))
+    site = AirflowSite(tmp)
+    empty = tmp / "worker-dags"
     empty.mkdir()
     site.env.update({
-        "AIRFLOW__EDGE__BUNDLE_CACHE_DIR": str(central_cache),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([
+            {"name": BUNDLE, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+             "kwargs": {}},
+            {"name": "git-dags", "classpath": "tests.airflow.git_bundle.GitArchiveBundle",
+             "kwargs": {"repo": str(repo)}}]),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "1",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(tmp / "bundle-storage"),
+        "AIRFLOW__EDGE__BUNDLE_CACHE_DIR": str(tmp / "central-cache"),
         "AIRFLOW__EDGE__MAX_BUNDLE_BYTES": str(MAX_BUNDLE_BYTES),
         "AIRFLOW__EDGE__BUNDLE_QUEUES": '{"dags-folder": ["default"]}',
     })
     _write_dag(site, "v1")
-    timings = {}
     try:
         site.start_central()
         site.start_edge_worker(
-            "edge1", queues="default", AIRFLOW__CORE__DAGS_FOLDER=str(empty),
+            "edge1", queues="default", concurrency=2, AIRFLOW__CORE__DAGS_FOLDER=str(empty),
+            AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST="[]",
             AIRFLOW__EDGE__FETCH_DAG_BUNDLES="True", AIRFLOW__EDGE__HEARTBEAT_INTERVAL="2",
-            AIRFLOW__EDGE__BUNDLE_CACHE_DIR=str(worker_cache))
+            AIRFLOW__EDGE__BUNDLE_CACHE_DIR=str(tmp / "worker-cache"))
+        yield SimpleNamespace(site=site, repo=repo, release=release, old=old, empty=empty,
+                              central_cache=tmp / "central-cache",
+                              worker_cache=tmp / "worker-cache")
+    finally:
+        site.stop()
+
+
+@pytest.mark.timeout(300)
+def test_edge_worker_fetches_the_central_bundle(bundle_site):
+    site, empty = bundle_site.site, bundle_site.empty
+    central_cache = bundle_site.central_cache
+    worker_cache = bundle_site.worker_cache
+    timings = {}
+    try:
         site.wait_for_dag(DAG_ID)
         central = EdgeClient(site.edge_url,
                              secret=site.env["AIRFLOW__CORE__INTERNAL_API_SECRET_KEY"])
@@ -176,10 +208,9 @@ def test_edge_worker_fetches_the_central_bundle(tmp_path):
             f"{resolved['version']} (+2 older)"), timeout=30, interval=0.5,
             message="the heartbeat names the bundle versions held")
         print(f"\nbundle timings: {timings}")
+        (site.dags / "big.bin").unlink()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{site.logs()}") from None
-    finally:
-        site.stop()
 
 
 
@@ -230,36 +261,15 @@ def _ti_state(site: AirflowSite, dag_id: str, run_id: str, task_id: str) -> str 
 
 
 @pytest.mark.timeout(300)
-def test_runs_keep_their_bundle_version_across_a_commit(tmp_path):
+def test_runs_keep_their_bundle_version_across_a_commit(bundle_site):
     """A versioned bundle (a git repository at the centre): a run started before a commit
     finishes on the old code, one started after it uses the new code; each version is
     downloaded once by the worker, which has neither the repository nor DAG files."""
-    repo, release = tmp_path / "repo", tmp_path / "release"
-    repo.mkdir()
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    old = _commit(repo, PINNED_DAG.format(marker="old", release=release))
-    site = AirflowSite(tmp_path)
-    worker_cache, empty = tmp_path / "worker-cache", tmp_path / "worker-dags"
-    empty.mkdir()
-    site.env.update({
-        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
-            "name": "git-dags", "classpath": "tests.airflow.git_bundle.GitArchiveBundle",
-            "kwargs": {"repo": str(repo)}}]),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "1",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
-        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(tmp_path / "bundle-storage"),
-        "AIRFLOW__EDGE__BUNDLE_CACHE_DIR": str(tmp_path / "central-cache"),
-    })
+    site, repo, release, old = (bundle_site.site, bundle_site.repo, bundle_site.release,
+                                bundle_site.old)
     dag_id = "edge_pinned"
     try:
-        site.start_central()
-        site.start_edge_worker(
-            "edge1", queues="default", concurrency=2, AIRFLOW__CORE__DAGS_FOLDER=str(empty),
-            AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST="[]",
-            AIRFLOW__EDGE__FETCH_DAG_BUNDLES="True",
-            AIRFLOW__EDGE__BUNDLE_CACHE_DIR=str(worker_cache))
         site.wait_for_dag(dag_id)
-
         _trigger(site, dag_id, "before")
         wait_for(lambda: _ti_state(site, dag_id, "before", "wait_for_release") == "running",
                  timeout=60, interval=0.2, message="the first run's task started")
@@ -278,15 +288,11 @@ def test_runs_keep_their_bundle_version_across_a_commit(tmp_path):
         assert runs == {"before": old, "after": new}
         assert site.xcom(dag_id, "before", "which_code") == "old"
         assert site.xcom(dag_id, "after", "which_code") == "new"
-        held = sorted(json.loads(p.read_text())["version"]
-                      for p in worker_cache.glob("*/*/.edge-bundle.json"))
-        assert held == sorted([old, new])
+        assert _versions(bundle_site.worker_cache, "git-dags") == sorted([old, new])
         logs = [path.read_text() for path in (site.home / "logs").glob(
             f"dag_id={dag_id}/**/*.log")]
         assert len(logs) == 4
         assert sum("downloaded" in text for text in logs) == 2  # once per version
-        assert list(empty.iterdir()) == []
+        assert list(bundle_site.empty.iterdir()) == []
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{site.logs()}") from None
-    finally:
-        site.stop()

@@ -169,15 +169,14 @@ class BundleStore:
         if self.source is None:
             raise errors.NotFound("this edge API serves no DAG bundles (run it inside "
                                   "airflow api-server, or set EDGE_KOMBU_BUNDLE_FOLDERS)")
-        if version is not None and version.startswith(CONTENT_VERSION_PREFIX):
-            # A content version of a bundle without versions: served while it is current
-            # or still cached.
+        if version is not None:
+            # A version's content never changes: an archive built once serves it (without
+            # asking the source, which may have to check a commit out).
             cached = self._cached(name, version)
             if cached is not None:
                 return cached
-            content = self._locate(name, None)
-        else:
-            content = self._locate(name, version)
+        content = self._locate(
+            name, None if version and version.startswith(CONTENT_VERSION_PREFIX) else version)
         files = bundle_files(content.path)
         self._check_size(name, version, files)
         resolved = content.version or self._content_version(files)

@@ -178,9 +178,14 @@ def test_edge_worker_fetches_the_central_bundle(bundle_site):
         assert "hash mismatch" in log and BUNDLE in log and resolved["version"] in log, log
         assert len(_versions(worker_cache)) == 2  # nothing unpacked
         archive.write_bytes(good)
-        state, _ = _run(site, "v3_retry")
-        assert state == "success", _task_log(site, "v3_retry")
-        assert site.xcom(DAG_ID, "v3_retry", "which_code") == "v3"
+        cleared = site.rest("POST", f"/dags/{DAG_ID}/clearTaskInstances",
+                            json={"dag_run_id": "v3_tampered", "only_failed": True,
+                                  "dry_run": False})
+        assert cleared.status_code == 200, cleared.text
+        wait_for(lambda: site.dag_run_state(DAG_ID, "v3_tampered") != "failed", timeout=30,
+                 interval=0.2, message="the failed run cleared")
+        assert site.wait_for_dag_run(DAG_ID, "v3_tampered") == "success"  # its second try
+        assert site.xcom(DAG_ID, "v3_tampered", "which_code") == "v3"
 
         # 4. Scope: a credential whose queues were not granted the bundle gets 403.
         other = EdgeClient(site.edge_url, token=_token(site, "site-b", "other"))

@@ -212,6 +212,11 @@ def test_edge_worker_fetches_the_central_bundle(bundle_site):
         wait_for(lambda: _held(site).get(f"bundle {BUNDLE}", "").startswith(
             f"{resolved['version']} (+2 older)"), timeout=30, interval=0.5,
             message="the heartbeat names the bundle versions held")
+        listed = subprocess.run(
+            [str(site.bin / "edge-kombu"), "workers", "--db",
+             site.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]],
+            capture_output=True, text=True, env=site.environ(), timeout=60).stdout
+        assert f"{BUNDLE}@{resolved['version'][:20]}" in listed, listed
         print(f"\nbundle timings: {timings}")
         (site.dags / "big.bin").unlink()
     except AssertionError as exc:

@@ -323,9 +323,18 @@ def workers(as_json, states, db_url) -> None:
     click.echo(_table(
         [[w["name"], w["state"], ",".join(w["queues"]), f"{w['slots_used']}/{w['slots_total']}",
           len(w["running"]), f"{w['heartbeat_age']}s", w["maintenance_comment"] or "",
-          w["version_warning"] or ""] for w in rows],
-        ["NAME", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "MAINTENANCE", "WARNING"],
+          w["version_warning"] or "", _bundles_held(w)] for w in rows],
+        ["NAME", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "MAINTENANCE", "WARNING",
+         "BUNDLES"],
     ))
+
+
+def _bundles_held(worker: dict) -> str:
+    """The DAG bundle versions a worker holds (newest of each, from its heartbeat)."""
+    versions = worker.get("versions") if isinstance(worker.get("versions"), dict) else {}
+    return ",".join(f"{key[len('bundle '):]}@{str(value).split(' ')[0][:20]}"
+                    for key, value in sorted(versions.items())
+                    if key.startswith("bundle ") and value)
 
 
 def _queue_warnings(q: dict) -> str:

@@ -57,6 +57,10 @@ MAX_ID_LENGTH = 250
 MAX_LOG_CHUNK = 1_048_576
 #: Most characters one ``logs/read`` returns.
 MAX_LOG_READ = 8 * MAX_LOG_CHUNK
+#: Longest DAG bundle name or version (Airflow's bundle names are at most 250 characters).
+MAX_BUNDLE_NAME = 250
+#: Route (and JWT route claim) of the DAG bundle archive download (GET, not JSON).
+BUNDLE_ARCHIVE_ROUTE = "bundles/archive"
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout")
 
@@ -186,6 +190,8 @@ def _number(minimum: float, maximum: float, *, nullable: bool = False) -> dict:
 
 
 _NAME = _text(MAX_NAME_LENGTH)
+_BUNDLE_VERSION = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_BUNDLE_NAME,
+                   "pattern": NO_NUL}
 _QUEUE_NAME = _text(MAX_NAME_LENGTH, 1)
 _SESSION = {"type": "string", "minLength": 8, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
 _PUBLISH_ID = {"type": "string", "minLength": 8, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
@@ -435,6 +441,9 @@ REQUESTS: dict[str, dict] = {
         },
         _TASK_INSTANCE_REQUIRED,
     ),
+    "bundles/resolve": _obj(
+        {"name": _text(MAX_BUNDLE_NAME, 1), "version": _BUNDLE_VERSION}, ("name",)
+    ),
 }
 
 # -- JSON Schemas of answers (200) ----------------------------------------------------------
@@ -493,6 +502,7 @@ RESPONSES: dict[str, dict] = {
     "logs/push": _answer({"length": _INT}),
     "logs/read": _answer({"found": {"type": "boolean"}, "data": _STR, "offset": _INT,
                           "next_offset": _INT, "length": _INT}),
+    "bundles/resolve": _answer({"name": _STR, "version": _STR, "sha256": _STR, "size": _INT}),
 }
 
 #: Error answers beyond those of every route (400, 401, 403, 413, 426, 429, 503): what
@@ -509,6 +519,7 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "worker/heartbeat": (409,),  # the name is online in another process
     "results/incr": (409,),  # the stored value is not an integer
     "logs/push": (409,),  # the offset does not follow the stored log
+    "bundles/resolve": (404,),  # no such bundle or version (413: above the size limit)
 }
 
 #: Routes that may be sent again when the connection broke before an answer came (a
@@ -519,7 +530,7 @@ IDEMPOTENT_ROUTES = frozenset({
     "hello", "publish", "exchange/declare", "queue/declare", "queue/bind", "queue/unbind",
     "ack", "reject", "session/close", "session/wake", "session/resume", "worker/heartbeat",
     "worker/deregister", "results/get", "results/mget", "results/set", "results/delete",
-    "results/expire", "logs/push", "logs/read",
+    "results/expire", "logs/push", "logs/read", "bundles/resolve",
 })
 
 #: One line per route, for the OpenAPI document and the README.
@@ -551,6 +562,8 @@ SUMMARIES: dict[str, str] = {
     "logs/push": "Append a chunk to a task's log at a UTF-8 byte offset; a repeated chunk is "
                  "ignored. Returns the stored length.",
     "logs/read": "Read a task's log from a byte offset (at most `limit` bytes).",
+    "bundles/resolve": "The archive of a DAG bundle at a version (none: its current one): "
+                       "its version, sha256 and size; fetch it from GET bundles/archive.",
 }
 
 assert set(SUMMARIES) == set(REQUESTS) == set(RESPONSES)

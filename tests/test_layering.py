@@ -35,6 +35,7 @@ WORKER_SIDE = [
     "edge_kombu.airflow.worker",  # what runs on an edge host: Airflow only on use
     "edge_kombu.airflow.worker.workload",
     "edge_kombu.airflow.worker.refusal",
+    "edge_kombu.airflow.worker.bundles",
 ]
 FORBIDDEN = ["flask", "werkzeug", "sqlalchemy", "alembic", "airflow", "gunicorn", "gevent",
              "edge_kombu.server"]
@@ -42,7 +43,7 @@ FORBIDDEN = ["flask", "werkzeug", "sqlalchemy", "alembic", "airflow", "gunicorn"
 #: The central Airflow modules that import without Airflow installed; with Airflow, all.
 CENTRAL_AIRFLOW = ["edge_kombu.airflow.provider", "edge_kombu.airflow.celery_app",
                    "edge_kombu.airflow.demo", "edge_kombu.airflow.access",
-                   "edge_kombu.airflow.logs"]
+                   "edge_kombu.airflow.logs", "edge_kombu.airflow.bundles"]
 CENTRAL_NEEDING_AIRFLOW = ["edge_kombu.airflow.executor", "edge_kombu.airflow.plugin",
                            "edge_kombu.airflow.api", "edge_kombu.airflow.db_manager",
                            "edge_kombu.airflow.logging_config"]

@@ -36,6 +36,7 @@ class EdgeASGI:
         from a2wsgi import WSGIMiddleware
 
         from edge_kombu.airflow.access import AirflowAccess
+        from edge_kombu.airflow.bundles import AirflowBundles
         from edge_kombu.server.app import create_app
         from edge_kombu.server.config import ServerConfig
 
@@ -43,7 +44,7 @@ class EdgeASGI:
             if self._wsgi is not None:
                 return
             self._flask = create_app(ServerConfig.from_environment(self.db_url),
-                                     access=AirflowAccess())
+                                     access=AirflowAccess(), bundles=AirflowBundles())
             self._wsgi = WSGIMiddleware(self._flask, workers=self.threads)
 
     def stop(self) -> None:

@@ -108,6 +108,40 @@ EDGE_OPTIONS = {
         "purges older ones (``EDGE_KOMBU_LOG_RETENTION_DAYS`` overrides it).\n",
         type="float", default="30",
     ),
+    "fetch_dag_bundles": _option(
+        "Edge workers fetch the DAG bundle (name and version) each task needs from the\n"
+        "edge API, over HTTPS with their credential, into a local cache: no DAG files to\n"
+        "sync to edge hosts. Set on workers. Per bundle instead: the class\n"
+        "``edge_kombu.airflow.worker.dag_bundle.EdgeDagBundle`` in the worker's\n"
+        "``[dag_processor] dag_bundle_config_list``.\n",
+        type="boolean", default="False",
+    ),
+    "bundle_cache_dir": _option(
+        "Where the edge API (central: built archives) and edge workers (unpacked versions)\n"
+        "keep DAG bundles. Default: a temporary folder (API), ``$AIRFLOW_HOME/edge_kombu/\n"
+        "bundles`` (workers).\n",
+        example="/var/cache/edge-kombu/bundles",
+    ),
+    "bundle_cache_keep": _option(
+        "Edge workers: versions of each DAG bundle kept in the cache (the newest).\n",
+        type="integer", default="5",
+    ),
+    "bundle_cache_max_age_days": _option(
+        "Edge workers: a cached DAG bundle version unused for this many days is removed\n"
+        "(unless among the newest ``bundle_cache_keep``).\n",
+        type="float", default="7",
+    ),
+    "max_bundle_bytes": _option(
+        "Central: largest DAG bundle the edge API serves (bytes of its files before\n"
+        "compression); a larger one is refused with HTTP 413 naming the limit.\n",
+        type="integer", default="104857600",
+    ),
+    "bundle_queues": _option(
+        "Central: which worker credentials may fetch which DAG bundles, as JSON\n"
+        "``{\"bundle name\": [\"queue\", ...]}``: a credential whose queues include one of\n"
+        "them. ``\"*\"`` as a bundle name or queue: any. Central credentials fetch any.\n",
+        example='{"dags-folder": ["site-a", "site-b"], "*": ["default"]}',
+    ),
     "api_threads": _option(
         "Threads running the edge API in each api-server process (``api_enabled``). Every\n"
         "connected edge worker keeps one busy with its long-poll, so allow the number of\n"

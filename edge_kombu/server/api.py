@@ -11,13 +11,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request, send_file
 
 from edge_kombu import __version__, errors
 from edge_kombu.protocol import (
     API_PATH,
+    BUNDLE_ARCHIVE_ROUTE,
     HEADER_PROTOCOL,
     MAX_BATCH,
+    MAX_BUNDLE_NAME,
     MAX_LOG_READ,
     PROTOCOL_VERSION,
     REQUESTS,
@@ -55,6 +57,25 @@ def health():
 def openapi():
     _authenticate("openapi.json")
     return jsonify(openapi_document())
+
+
+@bp.get(f"/{BUNDLE_ARCHIVE_ROUTE}")
+def bundle_archive():
+    """A DAG bundle's archive by name and sha256 (as ``bundles/resolve`` named it)."""
+    _authenticate(BUNDLE_ARCHIVE_ROUTE)
+    _check_protocol()
+    name, sha256 = request.args.get("name", ""), request.args.get("sha256", "")
+    if not 0 < len(name) <= MAX_BUNDLE_NAME:
+        raise errors.InvalidRequest(f"query parameter name: 1 to {MAX_BUNDLE_NAME} characters")
+    store = _bundles()
+    store.check_access(_scope(), name)
+    path = store.archive(name, sha256)
+    metrics.BUNDLE_ARCHIVES.inc()
+    metrics.BUNDLE_BYTES.inc(path.stat().st_size)
+    response = send_file(path, mimetype="application/gzip", etag=sha256, conditional=True,
+                         download_name=f"{sha256}.tar.gz", max_age=86400)
+    response.headers["X-Edge-Bundle-Sha256"] = sha256
+    return response
 
 
 @bp.post("/<path:name>")
@@ -95,6 +116,10 @@ def _check_protocol() -> None:
 def _authenticate(name: str) -> None:
     g.scope = _services().auth.authenticate(request.headers.get("Authorization"), name)
     g.principal = g.scope.name
+
+
+def _bundles():
+    return current_app.extensions["edge_kombu_bundles"]
 
 
 def _scope() -> Scope:
@@ -420,6 +445,18 @@ def logs_read(body: dict) -> dict:
     )
     return {"found": got.found, "data": got.data, "offset": got.offset,
             "next_offset": got.next_offset, "length": got.length}
+
+
+# -- DAG bundles -------------------------------------------------------------------------
+
+
+@route("bundles/resolve")
+def bundles_resolve(body: dict) -> dict:
+    store = _bundles()
+    store.check_access(_scope(), body["name"])
+    answer = store.resolve(body["name"], body.get("version")).describe()
+    metrics.BUNDLE_RESOLVES.inc()
+    return answer
 
 
 assert set(_ROUTES) == set(REQUESTS), "every protocol route needs a handler"

@@ -17,6 +17,7 @@ from edge_kombu.server.api import bp
 from edge_kombu.server.audit import AuditLog
 from edge_kombu.server.auth import Authenticator, OIDCSettings
 from edge_kombu.server.broker import Broker
+from edge_kombu.server.bundles import BundleSource, BundleStore, FolderBundles
 from edge_kombu.server.config import ServerConfig
 from edge_kombu.server.credential_cache import (
     ChangeWatch,
@@ -174,10 +175,11 @@ def _authenticator(config: ServerConfig, credentials: Credentials) -> Authentica
 
 
 def create_app(config: ServerConfig, *, start_background: bool = True,
-               access=None) -> Flask:
+               access=None, bundles: BundleSource | None = None) -> Flask:
     """Create the API app; ``start_background`` starts the reaper and wake-up threads.
 
     ``access`` decides who sees the web pages (default: the configured admin/viewer).
+    ``bundles`` is where DAG bundles come from (default: ``EDGE_KOMBU_BUNDLE_FOLDERS``).
     """
     app = Flask("edge_kombu")
     app.request_class = BoundedRequest
@@ -187,6 +189,8 @@ def create_app(config: ServerConfig, *, start_background: bool = True,
     services = build_services(config)
     app.extensions["edge_kombu"] = services
     app.extensions["edge_kombu_access"] = access or BasicAccess(config.ui_admin, config.ui_viewer)
+    app.extensions["edge_kombu_bundles"] = BundleStore.from_environment(
+        bundles if bundles is not None else FolderBundles.from_environment())
     app.register_blueprint(bp)
     app.register_blueprint(web_bp)
     metrics.install(app, services)

@@ -55,6 +55,13 @@ LEASES_EXPIRED = Counter(
     registry=None)
 SESSIONS_EXPIRED = Counter("edge_kombu_sessions_expired_total",
                            "Consumer sessions closed for silence.", registry=None)
+BUNDLE_RESOLVES = Counter("edge_kombu_bundle_resolves_total",
+                          "DAG bundle versions resolved for edge workers (a resolve without a "
+                          "download is a cache hit on the worker).", registry=None)
+BUNDLE_ARCHIVES = Counter("edge_kombu_bundle_downloads_total",
+                          "DAG bundle archives served to edge workers.", registry=None)
+BUNDLE_BYTES = Counter("edge_kombu_bundle_download_bytes_total",
+                       "Bytes of DAG bundle archives served to edge workers.", registry=None)
 REQUEST_SECONDS = Histogram(
     "edge_kombu_http_request_duration_seconds",
     "Time to answer an HTTP request (a consume includes its long-poll wait).",
@@ -63,7 +70,8 @@ REQUEST_SECONDS = Histogram(
     registry=None)
 
 _PROCESS_METRICS = (PUBLISHED, PUBLISH_REPEATS, DELIVERED, REDELIVERED, ACKED, REJECTED,
-                    LEASES_EXPIRED, SESSIONS_EXPIRED, REQUEST_SECONDS)
+                    LEASES_EXPIRED, SESSIONS_EXPIRED, BUNDLE_RESOLVES, BUNDLE_ARCHIVES,
+                    BUNDLE_BYTES, REQUEST_SECONDS)
 
 bp = Blueprint("edge_metrics", __name__)
 

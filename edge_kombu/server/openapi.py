@@ -11,7 +11,9 @@ from functools import lru_cache
 from edge_kombu import __version__
 from edge_kombu.protocol import (
     API_PATH,
+    BUNDLE_ARCHIVE_ROUTE,
     HEADER_PROTOCOL,
+    MAX_BUNDLE_NAME,
     PROTOCOL_VERSION,
     REQUESTS,
     RESPONSES,
@@ -92,6 +94,27 @@ def openapi_document() -> dict:
                               **_errors(401, 403, 429)},
             }
         },
+    }
+    paths[f"{API_PATH}/{BUNDLE_ARCHIVE_ROUTE}"] = {
+        "get": {
+            "operationId": "bundles_archive",
+            "summary": "A DAG bundle's archive (tar.gz), named by the sha256 bundles/resolve "
+                       "gave; the worker checks the hash.",
+            "parameters": [
+                protocol_header,
+                {"name": "name", "in": "query", "required": True,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": MAX_BUNDLE_NAME}},
+                {"name": "sha256", "in": "query", "required": True,
+                 "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+            ],
+            "responses": {
+                "200": {"description": "The archive.",
+                        "content": {"application/gzip": {"schema": {"type": "string",
+                                                                    "format": "binary"}}}},
+                "304": {"description": "Not modified (If-None-Match: the sha256)."},
+                **_errors(*_EVERY_ROUTE, 404),
+            },
+        }
     }
     for route, schema in REQUESTS.items():
         paths[f"{API_PATH}/{route}"] = {

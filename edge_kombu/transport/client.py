@@ -203,6 +203,38 @@ class EdgeClient:
             )
         raise errors.error_from_response(response.status_code, payload)
 
+    def download(self, route: str, params: dict, dest, *, max_bytes: int,
+                 timeout: float | None = None) -> int:
+        """GET ``route`` with ``params`` and write the body to the open file ``dest``;
+        return its length. More than ``max_bytes`` raises PayloadTooLarge."""
+        url = f"{self.base_url}{API_PATH}/{route}"
+        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        headers["Authorization"] = self._authorization(route)
+        try:
+            with self._http.get(url, params=params, headers=headers, stream=True,
+                                timeout=(self.connect_timeout, timeout or self.read_timeout)
+                                ) as response:
+                if response.status_code != 200:
+                    try:
+                        payload = response.json()
+                    except ValueError:
+                        payload = None
+                    raise errors.error_from_response(response.status_code, payload)
+                written = 0
+                for chunk in response.iter_content(1 << 16):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise errors.PayloadTooLarge(
+                            f"{route}: the answer exceeds {max_bytes} bytes")
+                    dest.write(chunk)
+                return written
+        except requests.exceptions.SSLError as exc:
+            raise self._tls_failure(route, exc) from exc
+        except requests.RequestException as exc:
+            raise errors.EdgeConnectionError(
+                f"cannot reach the edge API at {self.base_url} ({route}): {type(exc).__name__}"
+            ) from exc
+
     def _tls_failure(self, route: str, exc: Exception) -> errors.EdgeConnectionError:
         """A failed TLS handshake, said in a way that tells what to do: a server that
         speaks plain HTTP on that port gets the hint to drop the ``s``."""

@@ -58,4 +58,15 @@ def versions() -> dict:
         "celery": celery.__version__,
         "python": platform.python_version(),
         "airflow": _installed("apache-airflow"),
+        **_bundles(),
     }
+
+
+def _bundles() -> dict:
+    """The DAG bundle versions this worker holds (``[edge] fetch_dag_bundles``)."""
+    try:
+        from edge_kombu.airflow.worker.bundles import held_versions, worker_bundle_cache
+
+        return held_versions(worker_bundle_cache(current()).root)
+    except Exception:  # noqa: BLE001 - a heartbeat never fails for this
+        return {}

@@ -50,17 +50,20 @@ def fails(done: subprocess.CompletedProcess, *fragments: str) -> None:
 
 def test_workers_table_and_json(cli, registry):
     registry.heartbeat(beat("alpha", "running", queues=["celery", "gpu"], slots_used=2,
-                            running=[{"id": "t1"}], versions={"edge_kombu": "1.99.0"}))
+                            running=[{"id": "t1"}], versions={
+                                "edge_kombu": "1.99.0",
+                                "bundle dags-folder": "content-0123456789abcdef0123 (+1 older)"}))
     registry.heartbeat(beat("beta"))
     registry.request_maintenance("beta", True, "swap disk")
 
     header, *rows = cli("workers").stdout.splitlines()
     assert header.split() == ["NAME", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT",
-                              "MAINTENANCE", "WARNING"]
+                              "MAINTENANCE", "WARNING", "BUNDLES"]
     assert [row.split()[0] for row in rows] == ["alpha", "beta"]
     alpha, beta = rows
     assert alpha.split()[1:5] == ["running", "celery,gpu", "2/4", "1"]
     assert "1.99.0" in alpha
+    assert alpha.split()[-1] == "dags-folder@content-0123456789ab"
     assert "maintenance request" in beta and "swap disk" in beta
 
     listed = json.loads(cli("workers", "--json").stdout)

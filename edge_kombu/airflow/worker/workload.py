@@ -22,6 +22,7 @@ worker's Celery node name in ``EDGE_KOMBU_WORKER``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from functools import cache
@@ -74,6 +75,7 @@ def execute_workload(workload_json: str) -> None:
     refuse_unrunnable(workload_json)
     workload = _workload_adapter().validate_json(workload_json)
     os.environ[WORKER_ENV] = current_task.request.hostname or ""
+    _fetch_bundle_from_centre(workload, conf)
     log.info("executing Airflow workload %s", workload.display_name)
     title = _proctitle()
     pusher = _start_log_pusher(workload, conf)
@@ -93,6 +95,26 @@ def execute_workload(workload_json: str) -> None:
         if pusher is not None and not pusher.finish():
             log.warning("the end of the log of %s is not pushed yet; still trying in the "
                         "background", workload.display_name)
+
+
+#: Where the task process's bundle manager reads ``[dag_processor] dag_bundle_config_list``.
+BUNDLE_CONFIG_ENV = "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"
+EDGE_BUNDLE_CLASSPATH = "edge_kombu.airflow.worker.dag_bundle.EdgeDagBundle"
+
+
+def _fetch_bundle_from_centre(workload, conf) -> None:
+    """``[edge] fetch_dag_bundles``: the workload's bundle is an EdgeDagBundle of its name.
+
+    The task process (forked by the supervisor from this pool process) builds its bundle
+    manager from the environment, which names only this bundle.
+    """
+    if not conf.getboolean("edge", "fetch_dag_bundles", fallback=False):
+        return
+    info = getattr(workload, "bundle_info", None)
+    if info is None:
+        return
+    os.environ[BUNDLE_CONFIG_ENV] = json.dumps(
+        [{"name": info.name, "classpath": EDGE_BUNDLE_CLASSPATH, "kwargs": {}}])
 
 
 def push_settings(conf) -> PushSettings:

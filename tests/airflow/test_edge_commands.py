@@ -1,0 +1,233 @@
+"""``airflow edge ...``: every command of the group against live edge workers and the
+central database (Airflow's, holding the edge tables), with the names and options of
+Airflow's edge provider.
+
+One site: ``airflow db migrate`` and the api-server (the edge API), three edge workers
+without database access: one started with ``airflow edge worker`` in the foreground, one
+with ``airflow edge worker --daemon``, one with ``celery -A edge_kombu worker``. Local
+commands are checked in the workers' own status; central ones in the rows and in what
+the workers then do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+
+import psutil
+import yaml
+
+from tests.airflow.site import NO_DATABASE, AirflowSite
+from tests.helpers import wait_for
+
+FAST = {
+    "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "1",
+    "EDGE_KOMBU_WORKER_TIMEOUT": "10",
+}
+
+
+def _json(stdout: str):
+    start = min(i for i in (stdout.find("["), stdout.find("{")) if i >= 0)
+    return json.loads(stdout[start:])
+
+
+class Edge:
+    """``airflow edge ARGS`` in the site, parsed."""
+
+    def __init__(self, site: AirflowSite) -> None:
+        self.site = site
+
+    def run(self, *args: str, check: bool = True, stdin: str | None = None,
+            **env: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(self.site.bin / "airflow"), "edge", *args], input=stdin,
+                              capture_output=True, text=True, timeout=120, cwd=self.site.tmp,
+                              env=self.site.environ(**FAST, **env))
+        if check:
+            assert done.returncode == 0, (f"airflow edge {' '.join(args)} exited "
+                                          f"{done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def fails(self, *args: str, expect: str, code: int = 1, stdin: str | None = None) -> None:
+        done = self.run(*args, check=False, stdin=stdin)
+        assert done.returncode == code and expect in done.stderr + done.stdout, (
+            f"airflow edge {' '.join(args)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+
+    def local_status(self, *which: str) -> dict:
+        """``airflow edge status`` on a worker host (no database there)."""
+        return _json(self.run("status", *which,
+                              AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=NO_DATABASE).stdout)
+
+    def workers(self, *filters: str) -> dict[str, dict]:
+        rows = _json(self.run("list-workers", "-o", "json", *filters).stdout)
+        return {row["worker_name"]: row for row in rows}
+
+
+def test_airflow_edge_commands(tmp_path):
+    site = AirflowSite(tmp_path)
+    site.env.update(FAST)
+    edge = Edge(site)
+    daemon_pid = tmp_path / "daemon.pid"
+    daemon_log = tmp_path / "daemon.log"
+    try:
+        site.airflow("db", "migrate")
+        site.start_api_server()
+        fore = site.start_process(
+            "worker-cli-a",
+            [str(site.bin / "airflow"), "edge", "worker", "-q", "remote,wisconsin_site",
+             "-c", "3", "-H", "cli-a", "--team-name", "team-a"],
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=NO_DATABASE)
+        plain = site.start_edge_worker("cli-c", queues="default", wait_ready=False)
+        edge.run("worker", "-D", "--pid", str(daemon_pid), "--stdout", str(tmp_path / "d.out"),
+                 "--stderr", str(tmp_path / "d.err"), "-l", str(daemon_log), "-u", "027",
+                 "-H", "cli-d@daemon", "-c", "1",
+                 AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=NO_DATABASE)  # returns: detached
+        for process in (fore, plain):
+            wait_for(lambda p=process: " ready." in p.log() or (not p.alive() and _died(p)),
+                     timeout=60, interval=0.2, message=f"{process.log_path.name} ready")
+        wait_for(lambda: daemon_log.exists() and " ready." in daemon_log.read_text(),
+                 timeout=60, interval=0.2, message="daemon worker ready")
+
+        # -- airflow edge worker: the options reached the Celery worker ------------------
+        a = edge.local_status("-H", "cli-a")
+        assert (a["name"], a["queues"], a["slots_total"]) == (
+            "celery@cli-a", ["remote", "wisconsin_site"], 3)
+        assert a["pid"] == fore.pid  # the airflow process became the worker (exec)
+        pid = int(daemon_pid.read_text())
+        d = edge.local_status("--pid", str(daemon_pid))
+        assert (d["name"], d["pid"], d["slots_total"]) == ("cli-d@daemon", pid, 1)
+        assert d["queues"] == ["default"]  # [operators] default_queue
+        assert os.stat(daemon_log).st_mode & 0o027 == 0  # -u 027
+
+        # -- list-workers: formats and filters -------------------------------------------
+        with ThreadPoolExecutor(3) as pool:
+            listed = pool.submit(edge.workers)
+            as_yaml = pool.submit(edge.run, "list-workers", "-o", "yaml")
+            table = pool.submit(edge.run, "list-workers")
+            plain_out = pool.submit(edge.run, "list-workers", "-o", "plain")
+            by_queue = pool.submit(edge.workers, "-q", "wisconsin_site,nowhere")
+            by_pattern = pool.submit(edge.workers, "--worker-name-pattern", "cli-[bc]*")
+            by_state = pool.submit(edge.workers, "-s", "idle", "running")
+        rows = listed.result()
+        assert set(rows) == {"celery@cli-a", "cli-c@localhost", "cli-d@daemon"}, rows
+        assert rows["celery@cli-a"] == {
+            **rows["celery@cli-a"], "state": "idle", "queues": "remote,wisconsin_site",
+            "concurrency": 3, "free_concurrency": 3, "jobs_active": 0, "team_name": "team-a"}
+        assert rows["cli-d@daemon"]["concurrency"] == 1
+        assert {r["worker_name"] for r in yaml.safe_load(as_yaml.result().stdout)} == set(rows)
+        for out in (table.result().stdout, plain_out.result().stdout):
+            assert all(name in out for name in rows) and "free_concurrency" in out, out
+        assert set(by_queue.result()) == {"celery@cli-a"}
+        assert set(by_pattern.result()) == {"cli-c@localhost"}
+        assert set(by_state.result()) == set(rows)
+        edge.fails("list-workers", "-s", "sleeping", expect="unknown state(s) sleeping")
+
+        # -- local maintenance, seen centrally -------------------------------------------
+        on = _json(edge.run("maintenance", "on", "-c", "disk swap", "-w", "-H", "cli-a",
+                            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=NO_DATABASE).stdout)
+        assert (on["state"], on["maintenance_comment"]) == ("maintenance mode", "disk swap")
+        wait_for(lambda: edge.workers()["celery@cli-a"]["maintenance_comment"] == "disk swap",
+                 timeout=20, interval=0.5, message="the local maintenance seen centrally")
+        off = _json(edge.run("maintenance", "off", "-H", "cli-a",
+                             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=NO_DATABASE).stdout)
+        assert off["state"] == "idle" and not off["maintenance"]
+        wait_for(lambda: edge.workers()["celery@cli-a"]["maintenance_comment"] == "",
+                 timeout=20, interval=0.5, message="the local maintenance off seen centrally")
+
+        # -- central maintenance, followed by the worker ---------------------------------
+        edge.run("remote-edge-worker-request-maintenance", "-H", "cli-a", "-c", "rack move")
+        wait_for(lambda: edge.local_status("-H", "cli-a")["state"] == "maintenance mode",
+                 timeout=20, interval=0.3, message="cli-a in maintenance")
+        edge.run("remote-edge-worker-update-maintenance-comment", "-H", "cli-a", "-c", "rack 7")
+        status = wait_for(lambda: (s := edge.local_status("-H", "cli-a"))[
+            "maintenance_comment"] == "rack 7" and s, timeout=20, interval=0.3,
+            message="the new comment reached cli-a")
+        assert status["state"] == "maintenance mode"
+        edge.run("remote-edge-worker-exit-maintenance", "-H", "celery@cli-a")
+        wait_for(lambda: edge.local_status("-H", "cli-a")["state"] == "idle",
+                 timeout=20, interval=0.3, message="cli-a out of maintenance")
+        edge.fails("remote-edge-worker-update-maintenance-comment", "-H", "cli-a", "-c", "x",
+                   expect="is not in maintenance")
+
+        # -- queues and concurrency at runtime -------------------------------------------
+        edge.run("add-worker-queues", "-H", "cli-a", "-q", "extra1,extra2")
+        wait_for(lambda: edge.local_status("-H", "cli-a")["consuming"] == [
+            "remote", "wisconsin_site", "extra1", "extra2"],
+            timeout=20, interval=0.3, message="cli-a consumes the added queues")
+        edge.run("remove-worker-queues", "-H", "cli-a", "-q", "extra1,remote")
+        edge.run("set-worker-concurrency", "-H", "cli-a", "-c", "5")
+        wait_for(lambda: (s := edge.local_status("-H", "cli-a"))["consuming"] == [
+            "wisconsin_site", "extra2"] and s["slots_total"] == 5,
+            timeout=20, interval=0.3, message="cli-a follows queues and concurrency")
+        assert edge.workers()["celery@cli-a"]["concurrency"] == 5
+
+        # -- failures exit non-zero with one line ----------------------------------------
+        with ThreadPoolExecutor(3) as pool:
+            checks = [
+                pool.submit(edge.fails, "remote-edge-worker-request-maintenance", "-H",
+                            "nosuch", "-c", "x", expect="no worker named 'nosuch'"),
+                pool.submit(edge.fails, "remove-remote-edge-worker", "-H", "cli-a",
+                            expect="only offline or unknown workers can be removed"),
+                pool.submit(edge.fails, "set-worker-concurrency", "-H", "cli-a", "-c", "0",
+                            code=2, expect="must be a positive integer"),
+                pool.submit(edge.fails, "remove-worker-queues", "-H", "cli-a", "-q",
+                            "wisconsin_site,extra2", expect="at least one queue"),
+                pool.submit(edge.fails, "shutdown-all-workers", stdin="n\n",
+                            expect="cancelled"),
+                pool.submit(edge.fails, "status", "-H", "nosuch",
+                            expect="no edge worker named 'nosuch'"),
+            ]
+        for check in checks:
+            check.result()
+
+        # -- stopping: local, one remote, all --------------------------------------------
+        stopped = edge.run("stop", "-w", "--pid", str(daemon_pid),
+                           AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=NO_DATABASE)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert "exited" in stopped.stderr and not daemon_pid.exists()
+
+        edge.run("shutdown-remote-edge-worker", "-H", "cli-c@localhost")
+        wait_for(lambda: not plain.alive(), timeout=30, interval=0.2,
+                 message="cli-c shut down")
+        assert edge.workers("-s", "offline").keys() == {"cli-c@localhost", "cli-d@daemon"}
+        edge.run("remove-remote-edge-worker", "-H", "cli-c@localhost")
+
+        asked = edge.run("shutdown-all-workers", "-y").stdout
+        assert "asked 1 worker(s) to shut down: celery@cli-a" in asked, asked
+        wait_for(lambda: not fore.alive(), timeout=30, interval=0.2,
+                 message="cli-a shut down")
+        assert fore.proc.returncode == 0
+        assert set(edge.workers()) == {"celery@cli-a", "cli-d@daemon"}
+        audit = json.loads(site.python(
+            "import json\n"
+            "from edge_kombu.server.audit import AuditLog\n"
+            "from edge_kombu.server.sql import SQL\n"
+            "from airflow.configuration import conf\n"
+            "url = conf.get('database', 'sql_alchemy_conn')\n"
+            "print(json.dumps(AuditLog(SQL.from_url(url)).recent(target='celery@cli-a')))"))
+        assert [e["action"] for e in reversed(audit)] == [
+            "maintenance on", "maintenance off",  # the local switch, reported by the worker
+            "maintenance on", "maintenance comment", "maintenance off", "queues", "queues",
+            "concurrency", "shutdown"], audit
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{site.logs()}\n===== daemon log\n"
+                             f"{daemon_log.read_text()[-4000:] if daemon_log.exists() else ''}"
+                             ) from None
+    finally:
+        _stop_daemon(daemon_pid)
+        site.stop()
+
+
+def _died(process) -> bool:
+    raise AssertionError(f"{process.log_path.name} exited:\n{process.log()}")
+
+
+def _stop_daemon(pidfile) -> None:
+    with suppress(OSError, ValueError):
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+        with suppress(psutil.Error):
+            psutil.Process(pid).wait(30)

@@ -84,10 +84,10 @@ EDGE_OPTIONS = {
         type="integer", default="5",
     ),
     "worker_concurrency": _option(
-        "Slot budget of an edge worker started without ``-c``/``--concurrency``\n"
-        "(``airflow edge worker`` or ``celery -A edge_kombu worker``): how many task slots\n"
-        "(``pool_slots``) it runs at once. Changed at runtime with ``airflow edge\n"
-        "set-worker-concurrency``.\n",
+        "Slot budget of ``airflow edge worker`` without ``-c``/``--concurrency``: how many\n"
+        "task slots (``pool_slots``) it runs at once. ``celery -A edge_kombu worker``\n"
+        "without ``-c`` uses it when set (else Celery's default, the CPU count). Changed\n"
+        "at runtime with ``airflow edge set-worker-concurrency``.\n",
         type="integer", default="8",
     ),
     "worker_umask": _option(

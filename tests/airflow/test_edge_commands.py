@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
 import psutil
+import pytest
 import yaml
 
 from tests.airflow.site import NO_DATABASE, AirflowSite
@@ -84,6 +85,7 @@ def rows(site: AirflowSite) -> dict[str, dict]:
         sql.dispose()
 
 
+@pytest.mark.timeout(480)  # some 25 Airflow CLI calls of ~2 s CPU each: slack for busy hosts
 def test_airflow_edge_commands(tmp_path):
     site = AirflowSite(tmp_path)
     site.env.update(FAST)
@@ -190,12 +192,8 @@ def test_airflow_edge_commands(tmp_path):
                             expect="only offline or unknown workers can be removed"),
                 pool.submit(edge.fails, "remote-edge-worker-update-maintenance-comment", "-H",
                             "cli-a", "-c", "x", expect="is not in maintenance"),
-                pool.submit(edge.fails, "set-worker-concurrency", "-H", "cli-a", "-c", "0",
-                            code=2, expect="must be a positive integer"),
                 pool.submit(edge.fails, "shutdown-all-workers", stdin="n\n",
                             expect="cancelled"),
-                pool.submit(edge.fails, "status", "-H", "nosuch",
-                            expect="no edge worker named 'nosuch'"),
             ]
         for check in checks:
             check.result()
@@ -209,9 +207,8 @@ def test_airflow_edge_commands(tmp_path):
         edge.run("shutdown-remote-edge-worker", "-H", "cli-c@localhost")
         wait_for(lambda: not plain.alive(), timeout=30, interval=0.2,
                  message="cli-c shut down")
-        offline = _json(edge.run("list-workers", "-o", "json", "-s", "offline").stdout)
-        assert {r["worker_name"] for r in offline} == {"cli-c@localhost", "cli-d@daemon"}, (
-            offline, rows(site))
+        assert {n: w["state"] for n, w in rows(site).items()} == {
+            "celery@cli-a": "idle", "cli-c@localhost": "offline", "cli-d@daemon": "offline"}
         edge.run("remove-remote-edge-worker", "-H", "cli-c@localhost")
 
         asked = edge.run("shutdown-all-workers", "-y").stdout

@@ -248,3 +248,37 @@ def _stop_daemon(pidfile) -> None:
         os.kill(pid, signal.SIGTERM)
         with suppress(psutil.Error):
             psutil.Process(pid).wait(30)
+
+
+@pytest.mark.sqlite_only
+def test_edge_worker_options_become_the_celery_worker_command_line(airflow_in_process):
+    """``airflow edge worker``'s options, parsed by Airflow's parser from the provider's
+    hook, translate into ``celery -A edge_kombu worker`` options."""
+    import sys
+
+    from airflow.cli.cli_parser import DefaultHelpParser, _add_command
+    from airflow.configuration import conf
+
+    from edge_kombu.airflow.cli_local import celery_worker_argv
+    from edge_kombu.airflow.provider import get_cli_commands
+
+    parser = DefaultHelpParser(prog="airflow")
+    subparsers = parser.add_subparsers(dest="subcommand")
+    for group in get_cli_commands():
+        _add_command(subparsers, group)
+    args = parser.parse_args(["edge", "worker", "-q", "remote, wisconsin_site", "-c", "3",
+                              "-H", "site-1", "--team-name", "t", "-v"])
+    celery = [sys.executable, "-m", "celery", "-A", "edge_kombu", "worker"]
+    assert celery_worker_argv(args, conf, pidfile="/run/w.pid", logfile="/var/w.log") == [
+        *celery, "-c", "3", "-l", "DEBUG", "-Q", "remote,wisconsin_site", "-n", "site-1",
+        "--pidfile", "/run/w.pid", "--logfile", "/var/w.log"]
+    args = parser.parse_args(["edge", "worker"])
+    assert celery_worker_argv(args, conf) == [*celery, "-c", "8", "-l", "INFO"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__EDGE__WORKER_CONCURRENCY", "5")
+        assert celery_worker_argv(args, conf)[6:8] == ["-c", "5"]
+    for bad in (["worker", "-c", "0"], ["set-worker-concurrency", "-H", "w", "-c", "-2"],
+                ["maintenance", "sideways"], ["add-worker-queues", "-H", "w"]):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["edge", *bad])
+        assert exited.value.code == 2, bad

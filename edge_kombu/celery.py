@@ -11,6 +11,7 @@ environment, then airflow.cfg):
 ``EDGE_KOMBU_TOKEN_FILE`` / ``[edge] token_file``  a file holding it, or else
 ``[core] internal_api_secret_key``               the shared secret
 ``[edge] heartbeat_interval``                    seconds between heartbeats (10)
+``[edge] worker_concurrency``                    the slot budget without ``-c``
 ``[edge] ca_bundle``, ``client_cert``,           TLS: CA to verify the API, client
 ``client_key``                                   certificate and key
 ``[operators] default_queue``                    ``task_default_queue`` (``default``)
@@ -67,6 +68,8 @@ def celery_settings(settings: WorkerSettings) -> dict:
         # the server hears from this worker again (or gives up on it).
         worker_cancel_long_running_tasks_on_connection_loss=False,
         include=list(settings.includes),
+        # -c wins; Celery's default (the CPU count) without either.
+        worker_concurrency=settings.worker_concurrency,
     )
 
 

@@ -313,10 +313,13 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.option("--state", "states", multiple=True, type=click.Choice(WORKER_STATES),
               help="Only workers in this state (repeatable).")
+@click.option("--pattern", help="Only workers whose name matches this glob, e.g. 'site-*'.")
+@click.option("--queues", "queues", multiple=True,
+              help="Only workers serving one of these queues (comma-separated, repeatable).")
 @_db_option
-def workers(as_json, states, db_url) -> None:
+def workers(as_json, states, pattern, queues, db_url) -> None:
     """List the edge workers with state, queues, slots and last heartbeat."""
-    rows = _registry(db_url).list(states=states)
+    rows = _registry(db_url).list(states=states, pattern=pattern, queues=_split(queues))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -427,6 +430,18 @@ def worker_maintenance(name, switch, comments, actor, db_url) -> None:
     click.echo(f"{name}: {row['state']}")
 
 
+@worker.command("comment")
+@click.argument("name")
+@click.option("--comments", required=True, help="The new maintenance comment.")
+@_actor_option
+@_db_option
+def worker_comment(name, comments, actor, db_url) -> None:
+    """Change the maintenance comment of NAME, which stays in maintenance."""
+    row = _edge_call(_registry(db_url).update_maintenance_comment, name, comments,
+                     actor=_actor(actor))
+    click.echo(f"{name}: {row['state']}: {row['maintenance_comment']}")
+
+
 @worker.command("shutdown")
 @click.argument("name")
 @_comments_option
@@ -437,6 +452,20 @@ def worker_shutdown(name, comments, actor, db_url) -> None:
     row = _edge_call(_registry(db_url).request_shutdown, name, actor=_actor(actor),
                      comment=comments)
     click.echo(f"{name}: {row['state']}")
+
+
+@worker.command("shutdown-all")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_comments_option
+@_actor_option
+@_db_option
+def worker_shutdown_all(yes, comments, actor, db_url) -> None:
+    """Ask every running worker to finish its running tasks and exit."""
+    if not yes:
+        click.confirm("Shut down every edge worker?", abort=True)
+    names = _registry(db_url).request_shutdown_all(actor=_actor(actor), comment=comments)
+    click.echo(f"asked {len(names)} worker(s) to shut down" + (f": {', '.join(names)}"
+                                                               if names else ""))
 
 
 @worker.command("queues")

@@ -46,7 +46,8 @@ CENTRAL_AIRFLOW = ["edge_kombu.airflow.provider", "edge_kombu.airflow.celery_app
                    "edge_kombu.airflow.logs", "edge_kombu.airflow.bundles"]
 CENTRAL_NEEDING_AIRFLOW = ["edge_kombu.airflow.executor", "edge_kombu.airflow.plugin",
                            "edge_kombu.airflow.api", "edge_kombu.airflow.db_manager",
-                           "edge_kombu.airflow.logging_config"]
+                           "edge_kombu.airflow.logging_config", "edge_kombu.airflow.cli",
+                           "edge_kombu.airflow.cli_admin"]
 #: What runs only on edge workers (the transport is shared client code: the EdgeExecutor
 #: publishes through it).
 WORKER_ONLY = ["edge_kombu.worker", "edge_kombu.celery", "edge_kombu.airflow.worker"]

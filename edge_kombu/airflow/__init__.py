@@ -24,6 +24,8 @@ executor                   :class:`EdgeExecutor` (:mod:`.executor`): Airflow's
 ``airflow api-server``     with ``[edge] api_enabled``, serves the edge API under
                            ``/edge`` (:mod:`.plugin`)
 edge workers               run ``ExecuteTask`` workloads (:mod:`.worker`)
+``airflow edge ...``       the edge provider's commands (:mod:`.cli`): start and
+                           steer local workers, steer remote ones centrally
 =========================  =====================================================
 
 Sides: every module of this package runs at the central site, except the subpackage

@@ -77,6 +77,24 @@ EDGE_OPTIONS = {
         "Seconds between two heartbeats of an edge worker.\n",
         type="integer", default="10",
     ),
+    "job_poll_interval": _option(
+        "Kept so that configurations of Airflow's edge executor still load; not used.\n"
+        "edge-kombu workers do not poll: a consume waits on the edge API (long-poll) and a\n"
+        "task reaches an idle worker within milliseconds of its publish.\n",
+        type="integer", default="5",
+    ),
+    "worker_concurrency": _option(
+        "Slot budget of ``airflow edge worker`` without ``-c``/``--concurrency``: how many\n"
+        "task slots (``pool_slots``) it runs at once. ``celery -A edge_kombu worker``\n"
+        "without ``-c`` uses it when set (else Celery's default, the CPU count). Changed\n"
+        "at runtime with ``airflow edge set-worker-concurrency``.\n",
+        type="integer", default="8",
+    ),
+    "worker_umask": _option(
+        "umask of ``airflow edge worker --daemon`` without ``-u``/``--umask``\n"
+        "(default: Airflow's daemon umask).\n",
+        example="0o077",
+    ),
     "ca_bundle": _option(
         "CA bundle to verify the edge API's TLS certificate (default: the system's).\n",
         example="/etc/ssl/certs/central-ca.pem",
@@ -152,9 +170,11 @@ EDGE_OPTIONS = {
 
 
 def get_cli_commands() -> list:
-    """No ``airflow`` subcommands: workers are ``celery -A edge_kombu worker``, the rest is
-    ``edge-kombu ...`` (the provider declares this so Airflow does not look elsewhere)."""
-    return []
+    """The ``airflow edge`` command group (:mod:`edge_kombu.airflow.cli`), loaded when the
+    Airflow CLI asks for it (this module stays stdlib-only at import)."""
+    from edge_kombu.airflow.cli import edge_commands
+
+    return edge_commands()
 
 
 def get_provider_info() -> dict:

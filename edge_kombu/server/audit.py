@@ -1,10 +1,10 @@
 """Who did what: the audit log of central actions on workers and tokens.
 
-Every admin action (maintenance on/off, shutdown, remove, queues, concurrency, token
-create/revoke) is recorded with its actor, the time, the target (a worker or token name),
-what changed and the admin's comment. Where the action is a database write, the entry is
-written in the same transaction (pass ``conn``): an action is never done unrecorded, nor
-recorded undone. The Worker hosts page and ``edge-kombu audit`` read it back.
+Every admin action (maintenance on/off and its comment, shutdown, remove, queues,
+concurrency, token create/revoke) is recorded with its actor, the time, the target (a worker
+or token name), what changed and the admin's comment. Where the action is a database write,
+the entry is written in the same transaction (pass ``conn``): an action is never done
+unrecorded, nor recorded undone. The Worker hosts page and ``edge-kombu audit`` read it back.
 
 Entries are short strings, cut to their column's size so that recording never fails
 the action it records.
@@ -23,8 +23,8 @@ from edge_kombu.server import models as m
 from edge_kombu.server.sql import SQL
 
 #: What an entry can record.
-ACTIONS = ("maintenance on", "maintenance off", "shutdown", "remove", "queues", "concurrency",
-           "token create", "token revoke")
+ACTIONS = ("maintenance on", "maintenance off", "maintenance comment", "shutdown", "remove",
+           "queues", "concurrency", "token create", "token revoke")
 #: Where an action came from: ``edge-kombu`` on the command line, the pages of
 #: ``edge-kombu api``, the pages inside ``airflow api-server``, the worker's own
 #: ``celery edge maintenance`` (learnt from its heartbeat), or a caller that named nobody.

@@ -19,6 +19,7 @@ messages are redelivered at once.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 from collections.abc import Iterable
@@ -236,7 +237,10 @@ class WorkerRegistry:
 
     # -- the admins' side -----------------------------------------------------------------
 
-    def list(self, *, states: Iterable[str] = ()) -> list[dict]:
+    def list(self, *, states: Iterable[str] = (), pattern: str | None = None,
+             queues: Iterable[str] = ()) -> list[dict]:
+        """The workers, by name; only those in ``states``, whose name matches the glob
+        ``pattern``, or serving any of ``queues`` (asked for, else reported), if given."""
         stmt = select(m.worker).order_by(m.worker.c.name)
         states = list(states)
         if states:
@@ -244,7 +248,31 @@ class WorkerRegistry:
         with self.sql.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
         now = self.clock()
-        return [self._public(row, now) for row in rows]
+        workers = [self._public(row, now) for row in rows]
+        if pattern:
+            workers = [w for w in workers if fnmatch.fnmatchcase(w["name"], pattern)]
+        wanted = set(queues)
+        if wanted:
+            workers = [w for w in workers
+                       if wanted.intersection(w["desired_queues"] or w["queues"])]
+        return workers
+
+    def find(self, name: str) -> str:
+        """The full name of the worker called ``name``: its Celery node name
+        (``celery@site-1``), or the host part alone (``site-1``, what ``-n site-1`` and
+        Airflow's ``airflow edge worker -H site-1`` name), or the part before ``@``, when
+        one worker alone has it."""
+        with self.sql.connect() as conn:
+            names = conn.execute(select(m.worker.c.name)).scalars().all()
+        if name in names:
+            return name
+        found = sorted(n for n in names if "@" in n and name in n.split("@", 1))
+        if not found:
+            raise errors.NotFound(f"no worker named {name!r}")
+        if len(found) > 1:
+            raise errors.Conflict(f"{name!r} names {len(found)} workers ({', '.join(found)}); "
+                                  "give the full name")
+        return found[0]
 
     def get(self, name: str) -> dict:
         with self.sql.connect() as conn:
@@ -308,6 +336,34 @@ class WorkerRegistry:
             values["maintenance_comment"] = None
         return self._change(name, values, action="maintenance on" if on else "maintenance off",
                             actor=actor, comment=comment)
+
+    def update_maintenance_comment(self, name: str, comment: str, *,
+                                   actor: Actor | None = None) -> dict:
+        """Replace the comment of a worker in maintenance, leaving it in maintenance (the
+        worker hears of it with its next heartbeat)."""
+        if not comment:
+            raise errors.InvalidRequest("give the new maintenance comment (--comments)")
+        worker = self.get(name)
+        if not worker["maintenance"]:
+            raise errors.Conflict(f"worker {name!r} is not in maintenance ({worker['state']}); "
+                                  "only a maintenance comment can be changed")
+        return self._change(name, {"maintenance_comment": comment[:1024],
+                                   "maintenance_changed_at": self.clock()},
+                            action="maintenance comment", actor=actor, comment=comment)
+
+    def request_shutdown_all(self, *, actor: Actor | None = None,
+                             comment: str | None = None) -> list[str]:
+        """Ask every worker that is not offline or unknown to shut down; the names asked."""
+        asked = []
+        for worker in self.list():
+            if worker["state"] in GONE or worker["shutdown_requested"]:
+                continue
+            try:
+                self.request_shutdown(worker["name"], actor=actor, comment=comment)
+            except (errors.NotFound, errors.Conflict):
+                continue  # removed or gone since the listing
+            asked.append(worker["name"])
+        return asked
 
     def request_shutdown(self, name: str, *, actor: Actor | None = None,
                          comment: str | None = None) -> dict:

@@ -26,23 +26,41 @@ def _run_dir() -> Path:
     return current().run_dir
 
 
-def _pick(name: str | None) -> tuple[Path, dict]:
+def _read_pid(pidfile: Path) -> int:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"no process id in {pidfile}: {exc}") from None
+
+
+def _pick(name: str | None, pidfile: Path | None = None) -> tuple[Path, dict]:
+    """The worker named ``name`` (its node name, the part before or after ``@``), or the
+    one whose process id is in ``pidfile``, or the only one running on this host."""
     from edge_kombu.worker import control
 
     run_dir = _run_dir()
     workers = control.live_sockets(run_dir)
     if not workers:
         raise click.ClickException(f"no edge worker is running on this host (looked in {run_dir})")
-    if name:
-        matches = [(path, status) for path, status in workers
-                   if name in (status["name"], status["name"].split("@", 1)[0])]
+    names = ", ".join(status["name"] for _, status in workers)
+    if pidfile is not None:
+        pid = _read_pid(pidfile)
+        matches = [(path, status) for path, status in workers if status["pid"] == pid]
         if not matches:
-            names = ", ".join(status["name"] for _, status in workers)
+            raise click.ClickException(f"no edge worker with process id {pid} (from {pidfile}) "
+                                       f"on this host (running: {names})")
+        return matches[0]
+    if name:
+        matches = [(path, status) for path, status in workers if status["name"] == name] or [
+            (path, status) for path, status in workers if name in status["name"].split("@", 1)]
+        if not matches:
             raise click.ClickException(f"no edge worker named {name!r} on this host (running: "
                                        f"{names})")
+        if len(matches) > 1:
+            raise click.ClickException(f"{name!r} names {len(matches)} edge workers on this "
+                                       f"host ({names}); give the full name")
         return matches[0]
     if len(workers) > 1:
-        names = ", ".join(status["name"] for _, status in workers)
         raise click.ClickException(f"{len(workers)} edge workers run on this host ({names}); "
                                    "pick one with -n/--name")
     return workers[0]
@@ -70,8 +88,15 @@ def _exited(pid: int) -> bool:
         return True
 
 
-_name_option = click.option("-n", "--name", help="The worker (its -n name, with or without "
-                                                 "@host), when several run on this host.")
+_name_option = click.option("-n", "--name", help="The worker (its -n name, or the part "
+                                                 "before or after @), when several run on "
+                                                 "this host.")
+
+
+def _pidfile_option(func):
+    return click.option("--pidfile", type=click.Path(dir_okay=False, path_type=Path),
+                        help="The worker whose process id is in this file (celery worker "
+                             "--pidfile).")(func)
 
 
 @click.group()
@@ -81,9 +106,10 @@ def edge() -> None:
 
 @edge.command()
 @_name_option
-def status(name: str | None) -> None:
+@_pidfile_option
+def status(name: str | None, pidfile: Path | None) -> None:
     """The worker's state, queues, slots and running tasks, as JSON."""
-    path, _ = _pick(name)
+    path, _ = _pick(name, pidfile)
     _echo(_call(path, {"command": "status"}))
 
 
@@ -92,9 +118,11 @@ def status(name: str | None) -> None:
 @click.option("--comments", help="Why (shown centrally with the worker).")
 @click.option("--wait", is_flag=True, help="With on: return once no task runs any more.")
 @_name_option
-def maintenance(switch: str, comments: str | None, wait: bool, name: str | None) -> None:
+@_pidfile_option
+def maintenance(switch: str, comments: str | None, wait: bool, name: str | None,
+                pidfile: Path | None) -> None:
     """Stop taking tasks and let running ones finish (on), or take tasks again (off)."""
-    path, _ = _pick(name)
+    path, _ = _pick(name, pidfile)
     on = switch == "on"
     state = _call(path, {"command": "maintenance", "on": on, "comment": comments})
     shown = None
@@ -115,9 +143,11 @@ def maintenance(switch: str, comments: str | None, wait: bool, name: str | None)
               help="Seconds running tasks may take to finish; then they are terminated. "
                    "Default: wait for them.")
 @_name_option
-def stop(wait: bool, drain_timeout: float | None, name: str | None) -> None:
+@_pidfile_option
+def stop(wait: bool, drain_timeout: float | None, name: str | None,
+         pidfile: Path | None) -> None:
     """Stop taking tasks, let running ones finish, then exit (Celery's warm shutdown)."""
-    path, _ = _pick(name)
+    path, _ = _pick(name, pidfile)
     state = _call(path, {"command": "stop", "drain_timeout": drain_timeout})
     _echo(state)
     if wait:

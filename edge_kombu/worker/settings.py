@@ -28,6 +28,8 @@ from edge_kombu.worker import control
 
 ENV_RUN_DIR = "EDGE_KOMBU_RUN_DIR"
 ENV_INCLUDE = "EDGE_KOMBU_INCLUDE"
+#: The team of this worker (``airflow edge worker --team-name``), shown with the worker.
+ENV_TEAM_NAME = "EDGE_KOMBU_TEAM_NAME"
 
 #: Seconds between two heartbeats (Airflow's edge worker: ``[edge] heartbeat_interval``).
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
@@ -86,6 +88,10 @@ class WorkerSettings:
     push_logs: bool = True
     #: ``[logging] base_log_folder``: where Airflow task logs are written on this host.
     base_log_folder: Path
+    #: ``[edge] worker_concurrency``: the slot budget without ``-c`` (else Celery's default).
+    worker_concurrency: int | None = None
+    #: ``EDGE_KOMBU_TEAM_NAME``: the team reported with the heartbeats.
+    team_name: str | None = None
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -112,6 +118,8 @@ class WorkerSettings:
             push_logs=(option("edge", "push_logs") or "True").strip().lower() in _TRUE,
             base_log_folder=Path(option("logging", "base_log_folder")
                                  or home / "logs").expanduser(),
+            worker_concurrency=_positive_int(option("edge", "worker_concurrency")),
+            team_name=(env.get(ENV_TEAM_NAME) or "").strip()[:256] or None,
         )
 
 
@@ -137,6 +145,14 @@ def _positive_float(raw: str | None, default: float) -> float:
     except ValueError:
         return default
     return value if value > 0 else default
+
+
+def _positive_int(raw: str | None) -> int | None:
+    try:
+        value = int(raw) if raw else None
+    except ValueError:
+        return None
+    return value if value and value > 0 else None
 
 
 def _run_dir(env: Mapping[str, str], home: Path) -> Path:

@@ -32,13 +32,16 @@ def sysinfo() -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
-    return {
+    info = {
         "cpu_percent": psutil.cpu_percent(interval=None),
         "memory_percent": memory.percent,
         "memory_used_bytes": memory.used,
         "disk_free_bytes": disk_free,
         "load_avg": load,
     }
+    if current().team_name:
+        info["team_name"] = current().team_name
+    return info
 
 
 def _installed(distribution: str) -> str | None:

@@ -180,3 +180,25 @@ def test_queues_warns_as_the_queues_page_of_a_queue_nobody_serves(cli, registry,
     # A consumer that is not a registered worker (a plain Celery worker) serves it too.
     broker.touch_session("plain-session", "plain", ["celery"])
     assert "no live worker" not in cli("queues").stdout
+
+
+def test_workers_filters_comment_and_shutdown_all(cli, registry):
+    """What ``airflow edge`` uses too: name pattern, served queue, the maintenance comment
+    alone, every worker shut down at once."""
+    registry.heartbeat(beat("site-1", queues=["remote"]))
+    registry.heartbeat(beat("site-2", queues=["gpu"]))
+    registry.heartbeat(beat("hq"))
+    listed = json.loads(cli("workers", "--json", "--pattern", "site-*", "--queues",
+                            "gpu,other").stdout)
+    assert [w["name"] for w in listed] == ["site-2"]
+
+    fails(cli("worker", "comment", "site-1", "--comments", "x", ok=False), "not in maintenance")
+    registry.request_maintenance("site-1", True, "disk swap")
+    assert cli("worker", "comment", "site-1", "--comments", "disk swap, reboot").stdout == (
+        "site-1: maintenance request: disk swap, reboot\n")
+    assert registry.get("site-1")["maintenance"] is True
+
+    refused = cli("worker", "shutdown-all", ok=False)  # no terminal: no confirmation
+    assert refused.returncode != 0 and registry.get("hq")["shutdown_requested"] is False
+    assert cli("worker", "shutdown-all", "--yes").stdout == (
+        "asked 3 worker(s) to shut down: hq, site-1, site-2\n")

@@ -529,3 +529,63 @@ def test_a_heartbeat_racing_the_expiry_keeps_the_worker_online(registry, timed, 
     assert state(registry) == "running"
     assert consume(timed, "session-other", "tasks") == []
     timed.touch_session("session-w1", PRINCIPAL, ["tasks"])  # still open
+
+
+# -- what `airflow edge` needs: names, filters, the comment alone, everyone at once ---------
+
+
+def test_list_filters_by_name_pattern_and_served_queue(registry):
+    registry.heartbeat(beat("site-1@a", queues=["remote"]))
+    registry.heartbeat(beat("site-2@b", queues=["gpu", "remote"]))
+    registry.heartbeat(beat("hq@c", queues=["default"]))
+    registry.change_queues("hq@c", add=["gpu"])  # asked for counts before reported
+    assert [w["name"] for w in registry.list(pattern="site-*")] == ["site-1@a", "site-2@b"]
+    assert [w["name"] for w in registry.list(queues=["gpu"])] == ["hq@c", "site-2@b"]
+    assert [w["name"] for w in registry.list(pattern="site-*", queues=["gpu", "x"])] == [
+        "site-2@b"]
+    assert registry.list(pattern="nowhere*") == []
+
+
+def test_find_by_full_name_or_either_part(registry):
+    registry.heartbeat(beat("celery@site-1"))
+    registry.heartbeat(beat("celery@site-2"))
+    registry.heartbeat(beat("gpu@site-2", instance="instance-2"))
+    assert registry.find("celery@site-1") == "celery@site-1"
+    assert registry.find("site-1") == "celery@site-1"
+    assert registry.find("gpu") == "gpu@site-2"
+    with pytest.raises(errors.Conflict, match="names 2 workers"):
+        registry.find("site-2")
+    with pytest.raises(errors.NotFound):
+        registry.find("site-3")
+
+
+def test_maintenance_comment_changes_alone_and_reaches_the_worker(registry, clock):
+    registry.heartbeat(beat())
+    with pytest.raises(errors.Conflict, match="not in maintenance"):
+        registry.update_maintenance_comment("w1", "why")
+    registry.request_maintenance("w1", True, "disk swap")
+    registry.heartbeat(beat(state="maintenance mode", maintenance=True,
+                            maintenance_comment="disk swap"))
+    clock.advance(5)
+    row = registry.update_maintenance_comment("w1", "disk swap, then reboot")
+    assert (row["state"], row["maintenance"]) == ("maintenance mode", True)
+    answer = registry.heartbeat(beat(state="maintenance mode", maintenance=True,
+                                     maintenance_comment="disk swap",
+                                     maintenance_changed_at=clock.now - 10))
+    assert (answer["maintenance"], answer["maintenance_comment"]) == (
+        True, "disk swap, then reboot")
+    assert [e["action"] for e in registry.audit.recent(target="w1")][:2] == [
+        "maintenance comment", "maintenance on"]
+    with pytest.raises(errors.InvalidRequest):
+        registry.update_maintenance_comment("w1", "")
+
+
+def test_shutdown_all_asks_every_running_worker_once(registry):
+    registry.heartbeat(beat("w1"))
+    registry.heartbeat(beat("w2", state="running", slots_used=1))
+    registry.heartbeat(beat("w3"))
+    registry.deregister("w3", "instance-1")
+    assert registry.request_shutdown_all() == ["w1", "w2"]
+    assert [state(registry, n) for n in ("w1", "w2", "w3")] == [
+        "shutdown request", "shutdown request", "offline"]
+    assert registry.request_shutdown_all() == []  # already asked

@@ -315,16 +315,18 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
               help="Only workers in this state (repeatable).")
 @_db_option
 def workers(as_json, states, db_url) -> None:
-    """List the edge workers with state, queues, slots and last heartbeat."""
+    """List the workers (edge workers, and plain Celery workers marked KIND celery) with
+    state, queues, slots and last heartbeat."""
     rows = _registry(db_url).list(states=states)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(_table(
-        [[w["name"], w["state"], ",".join(w["queues"]), f"{w['slots_used']}/{w['slots_total']}",
-          len(w["running"]), f"{w['heartbeat_age']}s", w["maintenance_comment"] or "",
-          w["version_warning"] or ""] for w in rows],
-        ["NAME", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "MAINTENANCE", "WARNING"],
+        [[w["name"], w["kind"], w["state"], ",".join(w["queues"]),
+          f"{w['slots_used']}/{w['slots_total']}", len(w["running"]), f"{w['heartbeat_age']}s",
+          w["maintenance_comment"] or "", w["version_warning"] or ""] for w in rows],
+        ["NAME", "KIND", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "MAINTENANCE",
+         "WARNING"],
     ))
 
 

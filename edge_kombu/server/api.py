@@ -176,6 +176,8 @@ def queue_declare(body: dict) -> dict:
         passive=passive,
         owner=scope.owner_for(body["name"]),
         central=scope.central,
+        principal=g.principal,
+        own_sessions=body.get("own_sessions") or (),
     )
     return {"name": info.name, "messages": info.messages, "consumers": info.consumers}
 
@@ -249,6 +251,7 @@ def consume(body: dict) -> dict:
         grantee=None if scope.central else scope.name,
         still_valid=scope.still_valid,
         valid_until=scope.valid_until,
+        node=body.get("node"),
     )
     metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}

@@ -67,7 +67,7 @@ from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_BATCH, MAX_HELD, pool_slots
-from edge_kombu.transport import probe, sessions
+from edge_kombu.transport import node, probe, sessions
 from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient, client_for
 from edge_kombu.transport.settings import ClientSettings
@@ -173,7 +173,7 @@ class ConsumeSpec:
     total_slots: int | None = None
 
     def as_request(self, session: str, wait: float) -> dict:
-        return {
+        request = {
             "session": session,
             "queues": [{"name": q, "no_ack": no_ack} for q, no_ack in self.queues.items()],
             "wait": wait,
@@ -181,6 +181,10 @@ class ConsumeSpec:
             "total_slots": self.total_slots,
             "max_messages": min(MAX_BATCH, DEFAULT_BATCH + (self.max_slots or 0)),
         }
+        worker = node.current()
+        if worker is not None:
+            request["node"] = worker  # a plain Celery worker is registered from it
+        return request
 
 
 #: Where :func:`_publish_id` keeps a publish's id between attempts (never sent inside it).

@@ -251,7 +251,10 @@ def consume(body: dict) -> dict:
         grantee=None if scope.central else scope.name,
         still_valid=scope.still_valid,
         valid_until=scope.valid_until,
-        node=body.get("node"),
+        # A worker credential registers only a worker it speaks for (its mailbox queue,
+        # the other source of the name, passed check_consume).
+        node=body.get("node") if scope.speaks_for((body.get("node") or {}).get("name", ""))
+        else None,
     )
     metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}

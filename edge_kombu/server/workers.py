@@ -204,11 +204,13 @@ class WorkerRegistry:
         if not name:
             return  # not a Celery worker: a publisher, a monitor, a plain kombu consumer
         row = conn.execute(
-            select(m.worker.c.instance, m.worker.c.state, m.worker.c.last_heartbeat)
+            select(m.worker.c.instance, m.worker.c.state, m.worker.c.last_heartbeat,
+                   m.worker.c.session)
             .where(m.worker.c.name == name)
         ).mappings().first()
-        if row is not None and not is_plain(row["instance"]) and self._alive(row, now):
-            return
+        if row is not None and not is_plain(row["instance"]) \
+                and (self._alive(row, now) or row["session"] == session):
+            return  # an edge worker's (even gone: its last consumes after deregistering)
         instance = PLAIN_INSTANCE + session
         versions = node.get("versions") or {}
         version = versions.get("edge_kombu") or ""

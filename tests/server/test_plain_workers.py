@@ -45,6 +45,10 @@ def test_an_edge_workers_own_registration_is_kept_and_takes_a_plain_row_over(reg
                          {"name": "edge1", "concurrency": 9})
     worker = registry.get("edge1")
     assert (worker["kind"], worker["slots_total"]) == ("edge", 4)
+    registry.deregister("edge1", "edge1-instance")  # its poll may still come afterwards
+    broker.touch_session("s-edge-1", "tok", ["remote", "edge1.celery.pidbox"],
+                         {"name": "edge1", "concurrency": 9, "pool": "prefork"})
+    assert (registry.get("edge1")["kind"], registry.get("edge1")["state"]) == ("edge", "offline")
 
     broker.touch_session("s-plain-2", "tok", ["celery", "edge2.celery.pidbox"])
     assert registry.get("edge2")["kind"] == "celery"

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from edge_kombu.server import models
 from tests.helpers import BIN, ROOT, wait_for
+from tests.worker.test_monitoring_pages import browser, signed_in  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,7 +46,7 @@ def page(api, path: str) -> str:
 
 
 def test_a_plain_celery_worker_is_listed_on_every_page_once(
-        api, broker_url, db_url, sql, worker_factory, celery_client):
+        api, broker_url, db_url, sql, worker_factory, celery_client, browser):  # noqa: F811
     worker = worker_factory(broker_url, name="plain", queues="celery,remote", concurrency=3,
                             pool="threads")
     name = worker.hostname
@@ -67,9 +68,14 @@ def test_a_plain_celery_worker_is_listed_on_every_page_once(
         assert conn.execute(select(models.job.c.worker)
                             .where(models.job.c.task_id == result.id)).scalar() == name
 
-    workers_page = page(api, "/ui/workers")
-    assert f'data-worker="{name}"' in workers_page and 'data-kind="celery"' in workers_page
-    assert 'data-action="maintenance-on"' not in workers_page, "edge-only actions not offered"
+    # The Worker hosts page in a browser: marked plain, no edge-only actions offered.
+    admin = signed_in(browser, api, ADMIN)
+    admin.goto("/ui/workers")
+    row = admin.locator(f'tr[data-worker="{name}"]')
+    assert "plain Celery" in row.inner_text() and "idle" in row.inner_text()
+    assert row.locator("button").count() == 0, "edge-only actions not offered"
+    assert admin.locator("#workers tbody tr").count() == 1
+    admin.context.close()
     job_row = page(api, "/ui/jobs").split(f'data-task-id="{result.id}"')[1].split("</tr>")[0]
     assert name in job_row, "the Jobs page's Worker column"
     queues_page = page(api, "/ui/queues")

@@ -82,6 +82,11 @@ def test_a_plain_celery_worker_is_listed_on_every_page_once(
     remote_row = queues_page.split('data-queue="remote"')[1].split("</tr>")[0]
     assert name in remote_row, "Workers serving it"
 
+    # Celery's own remote control steers it, and the listing follows.
+    assert celery_client.control.add_consumer("extra", destination=[name], reply=True)
+    wait_for(lambda: "extra" in listed(db_url)[name]["queues"], timeout=30,
+             message="the added queue listed")
+
     # Edge-only requests are refused with what to use instead.
     refused = edge_kombu(db_url, "worker", "maintenance", name, "on", "--comments", "x")
     assert refused.returncode == 1 and "celery -A <app> control" in refused.stderr

@@ -1,6 +1,7 @@
 """A plain ``celery -A app worker`` (not edge_kombu's app) over ``edge+http://`` is visible
 in every place an edge worker is: ``edge-kombu workers``, the Worker hosts, Jobs and Queues
-pages; and after an API restart it prints no "already using this process mailbox" warning."""
+pages; and after an API restart it prints no "already using this process mailbox" warning
+and no chained tracebacks."""
 
 from __future__ import annotations
 
@@ -113,3 +114,8 @@ def test_no_mailbox_warning_after_an_api_restart(api, broker_url, worker_factory
                  EDGE_TEST_RESULT_URL=broker_url))
     assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
     assert MAILBOX_WARNING not in worker.log()
+    # Celery logs the lost connection's exception: ours alone, not requests' and urllib3's
+    # chained under it.
+    lost = worker.log().split("Connection to broker lost")[1].split("\n[")[0]
+    assert "urllib3" not in lost and "During handling" not in lost, lost
+    assert "cannot reach the edge API" in lost and len(lost.splitlines()) < 45, lost

@@ -318,17 +318,19 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
               help="Only workers serving one of these queues (comma-separated, repeatable).")
 @_db_option
 def workers(as_json, states, pattern, queues, db_url) -> None:
-    """List the edge workers with state, queues, slots and last heartbeat."""
+    """List the workers (edge workers, and plain Celery workers marked KIND celery) with
+    state, queues, slots and last heartbeat."""
     rows = _registry(db_url).list(states=states, pattern=pattern, queues=_split(queues))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(_table(
-        [[w["name"], w["state"], ",".join(w["queues"]), f"{w['slots_used']}/{w['slots_total']}",
-          len(w["running"]), f"{w['heartbeat_age']}s", w["maintenance_comment"] or "",
-          w["version_warning"] or "", _bundles_held(w)] for w in rows],
-        ["NAME", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "MAINTENANCE", "WARNING",
-         "BUNDLES"],
+        [[w["name"], w["kind"], w["state"], ",".join(w["queues"]),
+          f"{w['slots_used']}/{w['slots_total']}", len(w["running"]), f"{w['heartbeat_age']}s",
+          w["maintenance_comment"] or "", w["version_warning"] or "", _bundles_held(w)]
+         for w in rows],
+        ["NAME", "KIND", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "MAINTENANCE",
+         "WARNING", "BUNDLES"],
     ))
 
 

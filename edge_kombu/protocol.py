@@ -286,6 +286,16 @@ _VERSIONS = {
     "propertyNames": {"maxLength": 64},
     "additionalProperties": {"type": ["string", "null"], "maxLength": 64},
 }
+#: The Celery worker consuming (a plain ``celery worker``, not registered by heartbeats).
+_CELERY_NODE = _obj(
+    {
+        "name": _text(MAX_NAME_LENGTH, 1),
+        "pool": _text(64),
+        "concurrency": _integer(1, MAX_SLOTS, nullable=True),
+        "versions": _VERSIONS,
+    },
+    ("name",),
+)
 #: One task a worker runs (``EdgeWorker.running``).
 _RUNNING_TASK = {
     "type": "object",
@@ -321,6 +331,9 @@ REQUESTS: dict[str, dict] = {
             "exclusive": {"type": "boolean"},
             "arguments": _ARGUMENTS,
             "passive": {"type": "boolean"},
+            # Consumer sessions of the declaring process (one it carries on after a lost
+            # connection): their consumers are not counted as other consumers.
+            "own_sessions": {"type": "array", "items": _SESSION, "maxItems": 8},
         },
         ("name",),
     ),
@@ -360,6 +373,7 @@ REQUESTS: dict[str, dict] = {
             "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
             "max_slots": _integer(0, MAX_SLOTS, nullable=True),
             "max_messages": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH},
+            "node": _CELERY_NODE,
         },
         ("session", "queues"),
     ),

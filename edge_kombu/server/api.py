@@ -201,6 +201,8 @@ def queue_declare(body: dict) -> dict:
         passive=passive,
         owner=scope.owner_for(body["name"]),
         central=scope.central,
+        principal=g.principal,
+        own_sessions=body.get("own_sessions") or (),
     )
     return {"name": info.name, "messages": info.messages, "consumers": info.consumers}
 
@@ -274,6 +276,10 @@ def consume(body: dict) -> dict:
         grantee=None if scope.central else scope.name,
         still_valid=scope.still_valid,
         valid_until=scope.valid_until,
+        # A worker credential registers only a worker it speaks for (its mailbox queue,
+        # the other source of the name, passed check_consume).
+        node=body.get("node") if scope.speaks_for((body.get("node") or {}).get("name", ""))
+        else None,
     )
     metrics.record_deliveries([d.message for d in found])
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}

@@ -217,6 +217,10 @@ class Broker:
         #: listening"; elsewhere the ready poller hears of other processes' within its tick.
         self.hearing: Callable[[], bool] = \
             lambda: getattr(self.sql.wakeup, "registry", None) is self.waiters
+        #: Called in the transaction that writes a session's liveness, with ``(conn,
+        #: session, principal, queues, node, now)``; ``node`` is the Celery worker the
+        #: consumer says it is, if it says (the worker registry registers plain workers).
+        self.session_observers: list[Callable[..., None]] = []
 
     # -- exchanges, queues, bindings ----------------------------------------------------
 
@@ -268,10 +272,15 @@ class Broker:
         passive: bool = False,
         owner: str | None = None,
         central: bool = False,
+        principal: str | None = None,
+        own_sessions: Iterable[str] = (),
     ) -> QueueInfo:
         """Create a queue (``passive``: look it up). ``owner``: a worker credential's private
         queue; it is recorded at creation, and refused if the queue has another owner.
-        ``central``: the centre declares it, and takes it over from any owner."""
+        ``central``: the centre declares it, and takes it over from any owner.
+        ``own_sessions``: the declaring process's sessions (opened by ``principal``), whose
+        consumers the answer does not count: a worker carrying its session on over a new
+        connection is not another consumer of its own mailbox."""
         arguments = arguments or {}
         expires_ms = _positive_ms(arguments, "x-expires")
         ttl_ms = arguments.get("x-message-ttl")
@@ -317,7 +326,9 @@ class Broker:
                         f"queue {name!r} was declared by another credential; a private queue "
                         "(reply, event) belongs to the credential that declared it"
                     )
-            return QueueInfo(name, self._depth(tx.conn, name), self._consumers(tx.conn, name, now))
+            own = list(own_sessions) if principal is not None else []
+            return QueueInfo(name, self._depth(tx.conn, name),
+                             self._consumers(tx.conn, name, now, own, principal))
 
     def _create_queue(
         self, conn: Connection, name: str, *, now: float, touch: bool = False, **columns
@@ -338,11 +349,17 @@ class Broker:
             .where(m.message.c.queue == name, m.message.c.session.is_(None))
         ).scalar_one()
 
-    def _consumers(self, conn: Connection, name: str, now: float) -> int:
+    def _consumers(self, conn: Connection, name: str, now: float,
+                   own_sessions: Sequence[str] = (), principal: str | None = None) -> int:
+        """Live consumers of queue ``name``, but for ``own_sessions`` of ``principal``."""
+        where = [m.consumer.c.queue == name, *self._live_session(now)]
+        if own_sessions:
+            where.append(or_(m.session.c.id.not_in(list(own_sessions)),
+                             m.session.c.principal != principal))
         return conn.execute(
             select(func.count())
             .select_from(m.consumer.join(m.session, m.session.c.id == m.consumer.c.session))
-            .where(m.consumer.c.queue == name, *self._live_session(now))
+            .where(*where)
         ).scalar_one()
 
     def _live_session(self, now: float):
@@ -590,6 +607,7 @@ class Broker:
         grantee: str | None = None,
         still_valid: Callable[..., bool] | None = None,
         valid_until: float | None = None,
+        node: dict | None = None,
     ) -> list[Delivery]:
         """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
 
@@ -617,7 +635,7 @@ class Broker:
         """
         names = [name for name, _ in queues]
         wait = min(wait, self.max_wait)
-        self._touches.touch(session, principal, names)
+        self._touches.touch(session, principal, names, node)
         deadline = time.monotonic() + wait
         try:
             found, waiter = self._poll(session, queues, deadline, still_valid, valid_until,
@@ -721,8 +739,10 @@ class Broker:
         self._touches.written(stale, now)
         return len(stale)
 
-    def touch_session(self, session: str, principal: str, queues: Iterable[str] = ()) -> None:
-        """Mark ``session`` alive (opening it if new) and record the queues it consumes."""
+    def touch_session(self, session: str, principal: str, queues: Iterable[str] = (),
+                      node: dict | None = None) -> None:
+        """Mark ``session`` alive (opening it if new) and record the queues it consumes;
+        tell :attr:`session_observers` (with ``node``, the Celery worker consuming)."""
         now = self.sql.clock()
         queues = set(queues)
         with self.sql.transaction() as tx:
@@ -769,6 +789,8 @@ class Broker:
                 conn.execute(
                     update(m.queue).where(m.queue.c.name.in_(queues)).values(last_used_at=now)
                 )
+            for observer in self.session_observers:
+                observer(conn, session, principal, queues, node, now)
         self._remember_opener(session, principal)
 
     def claim(
@@ -1154,7 +1176,7 @@ class _SessionTouches:
     ``last_seen`` each time would cost a database write per poll for nothing.
     """
 
-    def __init__(self, write: Callable[[str, str, Iterable[str]], None], interval: float, *,
+    def __init__(self, write: Callable[..., None], interval: float, *,
                  capacity: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self.write = write
         self.interval = interval
@@ -1178,14 +1200,15 @@ class _SessionTouches:
                 if seen is not None:
                     self._seen[session] = (seen[0], when)
 
-    def touch(self, session: str, principal: str, queues: list[str]) -> None:
+    def touch(self, session: str, principal: str, queues: list[str],
+              node: dict | None = None) -> None:
         now = self.clock()
-        key = (principal, frozenset(queues))
+        key = (principal, frozenset(queues), json.dumps(node, sort_keys=True) if node else None)
         with self._lock:
             last = self._seen.get(session)
         if last is not None and last[0] == key and now - last[1] < self.interval:
             return
-        self.write(session, principal, key[1])
+        self.write(session, principal, key[1], node)
         with self._lock:
             self._seen[session] = (key, now)
             self._seen.move_to_end(session)

@@ -142,9 +142,17 @@ class Housekeeping:
         outage), TTL'd messages, idle queues and results, in one transaction; returns how
         many of each."""
         now = self.sql.clock()
-        with self.outages.reaching(), self.sql.transaction() as tx:
-            counts = self.broker.expire(tx, now, silent_sessions=self.outages.may_expire(now))
-            counts["results_expired"] = self.results.delete_expired(tx.conn, now)
+        expired = self.broker.expired
+        try:
+            with self.outages.reaching(), self.sql.transaction() as tx:
+                counts = self.broker.expire(tx, now, silent_sessions=self.outages.may_expire(now))
+                counts["results_expired"] = self.results.delete_expired(tx.conn, now)
+        except BaseException:
+            if hasattr(expired, "forget"):
+                expired.forget()
+            raise
+        if hasattr(expired, "announce"):  # task-revoked events for the monitors
+            expired.announce(self.broker.publish)
         if self.on_expired is not None:
             self.on_expired(counts)
         return counts

@@ -12,6 +12,12 @@ Maintenance is a desired state with a time stamp: the side that changed it last
 wins, whether that is an admin here or the worker's local command while the API
 was unreachable. It survives a restart of the worker.
 
+A plain ``celery worker`` (an app that does not install edge_kombu's worker) sends
+no heartbeats: it is registered from its consumer session (:meth:`WorkerRegistry.observe_session`),
+its node name from the transport or its mailbox queue, and is alive while its session
+is. Its row is marked ``kind: celery``; the edge-only requests (maintenance, queues, slot
+budget, shutdown) are refused for it, Celery's own remote control does those.
+
 A worker silent for ``worker_timeout`` becomes ``unknown`` (``offline maintenance``
 if it was in maintenance) and its consumer session is closed, so its leased
 messages are redelivered at once.
@@ -24,7 +30,7 @@ import json
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from edge_kombu import errors
@@ -58,6 +64,26 @@ log = logging.getLogger(__name__)
 GONE = (WORKER_OFFLINE, WORKER_OFFLINE_MAINTENANCE, WORKER_UNKNOWN)
 _IN_MAINTENANCE = (WORKER_MAINTENANCE_PENDING, WORKER_MAINTENANCE_MODE)
 _STOPPING = (WORKER_TERMINATING, WORKER_OFFLINE)
+#: ``instance`` of a plain Celery worker's row: this, then its consumer session.
+PLAIN_INSTANCE = "celery:"
+#: Celery's remote-control mailbox of a node: ``<node name>.celery.pidbox``.
+_PIDBOX_SUFFIX = ".celery.pidbox"
+
+
+def is_plain(instance: str | None) -> bool:
+    return bool(instance) and instance.startswith(PLAIN_INSTANCE)
+
+
+def _celery_internal(queue: str) -> bool:
+    """Celery's own queues (mailboxes, replies, event receivers), not task queues."""
+    return queue.endswith(_PIDBOX_SUFFIX) or queue.startswith("celeryev.")
+
+
+def pidbox_node(queues) -> str | None:
+    """The node name of the one worker mailbox among ``queues`` (not a reply queue)."""
+    nodes = {q[:-len(_PIDBOX_SUFFIX)] for q in queues
+             if q.endswith(_PIDBOX_SUFFIX) and not q.endswith(".reply" + _PIDBOX_SUFFIX)}
+    return nodes.pop() if len(nodes) == 1 else None
 
 
 def displayed_state(reported: str, *, maintenance: bool, shutdown: bool) -> str:
@@ -93,6 +119,7 @@ class WorkerRegistry:
         self.jobs = jobs
         self.worker_timeout = worker_timeout
         self.clock = sql.clock
+        broker.session_observers.append(self.observe_session)
 
     # -- the worker's side ----------------------------------------------------------------
 
@@ -108,7 +135,8 @@ class WorkerRegistry:
             row = conn.execute(
                 self.sql.lock_rows(select(m.worker).where(m.worker.c.name == name))
             ).mappings().first()
-            if row is not None and row["instance"] != instance and self._alive(row, now):
+            if row is not None and row["instance"] != instance and self._alive(row, now) \
+                    and not is_plain(row["instance"]):  # its richer registration replaces it
                 raise errors.Conflict(
                     f"worker {name!r} is already online (another process, last heartbeat "
                     f"{now - row['last_heartbeat']:.0f}s ago); give this one another name (-n)"
@@ -168,6 +196,61 @@ class WorkerRegistry:
             "version_warning": warning,
         }
 
+    def observe_session(self, conn, session: str, principal: str, queues, node: dict | None,
+                        now: float) -> None:
+        """Register or refresh the plain Celery worker consuming in ``session`` (in the
+        broker's transaction). A worker that registers by heartbeats keeps its own row."""
+        node = node or {}
+        name = node.get("name") or pidbox_node(queues)
+        if not name:
+            return  # not a Celery worker: a publisher, a monitor, a plain kombu consumer
+        row = conn.execute(
+            select(m.worker.c.instance, m.worker.c.state, m.worker.c.last_heartbeat,
+                   m.worker.c.session)
+            .where(m.worker.c.name == name)
+        ).mappings().first()
+        if row is not None and not is_plain(row["instance"]) \
+                and (self._alive(row, now) or row["session"] == session):
+            return  # an edge worker's (even gone: its last consumes after deregistering)
+        instance = PLAIN_INSTANCE + session
+        versions = node.get("versions") or {}
+        version = versions.get("edge_kombu") or ""
+        values = {
+            "instance": instance,
+            "queues": json.dumps(sorted(q for q in queues if not _celery_internal(q))),
+            "slots_total": node.get("concurrency") or 1,
+            "sysinfo": json.dumps({"pool": node["pool"]} if node.get("pool") else {}),
+            "versions": json.dumps(versions),
+            "version_warning": versions_differ(VERSION, version) if version else None,
+            "session": session,
+            "last_heartbeat": now,
+        }
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(m.worker.insert().values(
+                        name=name, first_online=now, state=WORKER_IDLE, slots_used=0,
+                        running="[]", maintenance=False, shutdown_requested=False, **values))
+            except IntegrityError:
+                pass  # registered at the same moment by another request of the same worker
+            return
+        if row["instance"] != instance or row["state"] in GONE:
+            values.update(first_online=now, state=WORKER_IDLE, slots_used=0, running="[]")
+        conn.execute(update(m.worker).where(m.worker.c.name == name).values(**values))
+
+    def _sync_plain(self, conn) -> None:
+        """Plain Celery workers live as long as their consumer sessions: the session's
+        last sign of life is the worker's; a closed session is a worker gone offline."""
+        plain = (m.worker.c.instance.like(PLAIN_INSTANCE + "%"), m.worker.c.state.not_in(GONE))
+        live = select(m.session.c.last_seen).where(
+            m.session.c.id == m.worker.c.session, m.session.c.closed_at.is_(None)
+        ).scalar_subquery()
+        conn.execute(update(m.worker).where(*plain).values(
+            last_heartbeat=func.coalesce(live, m.worker.c.last_heartbeat)))
+        closed = select(m.session.c.id).where(m.session.c.closed_at.is_not(None))
+        conn.execute(update(m.worker).where(*plain, m.worker.c.session.in_(closed))
+                     .values(state=WORKER_OFFLINE, slots_used=0, running="[]"))
+
     def _alive(self, row, now: float) -> bool:
         return row["state"] not in GONE and now - row["last_heartbeat"] < self.worker_timeout
 
@@ -212,6 +295,7 @@ class WorkerRegistry:
         )
         with self.sql.transaction() as tx:
             conn = tx.conn
+            self._sync_plain(conn)
             candidates = conn.execute(
                 select(m.worker.c.name, m.worker.c.maintenance, m.worker.c.session)
                 .where(*is_silent)
@@ -286,6 +370,7 @@ class WorkerRegistry:
         queues = _loads(row["queues"], [])
         return {
             "name": row["name"],
+            "kind": "celery" if is_plain(row["instance"]) else "edge",
             "state": row["state"],
             "queues": queues,
             "desired_queues": _loads(row["desired_queues"], None),
@@ -316,6 +401,11 @@ class WorkerRegistry:
             ).mappings().first()
             if row is None:
                 raise errors.NotFound(f"no worker named {name!r}")
+            if is_plain(row["instance"]):
+                raise errors.Conflict(
+                    f"{name!r} is a plain Celery worker (no edge_kombu worker runs in it): use "
+                    f"Celery's remote control, e.g. celery -A <app> control shutdown -d {name} "
+                    "(or add_consumer, cancel_consumer, pool_grow, pool_shrink)")
             if callable(values.get("desired_queues")):
                 values["desired_queues"] = values["desired_queues"](row)
             if "maintenance" in values:

@@ -183,9 +183,11 @@ class EdgeClient:
             except requests.ConnectionError as exc:
                 if attempt + 1 < attempts:
                     continue  # e.g. a pooled connection the server had closed meanwhile
+                # The cause in one line, not requests' and urllib3's chained tracebacks:
+                # Celery logs a lost connection's exception whole, on every reconnect.
                 raise errors.EdgeConnectionError(
-                    f"cannot reach the edge API at {self.base_url} ({route}): {type(exc).__name__}"
-                ) from exc
+                    f"cannot reach the edge API at {self.base_url} ({route}): {_root_cause(exc)}"
+                ) from None
             except requests.RequestException as exc:
                 raise errors.EdgeConnectionError(
                     f"cannot reach the edge API at {self.base_url} ({route}): {type(exc).__name__}"
@@ -322,3 +324,17 @@ def client_for(settings: ClientSettings) -> EdgeClient:
         connect_retries=settings.connect_retries,
         pool_size=settings.pool_size,
     )
+
+
+def _root_cause(exc: BaseException) -> str:
+    """``Type: message`` of what lies under requests' and urllib3's wrappers of ``exc``."""
+    seen = exc
+    for _ in range(6):
+        inner = getattr(seen, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in reversed(seen.args) if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        seen = inner
+    text = " ".join(str(seen).split())[:200]
+    return f"{type(seen).__name__}: {text}" if text else type(seen).__name__

@@ -67,7 +67,7 @@ from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_BATCH, MAX_HELD, pool_slots
-from edge_kombu.transport import probe, sessions
+from edge_kombu.transport import node, probe, sessions
 from edge_kombu.transport.acks import AckSender
 from edge_kombu.transport.client import EdgeClient, client_for
 from edge_kombu.transport.settings import ClientSettings
@@ -173,7 +173,7 @@ class ConsumeSpec:
     total_slots: int | None = None
 
     def as_request(self, session: str, wait: float) -> dict:
-        return {
+        request = {
             "session": session,
             "queues": [{"name": q, "no_ack": no_ack} for q, no_ack in self.queues.items()],
             "wait": wait,
@@ -181,6 +181,26 @@ class ConsumeSpec:
             "total_slots": self.total_slots,
             "max_messages": min(MAX_BATCH, DEFAULT_BATCH + (self.max_slots or 0)),
         }
+        worker = node.current()
+        if worker is not None:
+            request["node"] = worker  # a plain Celery worker is registered from it
+        return request
+
+
+#: Most sessions a declare names as this process's own (the protocol's bound).
+MAX_OWN_SESSIONS = 8
+
+
+def _call_without_new_fields(api, verb: str, body: dict, fields: tuple, **kwargs):
+    """``api.call``; a server older than ``fields`` (it refuses them as unknown) gets the
+    request again without them."""
+    try:
+        return api.call(verb, body, **kwargs)
+    except errors.InvalidRequest as exc:
+        dropped = [f for f in fields if f in body and repr(f) in exc.message]
+        if not dropped:
+            raise
+        return api.call(verb, {k: v for k, v in body.items() if k not in dropped}, **kwargs)
 
 
 #: Where :func:`_publish_id` keeps a publish's id between attempts (never sent inside it).
@@ -219,11 +239,18 @@ class Channel(virtual.Channel):
     def queue_declare(self, queue=None, passive=False, durable=False, exclusive=False,
                       auto_delete=False, arguments=None, nowait=False, **kwargs):
         queue = queue or f"amq.gen-{uuid.uuid4()}"
-        answer = self.api.call("queue/declare", {
+        body = {
             "name": queue, "durable": bool(durable), "exclusive": bool(exclusive),
             "auto_delete": bool(auto_delete), "arguments": arguments or None,
             "passive": bool(passive),
-        })
+        }
+        # After a lost connection, the session this process carries on still consumes
+        # (Celery's mailbox queue): the answer must not count it as another consumer, or
+        # Celery warns that another node uses this worker's mailbox.
+        earlier = sessions.waiting_ids(self.transport.identity)
+        if earlier:
+            body["own_sessions"] = [self.transport.session_id, *earlier][:MAX_OWN_SESSIONS]
+        answer = _call_without_new_fields(self.api, "queue/declare", body, ("own_sessions",))
         return queue_declare_ok_t(queue, answer["messages"], answer["consumers"])
 
     def queue_delete(self, queue, if_unused=False, if_empty=False, **kwargs):
@@ -433,9 +460,9 @@ class LongPoller(threading.Thread):
                     # Consumers changed since the spec was read, and consumers_changed()
                     # saw no poll in flight to wake: read the spec again.
                     continue
-                answer = transport.api.call(
-                    "consume", spec.as_request(transport.session_id, wait),
-                    timeout=wait + transport.api.read_timeout,
+                answer = _call_without_new_fields(
+                    transport.api, "consume", spec.as_request(transport.session_id, wait),
+                    ("node",), timeout=wait + transport.api.read_timeout,
                 )
             except errors.SessionClosed as exc:
                 if transport.renew_session():

@@ -72,6 +72,12 @@ def take_over(identity: tuple) -> ConsumerSession | None:
         return session
 
 
+def waiting_ids(identity: tuple) -> list[str]:
+    """The ids of the sessions of ``identity`` waiting to be taken over, newest first."""
+    with _lock:
+        return [session.id for session in reversed(_left_behind.get(identity, ()))]
+
+
 def lost_before(identity: tuple) -> bool:
     """True while a session of ``identity`` waits to be taken over (a reconnect is due)."""
     with _lock:

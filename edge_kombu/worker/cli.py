@@ -76,7 +76,20 @@ def _call(path: Path, payload: dict) -> dict:
 
 
 def _echo(status: dict) -> None:
-    click.echo(json.dumps(status, indent=2))
+    click.echo(json.dumps(readable(status), indent=2))
+
+
+def readable(status: dict, now: float | None = None) -> dict:
+    """The worker's status with its times as people read them (ISO 8601 in UTC, as
+    ``edge-kombu`` shows them, and the heartbeat's age in seconds) instead of Unix time."""
+    from datetime import UTC, datetime
+
+    shown = dict(status)
+    beat = status.get("last_heartbeat")
+    if isinstance(beat, int | float):
+        shown["last_heartbeat"] = datetime.fromtimestamp(beat, UTC).isoformat(timespec="seconds")
+        shown["heartbeat_age"] = f"{max((now or time.time()) - beat, 0):.1f}s"
+    return shown
 
 
 def _exited(pid: int) -> bool:

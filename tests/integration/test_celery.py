@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
+from kombu import Consumer, Exchange, Queue
 
-from tests.helpers import BIN, ROOT, wait_for
+from tests.helpers import BIN, ROOT, drain_until, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -72,8 +73,14 @@ def test_expired_task_behind_busy_ones_ends_revoked(broker_url, worker_factory, 
                                                      tmp_path, pool):
     """As on Redis: the caller of a task that expired in the queue gets TaskRevokedError at
     once, not PENDING until its own timeout (the server drops the message and stores the
-    task's REVOKED state itself)."""
+    task's REVOKED state itself), and a monitor (Flower, ``celery events``) hears
+    ``task-revoked`` with ``expired: true``."""
     worker_factory(broker_url, concurrency=1, pool=pool)
+    events: list[dict] = []
+    monitor = celery_client.connection_for_read()
+    listening = Queue(f"celeryev.test-{pool}", Exchange("celeryev", type="topic"), "#",
+                      auto_delete=True, durable=False)
+    listening(monitor.default_channel).declare()  # bound before the task can expire
     out = tmp_path / "out"
     busy = task(celery_client, "sleep_then_stamp", str(out), "busy", 4)
     wait_for(lambda: (tmp_path / "out.started").exists(), timeout=30, message="busy task start")
@@ -85,6 +92,12 @@ def test_expired_task_behind_busy_ones_ends_revoked(broker_url, worker_factory, 
     assert late.state == "REVOKED"
     assert busy.get(timeout=30) == "busy"
     assert out.read_text().split()[0::2] == ["busy"]  # the expired task never ran
+    with monitor, Consumer(monitor, [listening], accept=["json"],
+                           callbacks=[lambda body, msg: events.append(body)]):
+        drain_until(monitor, lambda: any(e["type"] == "task-revoked" for e in events))
+    revoked = [e for e in events if e["type"] == "task-revoked"]
+    assert [(e["uuid"], e["expired"], e["terminated"]) for e in revoked] == [
+        (late.id, True, False)]
 
 
 def test_inspect_status_and_control_shutdown(broker_url, worker_factory, celery_client, tmp_path):

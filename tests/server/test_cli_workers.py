@@ -57,11 +57,11 @@ def test_workers_table_and_json(cli, registry):
     registry.request_maintenance("beta", True, "swap disk")
 
     header, *rows = cli("workers").stdout.splitlines()
-    assert header.split() == ["NAME", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT",
-                              "MAINTENANCE", "WARNING", "BUNDLES"]
+    assert header.split() == ["NAME", "KIND", "STATE", "QUEUES", "SLOTS", "RUNNING",
+                              "HEARTBEAT", "MAINTENANCE", "WARNING", "BUNDLES"]
     assert [row.split()[0] for row in rows] == ["alpha", "beta"]
     alpha, beta = rows
-    assert alpha.split()[1:5] == ["running", "celery,gpu", "2/4", "1"]
+    assert alpha.split()[1:6] == ["edge", "running", "celery,gpu", "2/4", "1"]
     assert "1.99.0" in alpha
     assert alpha.split()[-1] == "dags-folder@content-0123456789ab"
     assert "maintenance request" in beta and "swap disk" in beta

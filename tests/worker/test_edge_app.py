@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from datetime import datetime
 
 import pytest
 
@@ -102,6 +104,10 @@ def test_status_json_and_heartbeat_on_server(edge_workers, registry, send, tmp_p
     assert status["maintenance"] is False and status["maintenance_comment"] is None
     assert status["version_warning"] is None
     assert status["api_reachable"] is True
+    # Times as the rest of the CLI shows them, not Unix timestamps.
+    beat = datetime.fromisoformat(status["last_heartbeat"])
+    assert beat.tzinfo is not None and abs(time.time() - beat.timestamp()) < 60
+    assert status["heartbeat_age"].endswith("s")
 
     row = wait_for(lambda: (r := registry.get("s1@localhost"))["state"] == "idle" and r,
                    message="worker row idle")

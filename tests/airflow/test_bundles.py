@@ -1,7 +1,8 @@
 """DAG code over the edge link: an edge worker with an empty DAG folder and
 ``[edge] fetch_dag_bundles`` runs DAGs that exist only at the central site, fetching their
 bundles from the edge API: the central ``LocalDagBundle`` (versioned by content) and a
-git repository (versioned by commit). Both tests share one site (start-up costs ~30 s)."""
+git repository through Airflow's ``GitDagBundle`` (versioned by commit). Both tests share
+one site (start-up costs ~30 s)."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def bundle_site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bundles")
     repo, release = tmp / "repo", tmp / "release"
     repo.mkdir()
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
     old = _commit(repo, PINNED_DAG.format(marker="old", release=release))
     site = AirflowSite(tmp)
     empty = tmp / "worker-dags"
@@ -111,8 +112,9 @@ def bundle_site(tmp_path_factory):
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([
             {"name": BUNDLE, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
              "kwargs": {}},
-            {"name": "git-dags", "classpath": "tests.airflow.git_bundle.GitArchiveBundle",
-             "kwargs": {"repo": str(repo)}}]),
+            # Airflow's GitDagBundle on a local repository (no connection: repo_url only).
+            {"name": "git-dags", "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
+             "kwargs": {"tracking_ref": "main", "repo_url": str(repo)}}]),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "1",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(tmp / "bundle-storage"),

@@ -154,6 +154,11 @@ EDGE_OPTIONS = {
         "compression); a larger one is refused with HTTP 413 naming the limit.\n",
         type="integer", default="104857600",
     ),
+    "bundle_archives_kept": _option(
+        "Central: versions of each DAG bundle whose archives the edge API keeps on disk\n"
+        "(the newest built); an older one asked for again is built again.\n",
+        type="integer", default="20",
+    ),
     "bundle_queues": _option(
         "Central: which worker credentials may fetch which DAG bundles, as JSON\n"
         "``{\"bundle name\": [\"queue\", ...]}``: a credential whose queues include one of\n"

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Largest bundle served (bytes of its files, before compression), by default.
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+#: Versions of one bundle whose archives the central cache keeps, by default (newest built).
+DEFAULT_ARCHIVES_KEPT = 20
 #: What a content hash version starts with (a bundle without versions of its own).
 CONTENT_VERSION_PREFIX = "content-"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -124,18 +126,20 @@ class BundleStore:
 
     def __init__(self, source: BundleSource | None, cache_dir: Path, *,
                  max_bytes: int = DEFAULT_MAX_BYTES,
-                 queues: dict[str, list[str]] | None = None) -> None:
+                 queues: dict[str, list[str]] | None = None,
+                 archives_kept: int = DEFAULT_ARCHIVES_KEPT) -> None:
         self.source = source
         self.cache_dir = Path(cache_dir)
         self.max_bytes = max_bytes
+        self.archives_kept = max(1, archives_kept)
         self.queues = queues or {}
         self._lock = threading.Lock()
         self._content_versions: dict[tuple, str] = {}
 
     @classmethod
     def from_environment(cls, source: BundleSource | None) -> BundleStore:
-        """``bundle_cache_dir``, ``max_bundle_bytes``, ``bundle_queues`` from
-        ``EDGE_KOMBU_<NAME>`` or Airflow's ``[edge] <name>``."""
+        """``bundle_cache_dir``, ``max_bundle_bytes``, ``bundle_queues``,
+        ``bundle_archives_kept`` from ``EDGE_KOMBU_<NAME>`` or Airflow's ``[edge] <name>``."""
         cache = env_or_edge("bundle_cache_dir") or os.path.join(
             tempfile.gettempdir(), f"edge-kombu-bundles-{os.getuid()}")
         raw_max = env_or_edge("max_bundle_bytes")
@@ -144,8 +148,10 @@ class BundleStore:
                 isinstance(v, list) and all(isinstance(q, str) for q in v)
                 for v in queues.values()):
             raise ValueError('bundle_queues must be a JSON object {"bundle": ["queue", ...]}')
+        raw_kept = env_or_edge("bundle_archives_kept")
         return cls(source, Path(cache).expanduser(),
-                   max_bytes=int(raw_max) if raw_max else DEFAULT_MAX_BYTES, queues=queues)
+                   max_bytes=int(raw_max) if raw_max else DEFAULT_MAX_BYTES, queues=queues,
+                   archives_kept=int(raw_kept) if raw_kept else DEFAULT_ARCHIVES_KEPT)
 
     # -- who may fetch -------------------------------------------------------------------
 
@@ -270,9 +276,28 @@ class BundleStore:
             meta_tmp.write_text(json.dumps({"name": name, "version": version, "sha256": sha,
                                             "size": size}))
             os.replace(meta_tmp, meta)
+            self._prune(folder)
         log.info("built DAG bundle %s version %s: %d files, %d bytes, sha256 %s",
                  name, version, len(files), size, sha)
         return Archive(name, version, sha, size, folder / f"{sha}.tar.gz")
+
+
+    def _prune(self, folder: Path) -> None:
+        """Keep the archives of the newest ``archives_kept`` versions built (under the
+        bundle's build lock). Workers keep the versions they run in their own cache; one
+        asking for a pruned version gets it built again."""
+        metas = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns,
+                       reverse=True)
+        kept_shas = set()
+        for meta in metas[:self.archives_kept]:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                kept_shas.add(json.loads(meta.read_text())["sha256"])
+        for meta in metas[self.archives_kept:]:
+            meta.unlink(missing_ok=True)
+        for archive in folder.glob("*.tar.gz"):
+            if archive.name.removesuffix(".tar.gz") not in kept_shas:
+                archive.unlink(missing_ok=True)
+                log.info("pruned DAG bundle archive %s", archive)
 
 
 def _add_file(tar: tarfile.TarFile, rel: str, path: Path) -> None:

@@ -163,3 +163,26 @@ def test_tampered_oversize_offline_and_prune(served, tmp_path):
     assert cache.get("dags", None).version == versions[-1]
     with pytest.raises(BundleUnavailable, match="unreachable and the version is not cached"):
         cache.get("dags", versions[0])
+
+
+def test_the_central_archive_cache_keeps_the_newest_versions(tmp_path):
+    """Each content change of an unversioned bundle is a version with its own archive;
+    the central cache keeps the newest ``archives_kept`` and builds an old one again."""
+    from edge_kombu.server.bundles import BundleStore, FolderBundles
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    store = BundleStore(FolderBundles({"dags": str(dags)}), tmp_path / "cache", archives_kept=2)
+    built = []
+    for n in range(4):
+        (dags / "dag.py").write_text(f"N = {n}\n")
+        os.utime(dags / "dag.py", ns=(n * 10**9, n * 10**9))  # a change the cache notices
+        built.append(store.resolve("dags", None))
+    folder = built[-1].path.parent
+    assert sorted(p.name for p in folder.glob("*.tar.gz")) == sorted(
+        f"{a.sha256}.tar.gz" for a in built[-2:])
+    assert len(list(folder.glob("*.json"))) == 2
+    with pytest.raises(errors.NotFound, match="resolve the bundle first"):
+        store.archive("dags", built[0].sha256)
+    again = store.resolve("dags", built[-1].version)  # still cached: the same archive
+    assert again.sha256 == built[-1].sha256 and again.path.is_file()

@@ -10,10 +10,10 @@ import io
 import json
 import sqlite3
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-import pendulum
 import pytest
 
 from edge_kombu import errors
@@ -78,7 +78,8 @@ def _versions(cache: Path, bundle: str = BUNDLE) -> list[str]:
 
 def _start_delay(site: AirflowSite, run_id: str, ti: dict) -> float:
     run = site.rest("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()
-    return (pendulum.parse(ti["start_date"]) - pendulum.parse(run["start_date"])).total_seconds()
+    return (datetime.fromisoformat(ti["start_date"])
+            - datetime.fromisoformat(run["start_date"])).total_seconds()
 
 
 def _held(site: AirflowSite) -> dict:

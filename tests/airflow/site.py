@@ -184,12 +184,18 @@ class AirflowSite:
                                                 "--skip-serve-logs"])
 
     def start_edge_worker(self, name: str, queues: str = "default", concurrency: int = 2,
-                          wait_ready: bool = True, **overrides: str) -> Process:
-        """``celery -A edge_kombu worker``, with no usable database URL."""
+                          wait_ready: bool = True, via_airflow: bool = False,
+                          **overrides: str) -> Process:
+        """``celery -A edge_kombu worker`` (``via_airflow``: ``airflow edge worker``, as
+        users of Airflow's edge executor start one), with no usable database URL."""
+        if via_airflow:
+            command = [str(self.bin / "airflow"), "edge", "worker", "-q", queues,
+                       "-c", str(concurrency), "-H", f"{name}@localhost"]
+        else:
+            command = [str(self.bin / "celery"), "-A", "edge_kombu", "worker", "-Q", queues,
+                       "-c", str(concurrency), "-n", f"{name}@localhost", "-l", "info"]
         process = self.start_process(
-            f"worker-{name}",
-            [str(self.bin / "celery"), "-A", "edge_kombu", "worker", "-Q", queues,
-             "-c", str(concurrency), "-n", f"{name}@localhost", "-l", "info"],
+            f"worker-{name}", command,
             **{"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": NO_DATABASE, **overrides},
         )
         if wait_ready:

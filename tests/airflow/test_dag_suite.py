@@ -29,9 +29,11 @@ RUN_ID = "suite"
 #: The edge workers: name -> (queues, concurrency).
 WORKERS = {
     "edge-remote": ("remote", 2),
-    "edge-wisconsin": ("remote,wisconsin_site", 2),
+    "edge-wisconsin": ("remote,wisconsin_site", 3),
     "edge-slots": ("slots", 3),
 }
+#: Started as users of Airflow's edge executor start one: ``airflow edge worker -q … -c …``.
+VIA_AIRFLOW = {"edge-wisconsin"}
 SERVES = {queue: {name for name, (queues, _) in WORKERS.items() if queue in queues.split(",")}
           for queue in ("remote", "wisconsin_site", "slots")}
 #: DAGs triggered when the site is up (the killed-worker DAG runs on its own, last).
@@ -107,6 +109,7 @@ def _start(site: AirflowSite) -> Suite:
     workers = {
         name: site.start_edge_worker(
             name, queues=queues, concurrency=concurrency, wait_ready=False,
+            via_airflow=name in VIA_AIRFLOW,
             EDGE_TEST_WORKER=name, PYTHONPATH=str(ROOT),
             AIRFLOW__CORE__HOSTNAME_CALLABLE="tests.airflow.worker_hostname.worker_name",
         )

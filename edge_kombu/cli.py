@@ -178,7 +178,7 @@ def migrate(db_url) -> None:
 
 @main.group()
 def token() -> None:
-    """API credentials: worker tokens with a scope, central tokens (stored hashed)."""
+    """API credentials: worker tokens with a scope, central and admin tokens (stored hashed)."""
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -208,6 +208,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--worker", help="Worker name or pattern (e.g. 'wisconsin-*') the token is for.")
 @click.option("--central", help="Name of a central credential (scheduler, Flower, celery "
               "inspect/control at the centre): may do everything.")
+@click.option("--admin", help="Name of an admin credential: the management API "
+              "(/api/v1/manage/) only, no broker routes.")
 @click.option("--queues", multiple=True, help="Queues the worker may consume and publish to, "
               "comma-separated (default: celery).")
 @click.option("--publish", multiple=True, help="Further queues the worker may publish to "
@@ -217,22 +219,24 @@ def _split(values: tuple[str, ...]) -> list[str]:
               "shared-secret or OIDC JWTs; issue no token.")
 @_actor_option
 @_db_option
-def token_create(worker, central, queues, publish, expires, no_token, actor, db_url) -> None:
+def token_create(worker, central, admin, queues, publish, expires, no_token, actor,
+                 db_url) -> None:
     """Issue a token; prints only the token on stdout."""
     from edge_kombu.errors import EdgeError
     from edge_kombu.protocol import MAX_NAME_LENGTH
 
-    if bool(worker) == bool(central):
-        _fail("give one of --worker NAME or --central NAME")
-    name = worker or central
+    if sum(map(bool, (worker, central, admin))) != 1:
+        _fail("give one of --worker NAME, --central NAME or --admin NAME")
+    name = worker or central or admin
+    kind = "worker" if worker else "central" if central else "admin"
     if len(name) > MAX_NAME_LENGTH:
         _fail(f"the name must be 1 to {MAX_NAME_LENGTH} characters")
-    if central and (queues or publish or no_token):
-        _fail("--queues, --publish and --no-token are for --worker; a central token may use "
-              "every queue")
+    if not worker and (queues or publish or no_token):
+        _fail(f"--queues, --publish and --no-token are for --worker; a {kind} token has no "
+              "queue scope")
     try:
         issued = _credentials(db_url).create(
-            name, kind="central" if central else "worker",
+            name, kind=kind,
             queues=_split(queues) if queues else None, publish=_split(publish),
             expires=_duration(expires), issue_token=not no_token, actor=_actor(actor),
         )

@@ -116,6 +116,8 @@ def _check_protocol() -> None:
 def _authenticate(name: str) -> None:
     g.scope = _services().auth.authenticate(request.headers.get("Authorization"), name)
     g.principal = g.scope.name
+    if g.scope.admin and name != "openapi.json":
+        raise g.scope.forbid(f"POST {API_PATH}/{name}")
 
 
 def _bundles():

@@ -30,6 +30,7 @@ from edge_kombu.server.grants import TaskGrants
 from edge_kombu.server.housekeeping import Housekeeping, IntervalScheduler
 from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.logs import TaskLogs
+from edge_kombu.server.manage import bp as manage_bp
 from edge_kombu.server.outages import DATABASE_DOWN, Outages
 from edge_kombu.server.results import Results
 from edge_kombu.server.revocations import ExpiredTasks
@@ -192,6 +193,7 @@ def create_app(config: ServerConfig, *, start_background: bool = True,
     app.extensions["edge_kombu_bundles"] = BundleStore.from_environment(
         bundles if bundles is not None else FolderBundles.from_environment())
     app.register_blueprint(bp)
+    app.register_blueprint(manage_bp)
     app.register_blueprint(web_bp)
     metrics.install(app, services)
     limits.install(app, config)

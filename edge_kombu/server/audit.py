@@ -27,8 +27,10 @@ ACTIONS = ("maintenance on", "maintenance off", "maintenance comment", "shutdown
            "queues", "concurrency", "token create", "token revoke")
 #: Where an action came from: ``edge-kombu`` on the command line, the pages of
 #: ``edge-kombu api``, the pages inside ``airflow api-server``, the worker's own
-#: ``celery edge maintenance`` (learnt from its heartbeat), or a caller that named nobody.
-VIA = ("cli", "page", "airflow", "worker", "internal")
+#: ``celery edge maintenance`` (learnt from its heartbeat), a caller that named nobody, or
+#: an admin token on the management API (``/api/v1/manage/``; page or Airflow users signed
+#: in there are recorded as ``page`` or ``airflow``).
+VIA = ("cli", "page", "airflow", "worker", "internal", "api")
 
 ACTOR_LENGTH = MAX_NAME_LENGTH
 TEXT_LENGTH = 1024

@@ -27,7 +27,7 @@ import jwt
 from edge_kombu import errors
 from edge_kombu.protocol import JWT_ALGORITHM, JWT_AUDIENCE, JWT_ROUTE_CLAIM, jwt_signing_key
 from edge_kombu.server.credentials import TOKEN_PREFIX, Credentials, Entry, hash_token
-from edge_kombu.server.scopes import Scope
+from edge_kombu.server.scopes import ADMIN, Scope
 
 _HOW = (
     "send 'Authorization: Bearer <credential>' with a token from "
@@ -52,6 +52,9 @@ def _scope(entry: Entry, credentials: Credentials, *, token_hash: str | None = N
     def still_valid(fresh: bool = False) -> bool:
         return credentials.still_valid(entry.name, token_hash, fresh=fresh)
 
+    if entry.kind == ADMIN:
+        return Scope(name or entry.name, False, still_valid=still_valid,
+                     valid_until=entry.expires_at, admin=True)
     if entry.central:
         return Scope(name or entry.name, True, still_valid=still_valid,
                      valid_until=entry.expires_at)

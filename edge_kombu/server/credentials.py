@@ -27,7 +27,14 @@ from edge_kombu import errors
 from edge_kombu.server import models as m
 from edge_kombu.server.audit import Actor, AuditLog
 from edge_kombu.server.credential_cache import CredentialCache, note_change
-from edge_kombu.server.scopes import CENTRAL, DEFAULT_QUEUES, KINDS, WORKER, loads_list
+from edge_kombu.server.scopes import (
+    ADMIN,
+    CENTRAL,
+    DEFAULT_QUEUES,
+    KINDS,
+    WORKER,
+    loads_list,
+)
 from edge_kombu.server.sql import SQL
 
 #: Prefix of API tokens (makes leaked tokens easy to recognise).
@@ -71,8 +78,8 @@ def _names(values: Iterable[str], what: str) -> list[str]:
 
 def _scope_text(row: dict) -> str:
     """A token row's scope in a few words, for the audit log."""
-    if row["kind"] == CENTRAL:
-        return "central"
+    if row["kind"] in (CENTRAL, ADMIN):
+        return row["kind"]
     parts = [f"queues {','.join(json.loads(row['queues']))}"]
     if json.loads(row["publish"]):
         parts.append(f"publish {','.join(json.loads(row['publish']))}")
@@ -111,6 +118,9 @@ class Credentials:
             raise errors.InvalidRequest("expires must be > 0 seconds")
         if kind == CENTRAL and (queues or publish):
             raise errors.InvalidRequest("a central credential has no queue scope (it may use all)")
+        if kind == ADMIN and (queues or publish or not issue_token):
+            raise errors.InvalidRequest(
+                "an admin credential has no queue scope and always has a token")
         if kind == WORKER:
             queues = _names(DEFAULT_QUEUES if queues is None else queues, "queues")
             publish = _names(publish, "publish")

@@ -21,6 +21,16 @@ from edge_kombu.protocol import (
     SUMMARIES,
     protocol_major,
 )
+from edge_kombu.server.manage import (
+    ACTIONS,
+    BULK,
+    MANAGE_PATH,
+    QUERIES,
+    TOKEN_CREATE,
+)
+from edge_kombu.server.manage import (
+    SUMMARIES as MANAGE_SUMMARIES,
+)
 
 _ERROR = {
     "type": "object",
@@ -132,18 +142,105 @@ def openapi_document() -> dict:
                 },
             }
         }
+    paths.update(manage_paths())
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "edge-kombu broker API",
             "version": __version__,
             "description": f"Wire protocol {PROTOCOL_VERSION}. Every route but health "
-            "needs 'Authorization: Bearer <worker token or shared-secret JWT>'.",
+            "needs 'Authorization: Bearer <worker token or shared-secret JWT>'; the "
+            f"management routes ({MANAGE_PATH}/) need an admin token or the pages' admin "
+            "user (HTTP Basic, or Airflow's session when mounted there).",
         },
         "paths": paths,
         "components": {
             "schemas": {"Error": _ERROR},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "basic": {"type": "http", "scheme": "basic"}},
         },
         "security": [{"bearer": []}],
     }
+
+
+# -- the management API ------------------------------------------------------------------------
+
+#: What every management route may answer (no protocol header there: 426 never).
+_MANAGE_EVERY = (400, 401, 403, 408, 413, 429, 503)
+_OBJECT = {"type": "object"}
+_WORKER = {"type": "object", "required": ["name", "state", "queues", "maintenance"]}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 256}}
+_BULK_RESULT = {"type": "object", "required": ["results"], "properties": {"results": {
+    "type": "array", "items": {"type": "object", "required": ["name", "ok"], "properties": {
+        "name": {"type": "string"}, "ok": {"type": "boolean"}, "worker": _OBJECT,
+        "error": {"type": "string"}, "message": {"type": "string"}}}}}}
+
+
+def _manage(operation: str, summary: str, ok: dict, *codes: int, body: dict | None = None,
+            query: str | None = None, name: bool = False, status: int = 200) -> dict:
+    spec = {
+        "operationId": f"manage_{operation}",
+        "summary": summary,
+        "tags": ["manage"],
+        "security": [{"bearer": []}, {"basic": []}],
+        "responses": {
+            str(status): {"description": "Done.",
+                          "content": {"application/json": {"schema": ok}}},
+            **_errors(*_MANAGE_EVERY, *codes),
+        },
+    }
+    parameters = [_NAME_PARAM] if name else []
+    for param, (schema, _parse) in QUERIES.get(query, {}).items():
+        parameters.append({"name": param, "in": "query", "required": False, "schema": schema})
+    if parameters:
+        spec["parameters"] = parameters
+    if body is not None:
+        spec["requestBody"] = {"required": True,
+                               "content": {"application/json": {"schema": body}}}
+    return spec
+
+
+def _object(**required: dict) -> dict:
+    return {"type": "object", "required": list(required), "properties": required}
+
+
+def manage_paths() -> dict:
+    """The routes of :mod:`edge_kombu.server.manage` with every status each answers."""
+    workers = {"type": "array", "items": _WORKER}
+    paths = {
+        f"{MANAGE_PATH}/workers": {"get": _manage(
+            "workers_list", "Workers, filtered by state, name pattern or queue.",
+            _object(workers=workers), query="workers")},
+        f"{MANAGE_PATH}/workers/{{name}}": {"get": _manage(
+            "worker_get", "One worker.", _object(worker=_WORKER), 404, name=True)},
+        f"{MANAGE_PATH}/queues": {"get": _manage(
+            "queues", "The queues: depth, age, consumers, serving workers, problems.",
+            _object(queues={"type": "array", "items": _OBJECT}), query="queues")},
+        f"{MANAGE_PATH}/jobs": {"get": _manage(
+            "jobs", "Jobs, newest first, with the Jobs page's filters; page on with 'next'.",
+            _object(jobs={"type": "array", "items": _OBJECT},
+                    next={"type": ["integer", "null"]}), query="jobs")},
+        f"{MANAGE_PATH}/tokens": {
+            "get": _manage("tokens_list", "Credentials and their scopes (never the tokens).",
+                           _object(tokens={"type": "array", "items": _OBJECT})),
+            "post": _manage("token_create", "Issue a credential; the answer holds its token "
+                            "(shown once).", _object(name={"type": "string"},
+                                                     kind={"type": "string"},
+                                                     token={"type": ["string", "null"]}),
+                            409, body=TOKEN_CREATE, status=201),
+        },
+        f"{MANAGE_PATH}/tokens/{{name}}": {"delete": _manage(
+            "token_revoke", "Revoke a credential; effective on its next request.",
+            _object(revoked={"type": "string"}), 404, name=True)},
+    }
+    for action, body in ACTIONS.items():
+        ok = _object(removed={"type": "string"}) if action == "remove" else _object(
+            worker=_WORKER)
+        paths[f"{MANAGE_PATH}/workers/{{name}}/{action}"] = {"post": _manage(
+            f"worker_{action}", MANAGE_SUMMARIES[action], ok, 404, 409, body=body, name=True)}
+        paths[f"{MANAGE_PATH}/bulk/workers/{action}"] = {"post": _manage(
+            f"bulk_{action}", f"{MANAGE_SUMMARIES[action]} For each named worker; the "
+            "answer says for each whether it was done or why not.", _BULK_RESULT,
+            body=BULK[action])}
+    return paths

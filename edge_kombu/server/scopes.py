@@ -37,7 +37,9 @@ EVENT_PREFIX = "celeryev."
 
 CENTRAL = "central"
 WORKER = "worker"
-KINDS = (CENTRAL, WORKER)
+#: Manages workers, queues, jobs and tokens through ``/api/v1/manage/``; no broker routes.
+ADMIN = "admin"
+KINDS = (CENTRAL, WORKER, ADMIN)
 #: The queue a worker credential may consume when created without ``--queues``.
 DEFAULT_QUEUES = ("celery",)
 
@@ -59,6 +61,8 @@ class Scope:
     publish: frozenset[str] = frozenset()
     still_valid: Callable[..., bool] = field(default=_always, compare=False, repr=False)
     valid_until: float | None = None
+    #: An admin credential: the management API only (``central`` and ``workers`` unset).
+    admin: bool = False
 
     @classmethod
     def for_worker(cls, name: str, workers: str, queues: Iterable[str],
@@ -70,6 +74,9 @@ class Scope:
     # -- what it may do, in words -----------------------------------------------------------
 
     def describe(self) -> str:
+        if self.admin:
+            return (f"credential {self.name!r} is an admin token: it may use the management "
+                    "API (/api/v1/manage/) only, not the broker routes")
         if self.central:
             return f"credential {self.name!r} is central"
         publish = sorted(self.queues | self.publish)

@@ -147,9 +147,14 @@ class RequestJSON(DefaultJSONProvider):
 
 def validate(route: str, body: object) -> dict:
     """Return ``body`` if it is a valid request for ``route``, else raise InvalidRequest."""
+    return check(_VALIDATORS[route], body)
+
+
+def check(validator: Draft202012Validator, body: object) -> dict:
+    """Return ``body`` if ``validator`` accepts it, else raise InvalidRequest naming why."""
     if not isinstance(body, dict):
         raise errors.InvalidRequest("request body must be a JSON object")
-    error = next(iter(sorted(_VALIDATORS[route].iter_errors(body), key=lambda e: e.path)), None)
+    error = next(iter(sorted(validator.iter_errors(body), key=lambda e: e.path)), None)
     if error is not None:
         raise errors.InvalidRequest(_describe(error))
     return body

@@ -4,8 +4,9 @@ every answer is one the document lists for its route, with the body schema it gi
 Runs once (on the default database), not per database: the database-dependent regression
 cases are in tests/server/test_bounds.py. Bounded: about 45 s with a central token (every
 route's logic), 30 s with a worker token (whose scope refuses much with 403), 15 s without
-a credential. Schemathesis's CLI does the work (its phases: examples, coverage of the schema's
-edges, then fuzzing until the time is spent); its NDJSON report gives the numbers.
+a credential (those three on the broker routes), 25 s with an admin token (the management
+routes only). Schemathesis's CLI does the work (its phases: examples, coverage of the
+schema's edges, then fuzzing until the time is spent); its NDJSON report gives the numbers.
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ def statuses(report) -> collections.Counter:
     return collections.Counter(seen.values())
 
 
-def fuzz(api, tmp_path, label: str, seconds: int, headers: dict) -> collections.Counter:
+#: The management routes (/api/v1/manage/...): fuzzed with an admin token only, the rest
+#: without them (a central or worker token gets 403 there, and the runs' time is bounded).
+MANAGE = f"^{API_PATH}/manage/"
+
+
+def fuzz(api, tmp_path, label: str, seconds: int, headers: dict, *,
+         manage: bool = False) -> collections.Counter:
     document = tmp_path / "openapi.json"
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
@@ -56,6 +63,9 @@ def fuzz(api, tmp_path, label: str, seconds: int, headers: dict) -> collections.
             # wait up to 60 s (protocol.MAX_WAIT_SECONDS).
             "--max-time", str(seconds), "--workers", "1", "--request-timeout", "75",
             "--report", "ndjson", "--report-dir", str(reports)]
+    args += ["--include-path-regex" if manage else "--exclude-path-regex", MANAGE]
+    if manage:  # the stateful phase feeds listed token names to revoke: the admin's own
+        args += ["--phases", "examples,coverage,fuzzing"]
     for name, value in headers.items():
         args += ["--header", f"{name}: {value}"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120,
@@ -99,3 +109,22 @@ def test_no_input_makes_a_server_error_and_answers_follow_the_document(api, toke
     # Only health answers without a credential; the rest is 401 (or 404/405 for paths and
     # methods that are no route).
     assert without[401] > 100 and without[200] < without[401] / 10, without
+    # The management routes' logic, with an admin token (the broker routes refuse it: 403).
+    admin = tokens.create("fuzz-admin", kind="admin")
+    managing = fuzz(api, tmp_path, "admin-token", 25, {"Authorization": f"Bearer {admin}"},
+                    manage=True)
+    assert managing[200] > 50, managing
+
+
+def test_the_document_lists_the_management_routes(document):
+    manage = {path: set(ops) for path, ops in document["paths"].items()
+              if path.startswith(f"{API_PATH}/manage/")}
+    assert manage[f"{API_PATH}/manage/workers"] == {"get"}
+    assert manage[f"{API_PATH}/manage/tokens"] == {"get", "post"}
+    for action in ("maintenance", "shutdown", "remove", "queues", "concurrency"):
+        assert manage[f"{API_PATH}/manage/workers/{{name}}/{action}"] == {"post"}
+        assert manage[f"{API_PATH}/manage/bulk/workers/{action}"] == {"post"}
+    assert {f"{API_PATH}/manage/{p}" for p in ("queues", "jobs", "workers/{name}",
+                                                "tokens/{name}")} <= set(manage)
+    shutdown = document["paths"][f"{API_PATH}/manage/workers/{{name}}/shutdown"]["post"]
+    assert {"200", "400", "401", "403", "404", "409", "503"} <= set(shutdown["responses"])

@@ -75,12 +75,18 @@ def _body(required: list[str] | None = None, **properties) -> dict:
 
 #: The body of each worker action, without the worker's name (in the path).
 ACTIONS: dict[str, dict] = {
-    "maintenance": _body(["on"], on={"type": "boolean",
-                                     "description": "true: enter maintenance (needs a "
-                                     "comment); false: leave it."}),
+    "maintenance": {
+        **_body(["on"], on={"type": "boolean", "description": "true: enter maintenance "
+                            "(needs a comment); false: leave it."}),
+        "if": {"properties": {"on": {"const": True}}},
+        "then": {"required": ["comment"], "properties": {"comment": {"minLength": 1}}},
+    },
     "shutdown": _body(),
     "remove": _body(),
-    "queues": _body(add=_QUEUE_LIST, remove=_QUEUE_LIST),
+    "queues": {**_body(add=_QUEUE_LIST, remove=_QUEUE_LIST),
+               "anyOf": [{"required": ["add"], "properties": {"add": {"minItems": 1}}},
+                         {"required": ["remove"], "properties": {"remove": {"minItems": 1}}}],
+               "description": "give a non-empty add and/or remove list"},
     "concurrency": _body(["concurrency"], concurrency={"type": "integer", "minimum": 1,
                                                        "maximum": MAX_SLOTS}),
 }
@@ -285,8 +291,6 @@ def _act(name: str, action: str, body: dict, actor: Actor) -> dict:
         return None
     if action == "queues":
         add, remove = body.get("add") or [], body.get("remove") or []
-        if not add and not remove:
-            raise errors.InvalidRequest("queues: give add and/or remove")
         return registry.change_queues(name, add=add, remove=remove, actor=actor,
                                       comment=comment)
     return registry.set_concurrency(name, body["concurrency"], actor=actor, comment=comment)

@@ -173,7 +173,8 @@ _NAME_PARAM = {"name": "name", "in": "path", "required": True,
                "schema": {"type": "string", "minLength": 1, "maxLength": 256}}
 _BULK_RESULT = {"type": "object", "required": ["results"], "properties": {"results": {
     "type": "array", "items": {"type": "object", "required": ["name", "ok"], "properties": {
-        "name": {"type": "string"}, "ok": {"type": "boolean"}, "worker": _OBJECT,
+        "name": {"type": "string"}, "ok": {"type": "boolean"},
+        "worker": {"type": ["object", "null"], "description": "null once removed"},
         "error": {"type": "string"}, "message": {"type": "string"}}}}}}
 
 

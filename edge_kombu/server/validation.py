@@ -61,6 +61,8 @@ def _describe(error: ValidationError) -> str:
         if limit == NO_NUL:
             return f"{field}: must not contain the NUL character (\\u0000)"
         return f"{field}: must match {limit}"
+    if rule == "anyOf" and "description" in error.schema:
+        return f"{field}: {error.schema['description']}"
     if rule == "maxProperties":
         return f"{field}: at most {limit} fields allowed, got {len(error.instance)}"
     return f"{field}: {error.message[:200]}"

@@ -74,6 +74,7 @@ def test_pages_in_airflow_show_airflow_tasks_to_airflow_users_only(tmp_path):
 
         in_airflow_ui(site, token, hostname, tmp_path)
         acts_as_the_airflow_user(site, session, hostname)
+        manages_with_airflow_auth(site, token, hostname)
     finally:
         site.stop()
 
@@ -98,6 +99,28 @@ def acts_as_the_airflow_user(site: AirflowSite, session: requests.Session, hostn
         (user, "airflow", "maintenance on", "audited in Airflow")]
     shown = session.get(f"{site.base_url}/edge/ui/workers", timeout=30).text
     assert "audited in Airflow" in shown.split('<table id="audit">')[1]
+
+
+def manages_with_airflow_auth(site: AirflowSite, token: str, hostname: str) -> None:
+    """The management REST API inside Airflow: Airflow's token is the admin's credential."""
+    manage = f"{site.base_url}/edge/api/v1/manage"
+    bearer = {"Authorization": f"Bearer {token}"}
+    listed = requests.get(f"{manage}/workers", headers=bearer, timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert hostname in [w["name"] for w in listed.json()["workers"]]
+    done = requests.post(f"{manage}/workers/{hostname}/maintenance", headers=bearer,
+                         json={"on": False, "comment": "via the REST API"}, timeout=30)
+    assert done.status_code == 200 and done.json()["worker"]["maintenance"] is False, done.text
+    newest = json.loads(site.python(
+        "import json\n"
+        "from edge_kombu.server.audit import AuditLog\n"
+        "from edge_kombu.server.sql import SQL\n"
+        "from airflow.configuration import conf\n"
+        "url = conf.get('database', 'sql_alchemy_conn')\n"
+        f"print(json.dumps(AuditLog(SQL.from_url(url)).recent(target={hostname!r}, limit=1)))"))
+    assert [(e["via"], e["action"], e["comment"]) for e in newest] == [
+        ("airflow", "maintenance off", "via the REST API")]
+    assert requests.get(f"{manage}/workers", timeout=30).status_code == 401
 
 
 def in_airflow_ui(site: AirflowSite, token: str, hostname: str, tmp_path: Path) -> None:

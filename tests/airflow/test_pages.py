@@ -74,7 +74,7 @@ def test_pages_in_airflow_show_airflow_tasks_to_airflow_users_only(tmp_path):
 
         in_airflow_ui(site, token, hostname, tmp_path)
         acts_as_the_airflow_user(site, session, hostname)
-        manages_with_airflow_auth(site, token, hostname)
+        manages_with_airflow_auth(site, token, hostname, worker_token)
     finally:
         site.stop()
 
@@ -101,7 +101,8 @@ def acts_as_the_airflow_user(site: AirflowSite, session: requests.Session, hostn
     assert "audited in Airflow" in shown.split('<table id="audit">')[1]
 
 
-def manages_with_airflow_auth(site: AirflowSite, token: str, hostname: str) -> None:
+def manages_with_airflow_auth(site: AirflowSite, token: str, hostname: str,
+                              worker_token: str) -> None:
     """The management REST API inside Airflow: Airflow's token is the admin's credential."""
     manage = f"{site.base_url}/edge/api/v1/manage"
     bearer = {"Authorization": f"Bearer {token}"}
@@ -120,7 +121,9 @@ def manages_with_airflow_auth(site: AirflowSite, token: str, hostname: str) -> N
         f"print(json.dumps(AuditLog(SQL.from_url(url)).recent(target={hostname!r}, limit=1)))"))
     assert [(e["via"], e["action"], e["comment"]) for e in newest] == [
         ("airflow", "maintenance off", "via the REST API")]
-    assert requests.get(f"{manage}/workers", timeout=30).status_code == 401
+    refused = requests.get(f"{manage}/workers", timeout=30,
+                           headers={"Authorization": f"Bearer {worker_token}"})
+    assert refused.status_code == 403 and "worker token" in refused.json()["message"]
 
 
 def in_airflow_ui(site: AirflowSite, token: str, hostname: str, tmp_path: Path) -> None:

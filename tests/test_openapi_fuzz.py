@@ -125,7 +125,8 @@ def test_the_document_lists_the_management_routes(document):
               if path.startswith(f"{API_PATH}/manage/")}
     assert manage[f"{API_PATH}/manage/workers"] == {"get"}
     assert manage[f"{API_PATH}/manage/tokens"] == {"get", "post"}
-    for action in ("maintenance", "shutdown", "remove", "queues", "concurrency"):
+    for action in ("maintenance", "maintenance-comment", "shutdown", "remove", "queues",
+                   "concurrency"):
         assert manage[f"{API_PATH}/manage/workers/{{name}}/{action}"] == {"post"}
         assert manage[f"{API_PATH}/manage/bulk/workers/{action}"] == {"post"}
     assert {f"{API_PATH}/manage/{p}" for p in ("queues", "jobs", "workers/{name}",

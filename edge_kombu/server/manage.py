@@ -81,6 +81,9 @@ ACTIONS: dict[str, dict] = {
         "if": {"properties": {"on": {"const": True}}},
         "then": {"required": ["comment"], "properties": {"comment": {"minLength": 1}}},
     },
+    "maintenance-comment": {**_body(["comment"]), "properties": {
+        "comment": {**_COMMENT, "minLength": 1,
+                    "description": "The new maintenance comment (recorded in the audit log)."}}},
     "shutdown": _body(),
     "remove": _body(),
     "queues": {**_body(add=_QUEUE_LIST, remove=_QUEUE_LIST),
@@ -92,6 +95,7 @@ ACTIONS: dict[str, dict] = {
 }
 SUMMARIES = {
     "maintenance": "Ask a worker to enter (with a comment) or leave maintenance.",
+    "maintenance-comment": "Replace the comment of a worker in maintenance (409 if it is not).",
     "shutdown": "Ask a worker to finish its tasks and exit.",
     "remove": "Forget an offline or unknown worker.",
     "queues": "Add queues to, or remove queues from, what a worker consumes.",
@@ -285,6 +289,8 @@ def _act(name: str, action: str, body: dict, actor: Actor) -> dict:
     comment = body.get("comment")
     if action == "maintenance":
         return registry.request_maintenance(name, body["on"], comment, actor=actor)
+    if action == "maintenance-comment":
+        return registry.update_maintenance_comment(name, comment, actor=actor)
     if action == "shutdown":
         return registry.request_shutdown(name, actor=actor, comment=comment)
     if action == "remove":
@@ -303,7 +309,7 @@ def _action(action: str):
         worker = _act(name, action, _json(f"action {action}"), actor)
         return jsonify(removed=name) if worker is None else jsonify(worker=worker)
 
-    view.__name__ = f"worker_{action}"
+    view.__name__ = f"worker_{action.replace('-', '_')}"
     return view
 
 
@@ -325,7 +331,7 @@ def _bulk_action(action: str):
                 results.append({"name": name, "ok": True, "worker": worker})
         return jsonify(results=results)
 
-    view.__name__ = f"bulk_{action}"
+    view.__name__ = f"bulk_{action.replace('-', '_')}"
     return view
 
 

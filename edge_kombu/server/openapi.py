@@ -236,12 +236,13 @@ def manage_paths() -> dict:
             _object(revoked={"type": "string"}), 404, name=True)},
     }
     for action, body in ACTIONS.items():
+        operation = action.replace("-", "_")
         ok = _object(removed={"type": "string"}) if action == "remove" else _object(
             worker=_WORKER)
         paths[f"{MANAGE_PATH}/workers/{{name}}/{action}"] = {"post": _manage(
-            f"worker_{action}", MANAGE_SUMMARIES[action], ok, 404, 409, body=body, name=True)}
+            f"worker_{operation}", MANAGE_SUMMARIES[action], ok, 404, 409, body=body, name=True)}
         paths[f"{MANAGE_PATH}/bulk/workers/{action}"] = {"post": _manage(
-            f"bulk_{action}", f"{MANAGE_SUMMARIES[action]} For each named worker; the "
+            f"bulk_{operation}", f"{MANAGE_SUMMARIES[action]} For each named worker; the "
             "answer says for each whether it was done or why not.", _BULK_RESULT,
             body=BULK[action])}
     return paths

@@ -78,6 +78,8 @@ def test_who_may_manage(api, db_url, token, tokens, registry):
         answer = call(api, "POST", "/workers/w1/maintenance", admin, json=body)
         assert fragment in error_message(answer, 400)
     assert "no worker named" in error_message(call(api, "GET", "/workers/nope", admin), 404)
+    answer = call(api, "POST", "/workers/w1/maintenance-comment", admin, json={"comment": ""})
+    assert "comment: at least 1 character" in error_message(answer, 400)
 
 
 def test_tokens_jobs_and_queues(api, broker, tokens):

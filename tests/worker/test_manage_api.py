@@ -48,6 +48,9 @@ def test_actions_from_the_api_change_the_live_workers(edge_workers, api, tokens,
     status = worker.wait_state("maintenance mode")
     assert status["maintenance_comment"] == "rack move" and status["consuming"] == []
     assert admin.get("/workers", state="maintenance mode").json()["workers"][0]["name"] == name
+    admin.ok(f"/workers/{name}/maintenance-comment", {"comment": "rack move, then disk"})
+    wait_for(lambda: worker.status()["maintenance_comment"] == "rack move, then disk",
+             message="new comment on the worker")
     admin.ok(f"/workers/{name}/maintenance", {"on": False})
     worker.wait_state("idle")
 
@@ -76,8 +79,8 @@ def test_actions_from_the_api_change_the_live_workers(edge_workers, api, tokens,
     assert admin.get(f"/workers/{name}").status_code == 404
 
     # The audit log names the admin token as the actor of every action.
-    entries = {(e["action"], e["target"]): e for e in registry.audit.recent(limit=50)}
-    for action in ("maintenance on", "maintenance off", "queues", "concurrency", "shutdown",
-                   "remove"):
+    entries = {(e["action"], e["target"]): e for e in reversed(registry.audit.recent(limit=50))}
+    for action in ("maintenance on", "maintenance comment", "maintenance off", "queues",
+                   "concurrency", "shutdown", "remove"):
         assert (entries[action, name]["actor"], entries[action, name]["via"]) == ("ops", "api")
     assert entries["shutdown", other.hostname]["comment"] == "end of test"

@@ -211,6 +211,8 @@ def test_bulk_actions_and_the_maintenance_comment_from_the_worker_hosts_page(
     wait_for(lambda: workers[0].status()["maintenance_comment"] == "rack move, back at 14:00",
              message="new comment reached the worker")
     assert workers[0].status()["state"] == "maintenance mode"  # still in maintenance
+    audit = admin.locator("#audit").inner_text()
+    assert "maintenance comment" in audit and "rack move, back at 14:00" in audit
 
     answers[:] = [""]
     admin.click('button[data-bulk="maintenance-off"]')

@@ -195,6 +195,8 @@ def worker_action(name: str, action: str):
         if not isinstance(on, bool):
             raise errors.InvalidRequest("on: must be true or false")
         worker = registry.request_maintenance(name, on, comment, actor=actor)
+    elif action == "maintenance-comment":
+        worker = registry.update_maintenance_comment(name, comment or "", actor=actor)
     elif action == "shutdown":
         worker = registry.request_shutdown(name, actor=actor, comment=comment)
     elif action == "remove":
@@ -214,5 +216,6 @@ def worker_action(name: str, action: str):
         worker = registry.set_concurrency(name, value, actor=actor, comment=comment)
     else:
         raise errors.NotFound(
-            f"no action {action!r}; one of maintenance, shutdown, remove, queues, concurrency")
+            f"no action {action!r}; one of maintenance, maintenance-comment, shutdown, remove, "
+            "queues, concurrency")
     return jsonify(worker=worker)

@@ -105,6 +105,9 @@ def test_rate_limited_tasks_go_back_at_once_when_the_connection_is_lost(
     leased = models.message.c.session.is_not(None)
     wait_for(lambda: messages_left(sql) == 2 and messages_left(sql, leased) == 2, timeout=30,
              message="two tasks held by the rate limit")
+    # Leased on the server is not yet received: the consume's answer may still be on its way.
+    wait_for(lambda: worker.log().count("] received") == 3, timeout=30,
+             message="the worker received all three tasks")
 
     api.kill(signal.SIGKILL)
     api.proc.wait(10)

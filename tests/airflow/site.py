@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
+import psutil
 import requests
 
 from tests.helpers import BIN, Process, free_port, wait_for
@@ -50,12 +51,21 @@ def stop_airflow_process(process: Process, timeout: float = 30, every: float = 5
     collector callback, Python only prints "Exception ignored" and the process runs on
     (seen with the scheduler): a second SIGTERM ends it.
     """
+    # Children that left the process group (the scheduler's LocalExecutor workers) would
+    # outlive it: remember them now, kill what is left of them at the end.
+    children: list[psutil.Process] = []
+    if process.alive():
+        with suppress(psutil.NoSuchProcess):
+            children = psutil.Process(process.proc.pid).children(recursive=True)
     deadline = time.monotonic() + timeout
     while process.alive() and time.monotonic() < deadline:
         process.kill(signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
             process.proc.wait(every)
     process.stop()
+    for child in children:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def _stop_other(process: Process) -> None:

@@ -97,11 +97,6 @@ def endpoint(run_dir: Path, name: str, kind: str = UNIX) -> Path:
                        "set EDGE_KOMBU_RUN_DIR to a shorter directory")
 
 
-def socket_path(run_dir: Path, name: str) -> Path:
-    """The Unix control socket of worker ``name``."""
-    return endpoint(run_dir, name, UNIX)
-
-
 def _connect(path: Path, payload: dict, timeout: float) -> socket.socket:
     if path.suffix != _SUFFIX[TCP]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -79,6 +79,17 @@ def test_pages_in_airflow_show_airflow_tasks_to_airflow_users_only(tmp_path):
         site.stop()
 
 
+def newest_audit_entry(site: AirflowSite, hostname: str) -> list[dict]:
+    """The audit log's latest entry on ``hostname``, read from the site's database."""
+    return json.loads(site.python(
+        "import json\n"
+        "from edge_kombu.server.audit import AuditLog\n"
+        "from edge_kombu.server.sql import SQL\n"
+        "from airflow.configuration import conf\n"
+        "url = conf.get('database', 'sql_alchemy_conn')\n"
+        f"print(json.dumps(AuditLog(SQL.from_url(url)).recent(target={hostname!r}, limit=1)))"))
+
+
 def acts_as_the_airflow_user(site: AirflowSite, session: requests.Session, hostname: str) -> None:
     """A page action inside Airflow is recorded with the signed-in Airflow user as its actor."""
     hosts = session.get(f"{site.base_url}/edge/ui/workers", timeout=30).text
@@ -88,13 +99,7 @@ def acts_as_the_airflow_user(site: AirflowSite, session: requests.Session, hostn
                         json={"on": True, "comment": "audited in Airflow"},
                         headers={"X-CSRF-Token": csrf}, timeout=30)
     assert done.status_code == 200, done.text
-    newest = json.loads(site.python(
-        "import json\n"
-        "from edge_kombu.server.audit import AuditLog\n"
-        "from edge_kombu.server.sql import SQL\n"
-        "from airflow.configuration import conf\n"
-        "url = conf.get('database', 'sql_alchemy_conn')\n"
-        f"print(json.dumps(AuditLog(SQL.from_url(url)).recent(target={hostname!r}, limit=1)))"))
+    newest = newest_audit_entry(site, hostname)
     assert [(e["actor"], e["via"], e["action"], e["comment"]) for e in newest] == [
         (user, "airflow", "maintenance on", "audited in Airflow")]
     shown = session.get(f"{site.base_url}/edge/ui/workers", timeout=30).text
@@ -112,13 +117,7 @@ def manages_with_airflow_auth(site: AirflowSite, token: str, hostname: str,
     done = requests.post(f"{manage}/workers/{hostname}/maintenance", headers=bearer,
                          json={"on": False, "comment": "via the REST API"}, timeout=30)
     assert done.status_code == 200 and done.json()["worker"]["maintenance"] is False, done.text
-    newest = json.loads(site.python(
-        "import json\n"
-        "from edge_kombu.server.audit import AuditLog\n"
-        "from edge_kombu.server.sql import SQL\n"
-        "from airflow.configuration import conf\n"
-        "url = conf.get('database', 'sql_alchemy_conn')\n"
-        f"print(json.dumps(AuditLog(SQL.from_url(url)).recent(target={hostname!r}, limit=1)))"))
+    newest = newest_audit_entry(site, hostname)
     assert [(e["via"], e["action"], e["comment"]) for e in newest] == [
         ("airflow", "maintenance off", "via the REST API")]
     refused = requests.get(f"{manage}/workers", timeout=30,

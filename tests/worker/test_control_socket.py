@@ -10,7 +10,7 @@ from edge_kombu.worker import control
 
 
 def _serve(run_dir, name):
-    server = control.ControlServer(control.socket_path(run_dir, name),
+    server = control.ControlServer(control.endpoint(run_dir, name),
                                    lambda payload: {"echo": payload["command"], "name": name})
     server.start()
     return server
@@ -18,7 +18,7 @@ def _serve(run_dir, name):
 
 def test_a_run_dir_too_deep_for_a_unix_socket_uses_a_short_private_directory(tmp_path):
     run_dir = tmp_path / ("d" * 60) / ("e" * 60) / "edge_kombu" / "run"
-    path = control.socket_path(run_dir, "demo-edge@vm")
+    path = control.endpoint(run_dir, "demo-edge@vm")
     assert path.parent == control.short_dir(run_dir)
     assert len(os.fsencode(str(path))) <= 100
     server = _serve(run_dir, "demo-edge@vm")
@@ -34,7 +34,7 @@ def test_a_run_dir_too_deep_for_a_unix_socket_uses_a_short_private_directory(tmp
 
 
 def test_a_short_run_dir_keeps_the_socket_in_it(tmp_path):
-    path = control.socket_path(tmp_path, "w1@host")
+    path = control.endpoint(tmp_path, "w1@host")
     assert path == tmp_path / "w1@host.sock"
 
 

@@ -153,10 +153,34 @@ def validate(route: str, body: object) -> dict:
 
 
 def check(validator: Draft202012Validator, body: object) -> dict:
-    """Return ``body`` if ``validator`` accepts it, else raise InvalidRequest naming why."""
+    """Return ``body`` if ``validator`` accepts it, else raise InvalidRequest naming why.
+
+    Numbers the schema calls integers come back as ``int`` even when sent as ``5.0``
+    (JSON Schema accepts that as an integer; Python's slices and keys would not)."""
     if not isinstance(body, dict):
         raise errors.InvalidRequest("request body must be a JSON object")
     error = next(iter(sorted(validator.iter_errors(body), key=lambda e: e.path)), None)
     if error is not None:
         raise errors.InvalidRequest(_describe(error))
-    return body
+    return _whole_numbers(validator.schema, body)
+
+
+def _is_integer_schema(schema: dict) -> bool:
+    kind = schema.get("type")
+    return kind == "integer" or (isinstance(kind, list) and "integer" in kind)
+
+
+def _whole_numbers(schema: object, value: object) -> object:
+    """``value`` (already valid against ``schema``) with integral floats where the schema
+    asks for integers turned into ``int``; nesting is bounded by MAX_JSON_DEPTH."""
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, float):
+        return int(value) if _is_integer_schema(schema) else value
+    if isinstance(value, dict):
+        fields, rest = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, item in value.items():
+            value[key] = _whole_numbers(fields.get(key, rest), item)
+    elif isinstance(value, list) and "items" in schema:
+        value[:] = [_whole_numbers(schema["items"], item) for item in value]
+    return value

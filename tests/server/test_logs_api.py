@@ -39,6 +39,15 @@ def test_push_then_read_with_a_retry(client):
     assert client.call("logs/read", {**TI, "run_id": "other"})["found"] is False
 
 
+def test_whole_numbers_written_as_floats_name_the_same_log(client):
+    # JSON Schema counts 0.0 as an integer; the fuzz suite found it crashing the push.
+    as_floats = {**TI, "map_index": -1.0, "try_number": 1.0}
+    assert client.call("logs/push", {**as_floats, "offset": 0.0, "data": "one\n"}) == {
+        "length": 4}
+    assert client.call("logs/push", {**TI, "offset": 4, "data": "two\n"}) == {"length": 8}
+    assert client.call("logs/read", {**as_floats, "offset": 4.0})["data"] == "two\n"
+
+
 def test_a_gap_is_a_409_naming_the_offset_to_push_from(client):
     client.call("logs/push", {**TI, "offset": 0, "data": "abc"})
     with pytest.raises(errors.Conflict, match="push from offset 3"):

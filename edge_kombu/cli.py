@@ -214,12 +214,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
               "comma-separated (default: celery).")
 @click.option("--publish", multiple=True, help="Further queues the worker may publish to "
               "(retries, chord callbacks), comma-separated.")
+@click.option("--team", help="Airflow team of the worker (multi-team mode): its --queues and "
+              "--publish are that team's queues, so it reaches no other team's work.")
 @click.option("--expires", help="Lifetime: seconds, or 90m, 12h, 30d, 2w (default: never).")
 @click.option("--no-token", is_flag=True, help="Record the worker's scope only, for its "
               "shared-secret or OIDC JWTs; issue no token.")
 @_actor_option
 @_db_option
-def token_create(worker, central, admin, queues, publish, expires, no_token, actor,
+def token_create(worker, central, admin, queues, publish, team, expires, no_token, actor,
                  db_url) -> None:
     """Issue a token; prints only the token on stdout."""
     from edge_kombu.errors import EdgeError
@@ -231,14 +233,15 @@ def token_create(worker, central, admin, queues, publish, expires, no_token, act
     kind = "worker" if worker else "central" if central else "admin"
     if len(name) > MAX_NAME_LENGTH:
         _fail(f"the name must be 1 to {MAX_NAME_LENGTH} characters")
-    if not worker and (queues or publish or no_token):
-        _fail(f"--queues, --publish and --no-token are for --worker; a {kind} token has no "
+    if not worker and (queues or publish or no_token or team):
+        _fail(f"--queues, --publish, --team and --no-token are for --worker; a {kind} token has no "
               "queue scope")
     try:
         issued = _credentials(db_url).create(
             name, kind=kind,
             queues=_split(queues) if queues else None, publish=_split(publish),
             expires=_duration(expires), issue_token=not no_token, actor=_actor(actor),
+            team=team,
         )
     except EdgeError as exc:
         _fail(exc.message)

@@ -22,6 +22,11 @@ asked for in the UI or REST API when ``[core] test_connection`` is ``Enabled``; 
 the request names, else the default queue). Their message carries the workload's own id as
 Celery task id, so a publish repeated after a timeout is stored once.
 
+Multi-team (``[core] multi_team``, AIP-67): the executor of team ``T`` publishes to the
+team's queues (``T:<queue>``, :mod:`edge_kombu.teams`), which only workers started with
+``--team-name T`` consume; its ``[edge]`` settings are the team's where set
+(``AIRFLOW__T___EDGE__API_URL``), else the global ones (one edge API serves every team).
+
 Task states are read with one ``mget`` per sync through the edge result backend;
 ``revoke_task`` broadcasts a Celery revoke to the edge workers. Configuration:
 :mod:`edge_kombu.airflow.celery_app`.
@@ -53,6 +58,7 @@ from edge_kombu.protocol import (
     MAX_PRIORITY,
     MIN_PRIORITY,
 )
+from edge_kombu.teams import team_queue
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -106,15 +112,32 @@ def send_workload(app: Celery, workload_tuple: tuple, *,
     makes the CeleryExecutor publish again on its next heartbeat, under the same task id:
     the edge API stores it once if the first got through, see ``publish_key``).
     """
-    key, workload, queue, _team_name = workload_tuple
+    key, workload, queue, team_name = workload_tuple
     args = (workload.model_dump_json(),)
+    queue = team_queue(team_name, queue or app.conf.task_default_queue)
     try:
         with timeout(seconds=seconds):
-            result = app.send_task(AIRFLOW_TASK_NAME, args=args, queue=queue or None,
+            result = app.send_task(AIRFLOW_TASK_NAME, args=args, queue=queue,
                                    **publish_options(workload))
     except (Exception, AirflowTaskTimeout) as exc:
         result = ExceptionWithTraceback(exc, f"Celery Task ID: {key}\n{traceback.format_exc()}")
     return key, args, result
+
+
+class _TeamOrGlobalConf:
+    """A team executor's configuration: the team's value of an option where set, else the
+    global one (Airflow's ``ExecutorConf`` alone gives only the team's)."""
+
+    def __init__(self, team_conf: Any) -> None:
+        from airflow.configuration import conf
+
+        self.team_conf, self.global_conf = team_conf, conf
+
+    def get(self, section: str, key: str, fallback: Any = None, **kwargs) -> Any:
+        value = self.team_conf.get(section, key, fallback=None, **kwargs)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return self.global_conf.get(section, key, fallback=fallback, **kwargs)
+        return value
 
 
 class EdgeExecutor(CeleryExecutor):
@@ -127,11 +150,12 @@ class EdgeExecutor(CeleryExecutor):
     def __init__(self, *args, **kwargs) -> None:
         with _quiet_default_celery_config():
             super().__init__(*args, **kwargs)
+        edge_conf = _TeamOrGlobalConf(self.conf) if self.team_name else self.conf
         try:
-            self.celery_app = create_celery_app(self.conf)
+            self.celery_app = create_celery_app(edge_conf)
             # Not [celery] operation_timeout (1 s): a publish is an HTTP round trip, maybe
             # over a WAN, and one given up too early is published again.
-            self.publish_timeout = publish_timeout(self.conf)
+            self.publish_timeout = publish_timeout(edge_conf)
         except EdgeConfigError as exc:
             raise AirflowConfigException(str(exc)) from None
         self.bulk_state_fetcher.celery_app = self.celery_app

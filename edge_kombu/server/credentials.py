@@ -36,6 +36,7 @@ from edge_kombu.server.scopes import (
     loads_list,
 )
 from edge_kombu.server.sql import SQL
+from edge_kombu.teams import check_team_name, team_queue
 
 #: Prefix of API tokens (makes leaked tokens easy to recognise).
 TOKEN_PREFIX = "ekt_"
@@ -103,11 +104,14 @@ class Credentials:
 
     def create(self, name: str, *, kind: str = WORKER, queues: Iterable[str] | None = None,
                publish: Iterable[str] = (), expires: float | None = None,
-               issue_token: bool = True, actor: Actor | None = None) -> str | None:
+               issue_token: bool = True, actor: Actor | None = None,
+               team: str | None = None) -> str | None:
         """Record ``name``'s scope and issue its token (only the hash is stored), and who
         did it in the audit log.
 
-        A worker without ``queues`` may consume Celery's default queue ``celery``.
+        A worker without ``queues`` may consume Celery's default queue ``celery``. A
+        ``team``'s worker may use that team's queues only: each name in ``queues`` and
+        ``publish`` means the team's queue of that name (:mod:`edge_kombu.teams`).
         ``expires`` is a lifetime in seconds. Returns the token, or None without one.
         """
         if kind not in KINDS:
@@ -121,9 +125,18 @@ class Credentials:
         if kind == ADMIN and (queues or publish or not issue_token):
             raise errors.InvalidRequest(
                 "an admin credential has no queue scope and always has a token")
+        if team is not None and kind != WORKER:
+            raise errors.InvalidRequest("only a worker credential belongs to a team")
         if kind == WORKER:
-            queues = _names(DEFAULT_QUEUES if queues is None else queues, "queues")
-            publish = _names(publish, "publish")
+            queues, publish = list(DEFAULT_QUEUES if queues is None else queues), list(publish)
+            if team is not None:
+                try:
+                    check_team_name(team)
+                except ValueError as exc:
+                    raise errors.InvalidRequest(f"team: {exc}") from None
+                queues = [team_queue(team, q) for q in queues]
+                publish = [team_queue(team, q) for q in publish]
+            queues, publish = _names(queues, "queues"), _names(publish, "publish")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32) if issue_token else None
         now = self.sql.clock()
         row = {

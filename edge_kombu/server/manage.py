@@ -45,6 +45,7 @@ from edge_kombu.server.jobs import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, STATES, is_
 from edge_kombu.server.scopes import KINDS
 from edge_kombu.server.validation import check
 from edge_kombu.server.web.access import ADMIN, NotSignedIn, current_user
+from edge_kombu.teams import MAX_TEAM_NAME
 
 MANAGE_PATH = f"{API_PATH}/manage"
 bp = Blueprint("edge_manage", __name__, url_prefix=MANAGE_PATH)
@@ -119,6 +120,10 @@ TOKEN_CREATE = {
         "queues": {**_QUEUE_LIST, "description": "Worker: queues it may consume and publish "
                    "to (default: celery)."},
         "publish": {**_QUEUE_LIST, "description": "Worker: further queues it may publish to."},
+        "team": {"type": "string", "minLength": 1, "maxLength": MAX_TEAM_NAME,
+                 "pattern": "^[^:\\x00]+$",
+                 "description": "Worker: its Airflow team (multi-team mode); its queues and "
+                 "publish queues are that team's."},
         "expires": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_EXPIRES,
                     "description": "Lifetime in seconds (default: never expires)."},
         "no_token": {"type": "boolean", "description": "Worker: record the scope for its "
@@ -376,7 +381,8 @@ def token_create():
     kind = body.get("kind", "worker")
     token = _services().credentials.create(
         body["name"], kind=kind, queues=body.get("queues"), publish=body.get("publish", ()),
-        expires=body.get("expires"), issue_token=not body.get("no_token", False), actor=actor)
+        expires=body.get("expires"), issue_token=not body.get("no_token", False), actor=actor,
+        team=body.get("team"))
     return jsonify(name=body["name"], kind=kind, token=token), 201
 
 

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from edge_kombu.protocol import API_PATH, REQUESTS, WORKER_OFFLINE, WORKER_OFFLINE_MAINTENANCE
+from edge_kombu.teams import team_of
 
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -97,32 +98,37 @@ class FleetCollector:
         self.workers = workers
 
     def collect(self):
+        # ``team``: the Airflow team whose queue or worker it is ("" for none; see
+        # edge_kombu.teams), so a multi-team site can sum and alert per team.
         queues = self.broker.queue_overview()
         ready = GaugeMetricFamily("edge_kombu_queue_messages_ready",
-                                  "Messages waiting in the queue.", labels=["queue"])
+                                  "Messages waiting in the queue.", labels=["queue", "team"])
         leased = GaugeMetricFamily("edge_kombu_queue_messages_leased",
                                    "Messages delivered and not yet acknowledged.",
-                                   labels=["queue"])
+                                   labels=["queue", "team"])
         oldest = GaugeMetricFamily("edge_kombu_queue_oldest_message_age_seconds",
                                    "Age of the oldest waiting message (0 when empty).",
-                                   labels=["queue"])
+                                   labels=["queue", "team"])
         consumers = GaugeMetricFamily("edge_kombu_queue_consumers",
-                                      "Live consumer sessions on the queue.", labels=["queue"])
+                                      "Live consumer sessions on the queue.",
+                                      labels=["queue", "team"])
         for q in queues:
-            ready.add_metric([q["name"]], q["ready"])
-            leased.add_metric([q["name"]], q["leased"])
-            oldest.add_metric([q["name"]], q["oldest_age"] or 0.0)
-            consumers.add_metric([q["name"]], q["consumers"])
+            labels = [q["name"], team_of(q["name"]) or ""]
+            ready.add_metric(labels, q["ready"])
+            leased.add_metric(labels, q["leased"])
+            oldest.add_metric(labels, q["oldest_age"] or 0.0)
+            consumers.add_metric(labels, q["consumers"])
         yield from (ready, leased, oldest, consumers)
 
         fleet = self.workers.list()
         by_state = GaugeMetricFamily("edge_kombu_workers", "Edge workers by state.",
-                                     labels=["state"])
-        counts: dict[str, int] = {}
+                                     labels=["state", "team"])
+        counts: dict[tuple[str, str], int] = {}
         for w in fleet:
-            counts[w["state"]] = counts.get(w["state"], 0) + 1
-        for state, count in sorted(counts.items()):
-            by_state.add_metric([state], count)
+            key = (w["state"], _team(w))
+            counts[key] = counts.get(key, 0) + 1
+        for labels, count in sorted(counts.items()):
+            by_state.add_metric(list(labels), count)
         yield by_state
         per_worker = {
             "slots_used": ("edge_kombu_worker_slots_used", "Slots taken by running tasks."),
@@ -138,7 +144,7 @@ class FleetCollector:
                                 "Free disk space where the worker runs (heartbeat)."),
             "load1": ("edge_kombu_worker_load1", "Host 1-minute load average (heartbeat)."),
         }
-        families = {key: GaugeMetricFamily(name, doc, labels=["worker"])
+        families = {key: GaugeMetricFamily(name, doc, labels=["worker", "team"])
                     for key, (name, doc) in per_worker.items()}
         for w in fleet:
             if w["state"] in (WORKER_OFFLINE, WORKER_OFFLINE_MAINTENANCE):
@@ -149,8 +155,13 @@ class FleetCollector:
                 values["load1"] = w["sysinfo"]["load_avg"][0]
             for key, family in families.items():
                 if isinstance(values.get(key), (int, float)):
-                    family.add_metric([w["name"]], values[key])
+                    family.add_metric([w["name"], _team(w)], values[key])
         yield from families.values()
+
+
+def _team(worker: dict) -> str:
+    team = worker["sysinfo"].get("team_name")
+    return team if isinstance(team, str) else ""
 
 
 def registry_for(services) -> CollectorRegistry:

@@ -57,6 +57,7 @@ from edge_kombu.server.broker import Broker
 from edge_kombu.server.config import DEFAULT_WORKER_TIMEOUT
 from edge_kombu.server.jobs import JobHistory
 from edge_kombu.server.sql import SQL
+from edge_kombu.teams import team_queue
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +474,12 @@ class WorkerRegistry:
 
         def merged(row) -> str:
             current = _loads(row["desired_queues"], None) or _loads(row["queues"], [])
-            queues = [q for q in current if q not in remove] + [q for q in add if q not in current]
+            # A team's worker consumes only its team's queues: names given plain mean those.
+            team = _loads(row["sysinfo"], {}).get("team_name")
+            adding = [team_queue(team, q) for q in add]
+            removing = {team_queue(team, q) for q in remove} | remove
+            queues = ([q for q in current if q not in removing]
+                      + [q for q in adding if q not in current])
             if not queues:
                 raise errors.InvalidRequest("a worker must keep at least one queue")
             return json.dumps(queues)

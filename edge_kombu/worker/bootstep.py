@@ -22,6 +22,7 @@ from celery import bootsteps, signals
 
 from edge_kombu import errors
 from edge_kombu.protocol import MAX_NAME_LENGTH
+from edge_kombu.teams import check_team_name, team_queue
 from edge_kombu.transport.client import EdgeClient, client_for
 from edge_kombu.transport.settings import ENV_TOKEN, ENV_TOKEN_FILE
 from edge_kombu.worker import control
@@ -73,6 +74,23 @@ def _check_queues(names) -> None:
             )
 
 
+def _team_queues(selected, team: str | None) -> list[str]:
+    """The names of the queues Celery will consume (``selected``: ``app.amqp.queues``),
+    after making each one ``team``'s (:mod:`edge_kombu.teams`)."""
+    names = list(selected.consume_from)
+    if not team:
+        return names
+    check_team_name(team)
+    qualified = []
+    for name in names:
+        mine = team_queue(team, name)
+        if mine != name:
+            selected.select_add(mine, exchange=mine, exchange_type="direct", routing_key=mine)
+            selected.deselect(name)
+        qualified.append(mine)
+    return qualified
+
+
 def preflight(worker) -> EdgeWorker:
     """Check the configuration and register with the API; raise StartupError."""
     app = worker.app
@@ -83,7 +101,10 @@ def preflight(worker) -> EdgeWorker:
             f"no edge API URL: set [edge] api_url in {settings.config_path} "
             "or AIRFLOW__EDGE__API_URL"
         )
-    queues = list(app.amqp.queues.consume_from)
+    try:
+        queues = _team_queues(app.amqp.queues, settings.team_name)
+    except ValueError as exc:
+        raise StartupError(f"--team-name: {exc}") from None
     _check_queues(queues)
     client = _client(app, settings, connect_retries=STARTUP_CONNECT_RETRIES)
     try:
@@ -104,6 +125,7 @@ def preflight(worker) -> EdgeWorker:
         client=_client(app, settings, connect_retries=0),
         interval=settings.heartbeat_interval,
         socket_path=control.endpoint(settings.run_dir, worker.hostname, settings.control),
+        team=settings.team_name,
     )
     try:
         answer = edge.register()

@@ -45,6 +45,7 @@ from edge_kombu.protocol import (
     WORKER_TERMINATING,
     pool_slots,
 )
+from edge_kombu.teams import team_queue
 from edge_kombu.transport.client import EdgeClient
 from edge_kombu.transport.kombu import nudge_consumers
 from edge_kombu.worker import sysinfo
@@ -74,8 +75,11 @@ class EdgeWorker:
     """The edge side of one Celery worker process."""
 
     def __init__(self, *, name: str, queues: list[str], concurrency: int, client: EdgeClient,
-                 interval: float, socket_path: Path | None = None) -> None:
+                 interval: float, socket_path: Path | None = None,
+                 team: str | None = None) -> None:
         self.name = name
+        #: ``--team-name``: every task queue this worker is given is that team's.
+        self.team = team
         self.instance = uuid.uuid4().hex
         self.client = client
         self.interval = interval
@@ -245,10 +249,12 @@ class EdgeWorker:
                     changed = True
                 self.maintenance_comment = answer.get("maintenance_comment")
             queues = answer.get("queues")
-            if queues is not None and list(queues) != self.queues:
+            if queues is not None:
+                queues = [team_queue(self.team, name) for name in queues]
+            if queues is not None and queues != self.queues:
                 log.warning("task queues changed by the edge API: %s -> %s",
                             ",".join(self.queues), ",".join(queues))
-                self.queues = list(queues)
+                self.queues = queues
                 changed = True
             concurrency = answer.get("concurrency")
             if concurrency and concurrency != self.concurrency:

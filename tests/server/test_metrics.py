@@ -48,6 +48,9 @@ def test_metrics_match_a_known_workload(api_factory, token):
         producer = conn.Producer(channel)
         for i in range(5):
             producer.publish({"i": i}, exchange="mq", routing_key="mq")
+        # Airflow multi-team: a team's queue and worker carry its name in a `team` label.
+        Queue("team_a:mq", Exchange("team_a:mq", "direct"), "team_a:mq", channel=channel).declare()
+        producer.publish({"i": 5}, exchange="team_a:mq", routing_key="team_a:mq")
         first, second, third = (channel.basic_get("mq") for _ in range(3))
         channel.basic_ack(first.delivery_tag)
         channel.basic_ack(second.delivery_tag)
@@ -62,7 +65,8 @@ def test_metrics_match_a_known_workload(api_factory, token):
                         "load_avg": [0.5, 0.4, 0.3]},
         })
         heartbeat(api, token, {"name": "m2@host", "instance": "instance-2", "state": "idle",
-                               "queues": ["mq"], "slots_total": 1})
+                               "queues": ["team_a:mq"], "slots_total": 1,
+                               "sysinfo": {"team_name": "team_a"}})
         # The transport sends acks from a background thread: wait until both arrived.
         acked = "edge_kombu_messages_acked_total"
         after = wait_for(lambda: (s := scrape(api)) and value(s, acked) - value(before, acked) == 2
@@ -71,27 +75,29 @@ def test_metrics_match_a_known_workload(api_factory, token):
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("edge_kombu_messages_published_total") == 5
+    assert delta("edge_kombu_messages_published_total") == 6
     assert delta("edge_kombu_messages_delivered_total") == 4
     assert delta("edge_kombu_messages_redelivered_total") == 1
     assert delta("edge_kombu_messages_acked_total") == 2
     assert delta("edge_kombu_messages_rejected_total", requeue="true") == 1
-    assert value(after, "edge_kombu_queue_messages_ready", queue="mq") == 2
-    assert value(after, "edge_kombu_queue_messages_leased", queue="mq") == 1
-    assert value(after, "edge_kombu_queue_oldest_message_age_seconds", queue="mq") >= 0
-    assert value(after, "edge_kombu_workers", state="running") == 1
-    assert value(after, "edge_kombu_workers", state="idle") == 1
-    assert value(after, "edge_kombu_worker_slots_used", worker="m1@host") == 3
-    assert value(after, "edge_kombu_worker_slots_total", worker="m1@host") == 4
-    assert value(after, "edge_kombu_worker_slots_total", worker="m2@host") == 1
-    assert value(after, "edge_kombu_worker_cpu_percent", worker="m1@host") == 12.5
-    assert value(after, "edge_kombu_worker_disk_free_bytes", worker="m1@host") == 2048
-    assert value(after, "edge_kombu_worker_load1", worker="m1@host") == 0.5
+    assert value(after, "edge_kombu_queue_messages_ready", queue="mq", team="") == 2
+    assert value(after, "edge_kombu_queue_messages_ready", queue="team_a:mq", team="team_a") == 1
+    assert value(after, "edge_kombu_queue_messages_leased", queue="mq", team="") == 1
+    assert value(after, "edge_kombu_queue_oldest_message_age_seconds", queue="mq", team="") >= 0
+    assert value(after, "edge_kombu_workers", state="running", team="") == 1
+    assert value(after, "edge_kombu_workers", state="idle", team="team_a") == 1
+    m1 = {"worker": "m1@host", "team": ""}
+    assert value(after, "edge_kombu_worker_slots_used", **m1) == 3
+    assert value(after, "edge_kombu_worker_slots_total", **m1) == 4
+    assert value(after, "edge_kombu_worker_slots_total", worker="m2@host", team="team_a") == 1
+    assert value(after, "edge_kombu_worker_cpu_percent", **m1) == 12.5
+    assert value(after, "edge_kombu_worker_disk_free_bytes", **m1) == 2048
+    assert value(after, "edge_kombu_worker_load1", **m1) == 0.5
     publishes = delta("edge_kombu_http_request_duration_seconds_count",
                       endpoint="/api/v1/publish", method="POST", status="200")
-    assert publishes == 5
+    assert publishes == 6
     assert delta("edge_kombu_http_request_duration_seconds_bucket", endpoint="/api/v1/publish",
-                 method="POST", status="200", le="+Inf") == 5
+                 method="POST", status="200", le="+Inf") == 6
 
 
 def test_metrics_access_is_configurable(api_factory, token):

@@ -59,7 +59,7 @@ ARG_QUEUES = Arg(
 )
 ARG_TEAM_NAME = Arg(
     ("-t", "--team-name"),
-    help="Team of the worker (Airflow's multi-team mode), reported with its heartbeats.",
+    help="Team of the worker (Airflow's multi-team mode): it consumes that team's queues only.",
 )
 ARG_EDGE_HOSTNAME = Arg(
     ("-H", "--edge-hostname"),

@@ -195,15 +195,18 @@ class AirflowSite:
 
     def start_edge_worker(self, name: str, queues: str = "default", concurrency: int = 2,
                           wait_ready: bool = True, via_airflow: bool = False,
-                          **overrides: str) -> Process:
+                          team: str | None = None, **overrides: str) -> Process:
         """``celery -A edge_kombu worker`` (``via_airflow``: ``airflow edge worker``, as
-        users of Airflow's edge executor start one), with no usable database URL."""
+        users of Airflow's edge executor start one, with ``--team-name`` if ``team``), with
+        no usable database URL."""
         if via_airflow:
             command = [str(self.bin / "airflow"), "edge", "worker", "-q", queues,
                        "-c", str(concurrency), "-H", f"{name}@localhost"]
+            command += ["--team-name", team] if team else []
         else:
             command = [str(self.bin / "celery"), "-A", "edge_kombu", "worker", "-Q", queues,
                        "-c", str(concurrency), "-n", f"{name}@localhost", "-l", "info"]
+            overrides = {"EDGE_KOMBU_TEAM_NAME": team, **overrides} if team else overrides
         process = self.start_process(
             f"worker-{name}", command,
             **{"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": NO_DATABASE, **overrides},

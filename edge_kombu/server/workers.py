@@ -80,6 +80,14 @@ def _celery_internal(queue: str) -> bool:
     return queue.endswith(_PIDBOX_SUFFIX) or queue.startswith("celeryev.")
 
 
+def _serves_any(worker: dict, queues: set[str]) -> bool:
+    """Whether ``worker`` consumes (or is asked to) one of ``queues``; a team's worker
+    also by the plain names of its team's queues (``remote`` for ``team_a:remote``)."""
+    team = (worker["sysinfo"] or {}).get("team_name")
+    mine = set(worker["desired_queues"] or worker["queues"])
+    return any(q in mine or (team and team_queue(team, q) in mine) for q in queues)
+
+
 def pidbox_node(queues) -> str | None:
     """The node name of the one worker mailbox among ``queues`` (not a reply queue)."""
     nodes = {q[:-len(_PIDBOX_SUFFIX)] for q in queues
@@ -338,8 +346,7 @@ class WorkerRegistry:
             workers = [w for w in workers if fnmatch.fnmatchcase(w["name"], pattern)]
         wanted = set(queues)
         if wanted:
-            workers = [w for w in workers
-                       if wanted.intersection(w["desired_queues"] or w["queues"])]
+            workers = [w for w in workers if _serves_any(w, wanted)]
         return workers
 
     def find(self, name: str) -> str:

@@ -113,8 +113,9 @@ def test_airflow_edge_commands(tmp_path):
 
         # -- airflow edge worker: the options reached the Celery worker ------------------
         a = edge.local_status("-H", "cli-a")  # the part after @ names it
+        # --team-name: the team's queues (edge_kombu.teams)
         assert (a["name"], a["queues"], a["slots_total"]) == (
-            "celery@cli-a", ["remote", "wisconsin_site"], 3)
+            "celery@cli-a", ["team-a:remote", "team-a:wisconsin_site"], 3)
         assert a["pid"] == fore.pid  # the airflow process became the worker (exec)
         pid = int(daemon_pid.read_text())
         d = edge.local_status("--pid", str(daemon_pid))
@@ -135,9 +136,9 @@ def test_airflow_edge_commands(tmp_path):
         assert set(listed) == names, listed
         # Airflow's console prints every value as text, in JSON too.
         assert listed["celery@cli-a"] == {
-            **listed["celery@cli-a"], "state": "idle", "queues": "remote,wisconsin_site",
-            "concurrency": "3", "free_concurrency": "3", "jobs_active": "0",
-            "team_name": "team-a"}
+            **listed["celery@cli-a"], "state": "idle",
+            "queues": "team-a:remote,team-a:wisconsin_site", "concurrency": "3",
+            "free_concurrency": "3", "jobs_active": "0", "team_name": "team-a"}
         assert listed["cli-d@daemon"]["concurrency"] == "1"
         assert [r["worker_name"] for r in yaml.safe_load(by_queue.result().stdout)] == [
             "celery@cli-a"]
@@ -175,12 +176,12 @@ def test_airflow_edge_commands(tmp_path):
         # -- queues and concurrency at runtime -------------------------------------------
         edge.run("add-worker-queues", "-H", "cli-a", "-q", "extra1,extra2")
         wait_for(lambda: worker_status(site, "celery@cli-a")["consuming"] == [
-            "remote", "wisconsin_site", "extra1", "extra2"],
+            "team-a:remote", "team-a:wisconsin_site", "team-a:extra1", "team-a:extra2"],
             timeout=20, interval=0.1, message="cli-a consumes the added queues")
         edge.run("remove-worker-queues", "-H", "cli-a", "-q", "extra1,remote")
         edge.run("set-worker-concurrency", "-H", "cli-a", "-c", "5")
         wait_for(lambda: (s := worker_status(site, "celery@cli-a"))["consuming"] == [
-            "wisconsin_site", "extra2"] and s["slots_total"] == 5,
+            "team-a:wisconsin_site", "team-a:extra2"] and s["slots_total"] == 5,
             timeout=20, interval=0.1, message="cli-a follows queues and concurrency")
 
         # -- failures exit non-zero with one line ----------------------------------------

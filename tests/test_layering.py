@@ -12,6 +12,7 @@ WORKER_SIDE = [
     "edge_kombu",
     "edge_kombu.protocol",
     "edge_kombu.errors",
+    "edge_kombu.teams",
     "edge_kombu.transport",
     "edge_kombu.transport.settings",
     "edge_kombu.transport.client",

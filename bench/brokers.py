@@ -7,6 +7,10 @@ throughput
     1 and 4 workers consume an idle queue while N tasks are published to another; then
     one broadcast ``add_consumer`` makes them all start on it at once. Tasks/s over the
     middle 90 % of the task start times.
+publishing
+    One producer sends N tasks back to back, one ``send_task`` each, while one worker
+    consumes them: the producer's publishes/s, and the end-to-end tasks/s (first publish
+    to last task start).
 """
 
 from __future__ import annotations
@@ -145,6 +149,33 @@ def throughput(url: str, tmp: Path, tasks: int, workers_n: int, label: str) -> d
             "tasks_per_s": round((hi - lo) / (starts[hi] - starts[lo]), 1)}
 
 
+def publishing(url: str, tmp: Path, tasks: int, label: str) -> dict:
+    queue = f"bench-pub-{uuid.uuid4().hex[:8]}"
+    marks = Marks(tmp / f"marks-{queue}")
+    workers = _workers(url, queue, 1, marks.path, tmp, f"{label}-pub")
+    client = Celery("bench_client", broker=url, set_as_current=False)
+    client.conf.task_ignore_result = True
+    try:
+        client.send_task("bench.app.mark", args=["warm-up"], queue=queue)
+        marks.wait("warm-up", timeout=90)
+        first = time.time()
+        for i in range(tasks):
+            client.send_task("bench.app.mark", args=[str(i)], queue=queue)
+        published = time.time()
+        last = marks.wait(str(tasks - 1), timeout=max(60.0, tasks / 10))
+        deadline = time.monotonic() + 60
+        while len(marks.read()) < tasks + 1:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(marks.seen) - 1} of {tasks} tasks ran in time")
+            time.sleep(0.05)
+        last = max(marks.seen.values())
+    finally:
+        _cleanup(client, [queue])
+        _stop(workers)
+    return {"n": tasks, "publishes_per_s": round(tasks / (published - first), 1),
+            "end_to_end_tasks_per_s": round(tasks / (last - first), 1)}
+
+
 def _cleanup(client: Celery, queues: list[str]) -> None:
     with contextlib.suppress(Exception), client.connection_for_write() as conn:
         for queue in queues:
@@ -154,7 +185,7 @@ def _cleanup(client: Celery, queues: list[str]) -> None:
 
 
 def run(*, quick: bool, brokers: tuple[str, ...] = BROKERS) -> dict:
-    tasks_lat, tasks_tp = (20, 40) if quick else (300, 3000)
+    tasks_lat, tasks_tp, tasks_pub = (20, 40, 40) if quick else (300, 3000, 1500)
     results = {}
     tmp = env.tmpdir("brokers")
     for name in brokers:
@@ -162,6 +193,7 @@ def run(*, quick: bool, brokers: tuple[str, ...] = BROKERS) -> dict:
             row = {"latency": latency(url, tmp, tasks_lat, name)}
             for n in (1, 4):
                 row[f"throughput_{n}"] = throughput(url, tmp, tasks_tp, n, name)
+            row["publishing"] = publishing(url, tmp, tasks_pub, name)
         results[name] = row
         print(name, row, flush=True)
     if "redis" in results:
@@ -173,7 +205,10 @@ def run(*, quick: bool, brokers: tuple[str, ...] = BROKERS) -> dict:
                 **{f"throughput_{n}": round(row[f"throughput_{n}"]["tasks_per_s"]
                                             / redis[f"throughput_{n}"]["tasks_per_s"], 2)
                    for n in (1, 4)},
+                **{key: round(row["publishing"][key] / redis["publishing"][key], 2)
+                   for key in ("publishes_per_s", "end_to_end_tasks_per_s")},
             }
     return {"settings": {"worker": WORKER_SETTINGS, "acks_late": True, "prefetch_multiplier": 1,
-                         "latency_tasks": tasks_lat, "throughput_tasks": tasks_tp},
+                         "latency_tasks": tasks_lat, "throughput_tasks": tasks_tp,
+                         "publishing_tasks": tasks_pub},
             "brokers": results}

@@ -30,6 +30,8 @@ def test_brokers_quick(out):
     row = data["brokers"]["edge-sqlite"]
     assert row["latency"]["n"] == 20 and 0 < row["latency"]["p50_ms"] <= row["latency"]["p99_ms"]
     assert row["throughput_1"]["tasks_per_s"] > 0 and row["throughput_4"]["tasks_per_s"] > 0
+    assert row["publishing"]["n"] == 40
+    assert row["publishing"]["publishes_per_s"] > 0 < row["publishing"]["end_to_end_tasks_per_s"]
     assert any("celery -A bench.app worker -P threads -c 8" in c for c in data["commands"])
     assert not any("ekt_" in c for c in data["commands"]), "tokens stay out of the output"
 

@@ -46,13 +46,15 @@ _ERRORS = {
     409: "Conflict with the current state.",
     410: "The consumer session was closed or expired.",
     413: "Request body larger than the server accepts (with or without Content-Length).",
+    414: "Request line (path and query string) longer than the server accepts "
+         "(4094 bytes with `edge-kombu api`).",
     422: "A mandatory message matched no queue.",
     426: "Client protocol major version differs from the server's.",
     429: "Too many requests (or failed credentials) from this client; see Retry-After.",
     503: "Database unavailable; retry.",
 }
 #: What every authenticated route may answer, whatever it does.
-_EVERY_ROUTE = (400, 401, 403, 408, 413, 426, 429, 503)
+_EVERY_ROUTE = (400, 401, 403, 408, 413, 414, 426, 429, 503)
 
 
 def _errors(*codes: int) -> dict:
@@ -166,7 +168,7 @@ def openapi_document() -> dict:
 # -- the management API ------------------------------------------------------------------------
 
 #: What every management route may answer (no protocol header there: 426 never).
-_MANAGE_EVERY = (400, 401, 403, 408, 413, 429, 503)
+_MANAGE_EVERY = (400, 401, 403, 408, 413, 414, 429, 503)
 _OBJECT = {"type": "object"}
 _WORKER = {"type": "object", "required": ["name", "state", "queues", "maintenance"]}
 _NAME_PARAM = {"name": "name", "in": "path", "required": True,

@@ -255,6 +255,20 @@ def test_bodies_over_the_limit_are_413_with_or_without_content_length(small_api,
             assert answer.status_code == 200, answer.text
 
 
+def test_a_request_line_over_the_limit_is_a_documented_414(api, token):
+    # The fuzz suite found it: a bundle name of thousands of escaped characters in a query.
+    answer = requests.get(f"{api.url}{API_PATH}/bundles/archive", timeout=10,
+                          params={"name": "é" * 1000, "sha256": "0" * 64},
+                          headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 414
+    document = requests.get(f"{api.url}{API_PATH}/openapi.json", timeout=10,
+                            headers={"Authorization": f"Bearer {token}"}).json()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            if path.startswith(API_PATH) and not path.endswith(("/health", "/openapi.json")):
+                assert "414" in operation["responses"], (method, path)
+
+
 # -- the pages --------------------------------------------------------------------------------
 
 

@@ -407,7 +407,7 @@ def test_token_commands_with_scopes(api, db_url):
     assert bare.returncode == 0 and bare.stdout == "", bare.stderr
     for args, expected in (
         (("--worker", "x", "--central", "y"), "give one of --worker NAME, --central NAME or"),
-        (("--central", "y", "--queues", "q"), "--queues, --publish and --no-token are for"),
+        (("--central", "y", "--queues", "q"), "--queues, --publish, --team and --no-token are for"),
         (("--worker", "x", "--expires", "soon"), "--expires: 'soon' is not a duration"),
         (("--worker", "x", "--expires", "-5m"), "is not a duration"),
     ):

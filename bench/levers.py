@@ -4,6 +4,7 @@
     PYTHONPATH=<tree> python -m bench.levers idle [N]
     PYTHONPATH=<tree> python -m bench.levers checkout postgres|mysql [N]
     PYTHONPATH=<tree> python -m bench.levers profile sqlite|postgres OUT [N]
+    PYTHONPATH=<tree> python -m bench.levers requests [N]
 
 Run it alternately on two trees (``git worktree add``) on a shared machine: CPU time per
 task moves less with the machine's load than latency and tasks/s do.
@@ -27,6 +28,10 @@ profile
     The latency workload of ``dispatch`` (N tasks, default 300, sent one at a time) with
     ``py-spy record`` (200 Hz, idle samples left out) on the API server's processes: the
     folded stacks go to OUT, for ``grep``/``flamegraph.pl``.
+requests
+    The API server's own cost per request, without the database: N (default 5,000)
+    ``GET /health`` on one keep-alive connection to an ``edge-kombu api`` on SQLite, three
+    rounds; the server's CPU and the client's wall time per request.
 """
 
 from __future__ import annotations
@@ -147,6 +152,40 @@ def profile(db: str, out: str, n: int = 300) -> dict:
     return result
 
 
+def requests(n: int = 5000) -> dict:
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    from edge_kombu.protocol import API_PATH
+
+    tmp = env.tmpdir("levers-requests")
+    out: dict = {"rounds": []}
+    with env.edge_database("sqlite", tmp) as db_url:
+        server = APIServer(db_url, tmp)
+        server.start()
+        try:
+            root = psutil.Process(server.pid)
+            processes = [root, *root.children(recursive=True)]
+            where = urlsplit(server.url)
+            conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+            for _ in range(3):
+                cpu = sum(sum(p.cpu_times()[:2]) for p in processes)
+                wall = time.perf_counter()
+                for _ in range(n):
+                    conn.request("GET", f"{API_PATH}/health")
+                    conn.getresponse().read()
+                wall = time.perf_counter() - wall
+                cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu
+                out["rounds"].append({"server_cpu_us": round(cpu * 1e6 / n, 1),
+                                      "wall_us": round(wall * 1e6 / n, 1)})
+            conn.close()
+        finally:
+            server.stop()
+    out["load_average"] = os.getloadavg()
+    return out
+
+
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "dispatch" and len(sys.argv) == 3:
@@ -155,6 +194,8 @@ def main() -> None:
         print(json.dumps(checkout(sys.argv[2], *(int(a) for a in sys.argv[3:]))))
     elif mode == "profile" and len(sys.argv) in (4, 5):
         print(json.dumps(profile(sys.argv[2], sys.argv[3], *(int(a) for a in sys.argv[4:]))))
+    elif mode == "requests" and len(sys.argv) in (2, 3):
+        print(json.dumps(requests(*(int(a) for a in sys.argv[2:]))))
     elif mode == "idle":
         print(json.dumps(idle(int(sys.argv[2]) if len(sys.argv) > 2 else 500)))
     else:

@@ -18,6 +18,8 @@ long-poll) and a request whose body stops coming holds it for ever. This worker:
   ``REFUSED_HOLD`` seconds later, so that reconnecting at once gains the client nothing
   and costs the server little.
 
+It also answers each response in one send where gunicorn makes two (:class:`OneSend`).
+
 The capacity itself (``max_connections`` per process) and the open-files limit it needs are
 set by :mod:`edge_kombu.server.serve`.
 """
@@ -171,6 +173,66 @@ class BodyDeadline:
             return self.reader.read(size)
 
 
+class OneSend:
+    """A connection's socket, for one request, whose first two sends go out as one.
+
+    gunicorn sends a response's status line and headers, then its body, with a
+    ``sendall`` each: two system calls and two TCP segments per answer, ~10 % of the API
+    server's time in the latency benchmark. The first send (the headers) is held and goes
+    out with the second (the body, or its first part), or when the request is done
+    (:meth:`flush`) if no second came. Any other way out of the socket (``sendfile``,
+    ``send``, ``shutdown``, ``close``) sends what is held first, so bytes never reorder.
+    """
+
+    __slots__ = ("_sock", "_held", "_sends")
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self._held: bytes | None = None
+        self._sends = 0
+
+    def sendall(self, data) -> None:
+        self._sends += 1
+        if self._sends == 1:
+            self._held = bytes(data)
+        elif self._held is not None:
+            held, self._held = self._held, None
+            self._sock.sendall(held + bytes(data))
+        else:
+            self._sock.sendall(data)
+
+    def flush(self) -> None:
+        """Send what is held (the request is done, or the socket is used another way)."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._sock.sendall(held)
+
+    def sendfile(self, *args, **kwargs):
+        self.flush()
+        return self._sock.sendfile(*args, **kwargs)
+
+    def send(self, *args, **kwargs):
+        self.flush()
+        return self._sock.send(*args, **kwargs)
+
+    def shutdown(self, how) -> None:
+        try:
+            self.flush()
+        except OSError:
+            pass
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except OSError:
+            pass
+        self._sock.close()
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 class EdgeGeventWorker(GeventWorker):
     """gunicorn's gevent worker with the bounds above; settings from the application's
     :class:`~edge_kombu.server.config.ServerConfig` (``self.app.config_obj``)."""
@@ -221,15 +283,22 @@ class EdgeGeventWorker(GeventWorker):
     def handle_request(self, listener_name, req, sock, addr):
         conn = self.connections.get(gevent.getcurrent())
         if conn is None or req.body is None:
-            return super().handle_request(listener_name, req, sock, addr)
+            return self._answer(listener_name, req, sock, addr)
         conn.unreader = req.unreader
         deadline = BodyDeadline(req.body.reader, conn.request_started + self.request_limit,
                                 self.request_limit)
         req.body.reader = deadline
         try:
-            return super().handle_request(listener_name, req, sock, addr)
+            return self._answer(listener_name, req, sock, addr)
         finally:
             deadline.app_done = True
+
+    def _answer(self, listener_name, req, sock, addr):
+        one_send = OneSend(sock)
+        try:
+            return super().handle_request(listener_name, req, one_send, addr)
+        finally:
+            one_send.flush()
 
 
 def _answer_429(client, cap: int) -> None:

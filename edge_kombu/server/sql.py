@@ -35,12 +35,16 @@ on commit) and once it committed. Every service reads the time from the kernel's
 from __future__ import annotations
 
 import os
+import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, event, literal, select
+from sqlalchemy import create_engine, event, literal
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select as sa_select
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -83,11 +87,98 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    kwargs: dict = {"pool_size": pool_size, "max_overflow": 2 * pool_size, "pool_pre_ping": True}
+    kwargs: dict = {"pool_size": pool_size, "max_overflow": 2 * pool_size}
     if backend in ("mysql", "mariadb"):
         kwargs["pool_recycle"] = 3600
         kwargs["isolation_level"] = "READ COMMITTED"
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    CheckoutProbe(engine).install()
+    return engine
+
+
+class CheckoutProbe:
+    """Hands out only live pooled connections, without a round trip per checkout.
+
+    This replaces SQLAlchemy's ``pool_pre_ping``, which sends ``SELECT 1`` on every checkout
+    of a pooled connection: on PostgreSQL about 200 µs of CPU per transaction against ~10 µs
+    for a typical statement of ours. It keeps the guarantee the ping gave: a connection
+    the database dropped (a restart, ``pg_terminate_backend``, ``KILL``) is replaced before
+    a request uses it, so no request fails on it. How, at checkout:
+
+    * a connection just opened is used as is (so did the pre-ping);
+    * one that sat in the pool for less than :attr:`idle_ping` seconds is probed with a
+      ``poll()`` of its socket, a system call of a few µs: an idle connection has nothing
+      to read unless its server sent something — the termination notice and end of stream
+      a server sends to its clients when it shuts down or kills their session, or a TCP
+      reset. Only then is the connection pinged for real; a failed ping replaces it and,
+      as after a failed pre-ping (``InvalidatePoolError`` from a checkout listener), every
+      other pooled connection opened before now;
+    * one that sat idle longer (a peer that vanished without a word, a firewall that
+      dropped an idle flow: nothing to read), or whose driver shows no socket, is pinged
+      as the pre-ping did.
+    """
+
+    #: Seconds a connection may sit in the pool and still be trusted on a quiet socket.
+    idle_ping = 30.0
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._ping = engine.dialect.do_ping
+
+    def install(self) -> None:
+        pool = self.engine.pool
+        event.listen(pool, "connect", self._connected)
+        event.listen(pool, "checkin", self._checked_in)
+        event.listen(pool, "checkout", self._checked_out)
+
+    @staticmethod
+    def _connected(_dbapi_connection, record) -> None:
+        record.info.pop("edge_kombu_idle_since", None)
+
+    @staticmethod
+    def _checked_in(_dbapi_connection, record) -> None:
+        if record is not None:
+            record.info["edge_kombu_idle_since"] = time.monotonic()
+
+    def _checked_out(self, dbapi_connection, record, _proxy) -> None:
+        idle_since = record.info.pop("edge_kombu_idle_since", None)
+        if idle_since is None:
+            return  # opened for this checkout
+        if getattr(dbapi_connection, "closed", False):
+            raise sa_exc.InvalidatePoolError("the connection was closed")
+        fd = _socket_fd(dbapi_connection)
+        if (fd is not None and time.monotonic() - idle_since < self.idle_ping
+                and not _readable(fd)):
+            return
+        try:
+            self._ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - any driver error: not usable
+            raise sa_exc.InvalidatePoolError(f"the connection failed its ping: {error}") from error
+
+
+def _socket_fd(dbapi_connection) -> int | None:
+    """The file descriptor of the driver connection's socket, if the driver shows it."""
+    fileno = getattr(dbapi_connection, "fileno", None)  # psycopg2
+    if fileno is None:
+        sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL
+        fileno = getattr(sock, "fileno", None)
+    try:
+        fd = fileno() if fileno is not None else None
+    except Exception:  # noqa: BLE001 - a closed connection: no descriptor
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket has something to read or an error, right now (never waits).
+
+    The system's ``poll`` even under gevent, whose patched one would go through its hub.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    poll = monkey.get_original("select", "poll") if monkey is not None else select.poll
+    poller = poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 def make_driver_cooperative(url: str) -> None:
@@ -170,14 +261,14 @@ class SQL:
     def ping(self) -> None:
         """One round trip to the database (``SELECT 1``); raises if it cannot be reached."""
         with self.connect() as conn:
-            conn.execute(select(literal(1)))
+            conn.execute(sa_select(literal(1)))
 
     def quick_scalar(self, query: str):
         """The first value of a tiny read done very often (``query``: literal SQL), or None.
 
         SQLite and PostgreSQL answer it on an autocommit connection of its own, outside the
-        pool: checking one out of the pool costs more than the read (on PostgreSQL a
-        ping, a round trip, and a rollback: ~200 µs of CPU against ~10 µs). Should that
+        pool: checking one out of the pool costs more than the read (on PostgreSQL its
+        transaction's ``BEGIN`` and rollback are round trips of their own). Should that
         connection fail, it is dropped and the read goes through the pool, which raises
         as every other read does when the database is down. MySQL reads through the pool.
         """

@@ -33,3 +33,13 @@ def record(self, path: str, n: int, seconds: float = 0.0) -> None:
     from tests.faults import record_execution
 
     record_execution(path, self.request.id, n, self.request.hostname, seconds)
+
+
+@app.task
+def loaded(names: list[str]) -> dict:
+    """What the pool process running this task had imported (of ``names``) and frozen."""
+    import gc
+    import sys
+
+    return {"imported": [name for name in names if name in sys.modules],
+            "frozen": gc.get_freeze_count()}

@@ -430,6 +430,10 @@ REQUESTS: dict[str, dict] = {
             "value": {"type": "string"},
             "encoding": {"enum": ["utf-8", "base64"]},
             "expires": _SECONDS,
+            # Keep a stored Celery result whose status is SUCCESS (JSON) rather than
+            # overwrite it: Celery's guard against a lost task's late update, without the
+            # read it costs a client.
+            "keep_success": {"type": "boolean"},
         },
         ("key", "value"),
     ),
@@ -509,7 +513,7 @@ RESPONSES: dict[str, dict] = {
     "worker/deregister": _NOTHING,
     "results/get": _answer({"value": _RESULT_VALUE}),
     "results/mget": _answer({"values": {"type": "array", "items": _RESULT_VALUE}}),
-    "results/set": _NOTHING,
+    "results/set": _answer({"stored": {"type": "boolean"}}),
     "results/delete": _NOTHING,
     "results/incr": _answer({"value": _INT}),
     "results/expire": _answer({"found": {"type": "boolean"}}),
@@ -569,7 +573,8 @@ SUMMARIES: dict[str, str] = {
     "worker/deregister": "A worker stopped cleanly (offline, or offline maintenance).",
     "results/get": "Read one result.",
     "results/mget": "Read many results in one request.",
-    "results/set": "Write a result with an optional expiry in seconds.",
+    "results/set": "Write a result with an optional expiry in seconds (with keep_success, "
+                   "not over a stored SUCCESS; stored says whether it was written).",
     "results/delete": "Delete a result.",
     "results/incr": "Atomically add to an integer result (chord counters).",
     "results/expire": "Set the expiry of a result.",

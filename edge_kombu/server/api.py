@@ -409,8 +409,10 @@ def results_mget(body: dict) -> dict:
 @route("results/set")
 def results_set(body: dict) -> dict:
     _check_results([body["key"]], write=True)
-    _services().results.set(body["key"], _decode_value(body), expires=body.get("expires"))
-    return {}
+    stored = _services().results.set(body["key"], _decode_value(body),
+                                     expires=body.get("expires"),
+                                     keep_success=body.get("keep_success", False))
+    return {"stored": stored}
 
 
 @route("results/delete")

@@ -8,6 +8,7 @@ reads a Celery task's state from it) in the same transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -17,6 +18,17 @@ from sqlalchemy.engine import Connection
 from edge_kombu import errors
 from edge_kombu.server import models as m
 from edge_kombu.server.sql import SQL
+
+
+def _is_success(value: bytes | None) -> bool:
+    """Whether ``value`` is a Celery result (JSON) in the SUCCESS state."""
+    if not value or b"SUCCESS" not in value or not value.lstrip().startswith(b"{"):
+        return False
+    try:
+        meta = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and meta.get("status") == "SUCCESS"
 
 
 class ResultHistory(Protocol):
@@ -53,10 +65,17 @@ class Results:
             )
         return [found.get(k) for k in keys]
 
-    def set(self, key: str, value: bytes, *, expires: float | None = None) -> None:
-        """Store ``value``, expiring ``expires`` seconds from now (None: never)."""
+    def set(self, key: str, value: bytes, *, expires: float | None = None,
+            keep_success: bool = False) -> bool:
+        """Store ``value``, expiring ``expires`` seconds from now (None: never); with
+        ``keep_success``, not over a live Celery result whose status is SUCCESS. Returns
+        whether it was stored."""
         with self.sql.transaction() as tx:
-            self.store(tx.conn, key, value, self.sql.clock(), expires=expires)
+            now = self.sql.clock()
+            if keep_success and _is_success(self.read(tx.conn, key, now)):
+                return False
+            self.store(tx.conn, key, value, now, expires=expires)
+            return True
 
     def store(self, conn: Connection, key: str, value: bytes, now: float, *,
               expires: float | None = None) -> None:

@@ -3,6 +3,10 @@
 A :class:`~celery.backends.base.KeyValueStoreBackend`: ``mget`` is one request
 (Airflow's state sync reads all its tasks at once), ``incr`` is atomic on the
 server so chords work, and results expire after ``result_expires`` on the server.
+Storing a task's state is one request: Celery's rule that nothing overwrites a SUCCESS
+(a lost task's late update) is kept by the server in the write's transaction
+(``keep_success``) instead of a read before every write (JSON results; other
+serializers, and servers older than it, keep Celery's read).
 
 Options (``result_backend_transport_options``): ``token``, ``secret``,
 ``client_name``, ``read_timeout``, ``connect_retries``, as the transport's
@@ -17,10 +21,11 @@ from __future__ import annotations
 import base64
 
 from celery.backends.base import KeyValueStoreBackend
+from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
 
 from edge_kombu import errors
-from edge_kombu.transport.client import EdgeClient, client_for
+from edge_kombu.transport.client import EdgeClient, call_without_new_fields, client_for
 from edge_kombu.transport.settings import ClientSettings
 
 
@@ -82,13 +87,36 @@ class EdgeBackend(KeyValueStoreBackend):
             return []
         return [_decode(v) for v in self.api.call("results/mget", {"keys": list(keys)})["values"]]
 
-    def set(self, key, value):
+    def set(self, key, value, *, keep_success: bool = False) -> bool:
+        """Store ``value``; with ``keep_success``, not over a stored SUCCESS. Returns
+        whether the server stored it."""
         if isinstance(value, bytes):
             body = {"key": key, "value": base64.b64encode(value).decode(), "encoding": "base64"}
         else:
             body = {"key": key, "value": value}
         body["expires"] = self.expires or None
-        self.api.call("results/set", body)
+        if keep_success:
+            body["keep_success"] = True
+            answer = call_without_new_fields(self.api, "results/set", body, ("keep_success",))
+            if "stored" not in answer:  # a server older than keep_success wrote it anyway
+                self._server_keeps_success = False
+        else:
+            answer = self.api.call("results/set", body)
+        return answer.get("stored", True)
+
+    _server_keeps_success = True
+
+    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+        # Celery's own reads the stored state first and keeps a SUCCESS; the server does
+        # that in the write's transaction (one request, and no race between the two).
+        if not (self._server_keeps_success and self.serializer == "json"):
+            return super()._store_result(task_id, result, state, traceback=traceback,
+                                         request=request, **kwargs)
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback,
+                                     request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        self.set(self.get_key_for_task(task_id), self.encode(meta), keep_success=True)
+        return result
 
     def delete(self, key):
         self.api.call("results/delete", {"key": key})

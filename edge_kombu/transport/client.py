@@ -309,6 +309,18 @@ class _TokenFile:
             return self._token
 
 
+def call_without_new_fields(api, verb: str, body: dict, fields: tuple, **kwargs):
+    """``api.call``; a server older than ``fields`` (it refuses them as unknown) gets the
+    request again without them."""
+    try:
+        return api.call(verb, body, **kwargs)
+    except errors.InvalidRequest as exc:
+        dropped = [f for f in fields if f in body and repr(f) in exc.message]
+        if not dropped:
+            raise
+        return api.call(verb, {k: v for k, v in body.items() if k not in dropped}, **kwargs)
+
+
 def client_for(settings: ClientSettings) -> EdgeClient:
     """The client every worker-side user of the edge API gets: built from ``settings``."""
     return EdgeClient(

@@ -69,7 +69,7 @@ from edge_kombu import errors
 from edge_kombu.protocol import MAX_BATCH, MAX_HELD, pool_slots
 from edge_kombu.transport import node, probe, sessions
 from edge_kombu.transport.acks import AckSender
-from edge_kombu.transport.client import EdgeClient, client_for
+from edge_kombu.transport.client import EdgeClient, call_without_new_fields, client_for
 from edge_kombu.transport.settings import ClientSettings
 
 log = logging.getLogger(__name__)
@@ -191,18 +191,6 @@ class ConsumeSpec:
 MAX_OWN_SESSIONS = 8
 
 
-def _call_without_new_fields(api, verb: str, body: dict, fields: tuple, **kwargs):
-    """``api.call``; a server older than ``fields`` (it refuses them as unknown) gets the
-    request again without them."""
-    try:
-        return api.call(verb, body, **kwargs)
-    except errors.InvalidRequest as exc:
-        dropped = [f for f in fields if f in body and repr(f) in exc.message]
-        if not dropped:
-            raise
-        return api.call(verb, {k: v for k, v in body.items() if k not in dropped}, **kwargs)
-
-
 #: Where :func:`_publish_id` keeps a publish's id between attempts (never sent inside it).
 _PUBLISH_ID_PROPERTY = "_edge_publish_id"
 
@@ -250,7 +238,7 @@ class Channel(virtual.Channel):
         earlier = sessions.waiting_ids(self.transport.identity)
         if earlier:
             body["own_sessions"] = [self.transport.session_id, *earlier][:MAX_OWN_SESSIONS]
-        answer = _call_without_new_fields(self.api, "queue/declare", body, ("own_sessions",))
+        answer = call_without_new_fields(self.api, "queue/declare", body, ("own_sessions",))
         return queue_declare_ok_t(queue, answer["messages"], answer["consumers"])
 
     def queue_delete(self, queue, if_unused=False, if_empty=False, **kwargs):
@@ -460,7 +448,7 @@ class LongPoller(threading.Thread):
                     # Consumers changed since the spec was read, and consumers_changed()
                     # saw no poll in flight to wake: read the spec again.
                     continue
-                answer = _call_without_new_fields(
+                answer = call_without_new_fields(
                     transport.api, "consume", spec.as_request(transport.session_id, wait),
                     ("node",), timeout=wait + transport.api.read_timeout,
                 )

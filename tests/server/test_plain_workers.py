@@ -69,7 +69,7 @@ def test_a_declare_does_not_count_its_own_sessions_of_its_own_credential(broker)
 
 @pytest.mark.sqlite_only
 def test_a_server_older_than_the_new_fields_gets_the_request_without_them():
-    from edge_kombu.transport.kombu import _call_without_new_fields
+    from edge_kombu.transport.client import call_without_new_fields
 
     sent = []
 
@@ -80,8 +80,8 @@ def test_a_server_older_than_the_new_fields_gets_the_request_without_them():
                 raise errors.InvalidRequest("body: unknown field(s) 'node'; allowed: queues")
             return {"messages": []}
 
-    assert _call_without_new_fields(OldServer(), "consume", {"queues": [], "node": {}},
+    assert call_without_new_fields(OldServer(), "consume", {"queues": [], "node": {}},
                                     ("node",)) == {"messages": []}
     assert sent == [{"queues": [], "node": {}}, {"queues": []}]
     with pytest.raises(errors.InvalidRequest):  # other refusals are not retried
-        _call_without_new_fields(OldServer(), "consume", {"node": {}}, ("own_sessions",))
+        call_without_new_fields(OldServer(), "consume", {"node": {}}, ("own_sessions",))

@@ -42,6 +42,23 @@ def test_set_get_and_mget_keep_order(results):
     assert results.mget([]) == []
 
 
+def test_keep_success_keeps_a_stored_success_only(timed, clock):
+    success = b'{"status": "SUCCESS", "result": 4, "task_id": "t"}'
+    started = b'{"status": "STARTED", "result": null, "task_id": "t"}'
+    assert timed.set("k", started, keep_success=True) is True
+    assert timed.set("k", success, keep_success=True) is True
+    # A lost task's late update (Celery's own guard, kept by the server): not written.
+    assert timed.set("k", started, keep_success=True) is False
+    assert timed.get("k") == success
+    assert timed.set("k", started) is True  # without it, as any key-value write
+    for value in (b"SUCCESS", b"\x80{not json SUCCESS", b'["SUCCESS"]'):  # not a result
+        timed.set("other", value)
+        assert timed.set("other", started, keep_success=True) is True
+    timed.set("old", success, expires=10)
+    clock.advance(11)  # an expired result is gone, whatever it said
+    assert timed.set("old", started, keep_success=True) is True
+
+
 def test_binary_values_round_trip(results):
     value = bytes(range(256)) * 4 + b"\x00"
     results.set("bin", value)

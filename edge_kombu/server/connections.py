@@ -26,6 +26,7 @@ set by :mod:`edge_kombu.server.serve`.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import ssl
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 import gevent
 from gevent.socket import wait_read
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.exceptions import RequestTimeout
@@ -276,6 +278,21 @@ class EdgeGeventWorker(GeventWorker):
                 self.refusals_held -= 1
         client.close()
 
+    def handle_error(self, req, client, addr, exc) -> None:
+        # gunicorn answers a request line or headers over its limits with an HTML page; the
+        # API's errors are JSON that name the limit.
+        if isinstance(exc, LimitRequestLine):
+            _answer_error(client, 414, "URI Too Long", "uri_too_long",
+                          f"the request line (path and query string) is too large ({exc}); "
+                          f"at most {self.cfg.limit_request_line} bytes are allowed")
+        elif isinstance(exc, LimitRequestHeaders):
+            _answer_error(client, 431, "Request Header Fields Too Large", "headers_too_large",
+                          f"request headers over the limit ({exc}); at most "
+                          f"{self.cfg.limit_request_fields} fields of "
+                          f"{self.cfg.limit_request_field_size} bytes are allowed")
+        else:
+            super().handle_error(req, client, addr, exc)
+
     def timeout_ctx(self) -> RequestArrival:
         return RequestArrival(self.connections[gevent.getcurrent()], limit=self.request_limit,
                               keepalive=self.cfg.keepalive)
@@ -299,6 +316,17 @@ class EdgeGeventWorker(GeventWorker):
             return super().handle_request(listener_name, req, one_send, addr)
         finally:
             one_send.flush()
+
+
+def _answer_error(client, status: int, reason: str, error: str, message: str) -> None:
+    """Answer ``status`` with the API's JSON error body, then the connection closes."""
+    body = json.dumps({"error": error, "message": message}).encode()
+    try:
+        client.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                       b"Connection: close\r\nContent-Length: %d\r\n\r\n"
+                       % (status, reason.encode(), len(body)) + body)
+    except OSError:
+        pass
 
 
 def _answer_429(client, cap: int) -> None:

@@ -48,13 +48,15 @@ _ERRORS = {
     413: "Request body larger than the server accepts (with or without Content-Length).",
     414: "Request line (path and query string) longer than the server accepts "
          "(4094 bytes with `edge-kombu api`).",
+    431: "Request headers over the server's limits (100 fields of 8190 bytes with "
+         "`edge-kombu api`).",
     422: "A mandatory message matched no queue.",
     426: "Client protocol major version differs from the server's.",
     429: "Too many requests (or failed credentials) from this client; see Retry-After.",
     503: "Database unavailable; retry.",
 }
 #: What every authenticated route may answer, whatever it does.
-_EVERY_ROUTE = (400, 401, 403, 408, 413, 414, 426, 429, 503)
+_EVERY_ROUTE = (400, 401, 403, 408, 413, 414, 426, 429, 431, 503)
 
 
 def _errors(*codes: int) -> dict:
@@ -94,7 +96,7 @@ def openapi_document() -> dict:
                                           "version": {"type": "string"},
                                           "protocol": {"type": "string"}}},
                           "The server is up."),
-                    **_errors(429),
+                    **_errors(414, 429, 431),
                 },
             }
         },
@@ -103,7 +105,7 @@ def openapi_document() -> dict:
                 "operationId": "openapi",
                 "summary": "This document.",
                 "responses": {**_ok({"type": "object"}, "The OpenAPI document."),
-                              **_errors(401, 403, 429)},
+                              **_errors(401, 403, 414, 429, 431)},
             }
         },
     }
@@ -168,7 +170,7 @@ def openapi_document() -> dict:
 # -- the management API ------------------------------------------------------------------------
 
 #: What every management route may answer (no protocol header there: 426 never).
-_MANAGE_EVERY = (400, 401, 403, 408, 413, 414, 429, 503)
+_MANAGE_EVERY = (400, 401, 403, 408, 413, 414, 429, 431, 503)
 _OBJECT = {"type": "object"}
 _WORKER = {"type": "object", "required": ["name", "state", "queues", "maintenance"]}
 _NAME_PARAM = {"name": "name", "in": "path", "required": True,

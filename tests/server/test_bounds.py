@@ -261,12 +261,18 @@ def test_a_request_line_over_the_limit_is_a_documented_414(api, token):
                           params={"name": "é" * 1000, "sha256": "0" * 64},
                           headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 414
+    assert answer.headers["Content-Type"] == "application/json"
+    assert "at most 4094 bytes are allowed" in answer.json()["message"]
+    headers = requests.get(f"{api.url}{API_PATH}/health", timeout=10,
+                           headers={f"X-Many-{i}": "x" for i in range(120)})
+    assert headers.status_code == 431
+    assert "at most 100 fields" in headers.json()["message"]
     document = requests.get(f"{api.url}{API_PATH}/openapi.json", timeout=10,
                             headers={"Authorization": f"Bearer {token}"}).json()
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
-            if path.startswith(API_PATH) and not path.endswith(("/health", "/openapi.json")):
-                assert "414" in operation["responses"], (method, path)
+            if path.startswith(API_PATH):
+                assert {"414", "431"} <= set(operation["responses"]), (method, path)
 
 
 # -- the pages --------------------------------------------------------------------------------

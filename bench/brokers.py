@@ -96,25 +96,32 @@ def _stop(workers: list) -> None:
         worker.stop()
 
 
-def latency(url: str, tmp: Path, tasks: int, label: str) -> dict:
-    queue = f"bench-lat-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def _one_worker(url: str, tmp: Path, label: str) -> Iterator[tuple[Celery, str, Marks]]:
+    """One worker on a fresh queue that has run a warm-up task: (client, queue, marks)."""
+    queue = f"bench-{label}-{uuid.uuid4().hex[:8]}"
     marks = Marks(tmp / f"marks-{queue}")
-    workers = _workers(url, queue, 1, marks.path, tmp, f"{label}-lat")
+    workers = _workers(url, queue, 1, marks.path, tmp, label)
     client = Celery("bench_client", broker=url, set_as_current=False)
     client.conf.task_ignore_result = True
     try:
         client.send_task("bench.app.mark", args=["warm-up"], queue=queue)
         marks.wait("warm-up", timeout=90)
-        seconds = []
+        yield client, queue, marks
+    finally:
+        _cleanup(client, [queue])
+        _stop(workers)
+
+
+def latency(url: str, tmp: Path, tasks: int, label: str) -> dict:
+    seconds = []
+    with _one_worker(url, tmp, f"{label}-lat") as (client, queue, marks):
         for i in range(tasks + 5):
             sent = time.time()
             client.send_task("bench.app.mark", args=[str(i)], queue=queue)
             started = marks.wait(str(i), timeout=30)
             if i >= 5:  # the first few warm connections and caches up
                 seconds.append(started - sent)
-    finally:
-        _cleanup(client, [queue])
-        _stop(workers)
     return env.summary_ms(seconds)
 
 
@@ -150,28 +157,17 @@ def throughput(url: str, tmp: Path, tasks: int, workers_n: int, label: str) -> d
 
 
 def publishing(url: str, tmp: Path, tasks: int, label: str) -> dict:
-    queue = f"bench-pub-{uuid.uuid4().hex[:8]}"
-    marks = Marks(tmp / f"marks-{queue}")
-    workers = _workers(url, queue, 1, marks.path, tmp, f"{label}-pub")
-    client = Celery("bench_client", broker=url, set_as_current=False)
-    client.conf.task_ignore_result = True
-    try:
-        client.send_task("bench.app.mark", args=["warm-up"], queue=queue)
-        marks.wait("warm-up", timeout=90)
+    with _one_worker(url, tmp, f"{label}-pub") as (client, queue, marks):
         first = time.time()
         for i in range(tasks):
             client.send_task("bench.app.mark", args=[str(i)], queue=queue)
         published = time.time()
-        last = marks.wait(str(tasks - 1), timeout=max(60.0, tasks / 10))
-        deadline = time.monotonic() + 60
-        while len(marks.read()) < tasks + 1:
+        deadline = time.monotonic() + max(60.0, tasks / 10)
+        while len(marks.read()) < tasks + 1:  # and the warm-up
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(marks.seen) - 1} of {tasks} tasks ran in time")
             time.sleep(0.05)
         last = max(marks.seen.values())
-    finally:
-        _cleanup(client, [queue])
-        _stop(workers)
     return {"n": tasks, "publishes_per_s": round(tasks / (published - first), 1),
             "end_to_end_tasks_per_s": round(tasks / (last - first), 1)}
 

@@ -51,6 +51,16 @@ class Window:
     def _requests(self) -> int:
         return sum(c["requests"] for c in self.server.stats().values())
 
+    def settle(self, tasks: int, timeout: float = 30.0) -> None:
+        """Wait until ``tasks`` messages were deleted since the start: a task's ack (its
+        DELETE) comes after the task started, from the worker's ack thread."""
+        deadline = time.monotonic() + timeout
+        while (self._sql().get("statements_DELETE", 0)
+               - self.sql0.get("statements_DELETE", 0)) < tasks:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the acks of {tasks} tasks did not arrive in time")
+            time.sleep(0.05)
+
     def per(self, units: float) -> dict:
         elapsed = time.monotonic() - self.t0
         sql = self._sql()
@@ -89,6 +99,7 @@ def one(db: str, *, idle_s: float, sequential: int, batch: int) -> dict:
             for i in range(sequential):
                 client.send_task("bench.app.mark", args=[f"s{i}"], queue=queue)
                 marks.wait(f"s{i}", timeout=30)
+            window.settle(sequential)
             out["sequential_per_task"] = window.per(sequential)
             window = Window(server)
             started = time.time()
@@ -102,6 +113,7 @@ def one(db: str, *, idle_s: float, sequential: int, batch: int) -> dict:
                     raise AssertionError(f"batch of {batch} did not run in time")
                 time.sleep(0.05)
             last = max(v for k, v in marks.seen.items() if k.startswith("b"))
+            window.settle(batch)
             out["batch_per_task"] = window.per(batch)
             out["batch_per_task"]["tasks_per_s"] = round(batch / (last - started), 1)
             out["rss_mb"] = {"api_server": _rss_mb(server), "worker": _rss_mb(workers[0])}

@@ -47,7 +47,9 @@ def test_actions_from_the_api_change_the_live_workers(edge_workers, api, tokens,
     assert answer["worker"]["maintenance"] is True
     status = worker.wait_state("maintenance mode")
     assert status["maintenance_comment"] == "rack move" and status["consuming"] == []
-    assert admin.get("/workers", state="maintenance mode").json()["workers"][0]["name"] == name
+    # The server's row follows with the worker's next heartbeat.
+    wait_for(lambda: [w["name"] for w in admin.get("/workers", state="maintenance mode")
+                      .json()["workers"]] == [name], message="maintenance mode listed centrally")
     admin.ok(f"/workers/{name}/maintenance-comment", {"comment": "rack move, then disk"})
     wait_for(lambda: worker.status()["maintenance_comment"] == "rack move, then disk",
              message="new comment on the worker")

@@ -318,13 +318,15 @@ class EdgeGeventWorker(GeventWorker):
             one_send.flush()
 
 
-def _answer_error(client, status: int, reason: str, error: str, message: str) -> None:
-    """Answer ``status`` with the API's JSON error body, then the connection closes."""
+def _answer_error(client, status: int, reason: str, error: str, message: str,
+                  headers: bytes = b"") -> None:
+    """Answer ``status`` with the API's JSON error body (``headers``: further header
+    lines, each ending in CRLF), then the connection closes."""
     body = json.dumps({"error": error, "message": message}).encode()
     try:
-        client.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+        client.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s"
                        b"Connection: close\r\nContent-Length: %d\r\n\r\n"
-                       % (status, reason.encode(), len(body)) + body)
+                       % (status, reason.encode(), headers, len(body)) + body)
     except OSError:
         pass
 
@@ -333,12 +335,10 @@ def _answer_429(client, cap: int) -> None:
     """Answer 429 on a plain connection (a TLS one gets no handshake, hence no answer)."""
     if isinstance(client, ssl.SSLSocket):
         return
-    body = (b'{"error": "too_many_requests", "message": "too many connections from your '
-            b'address (at most %d at once)"}' % cap)
     try:
         client.settimeout(1.0)
-        client.sendall(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
-                       b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
-                       % (REFUSED_HOLD, len(body)) + body)
     except OSError:
-        pass
+        return
+    _answer_error(client, 429, "Too Many Requests", "too_many_requests",
+                  f"too many connections from your address (at most {cap} at once)",
+                  headers=b"Retry-After: %d\r\n" % REFUSED_HOLD)

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from edge_kombu.protocol import API_PATH, REQUESTS, WORKER_OFFLINE, WORKER_OFFLINE_MAINTENANCE
+from edge_kombu.server.workers import reported_team
 from edge_kombu.teams import team_of
 
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -160,8 +161,7 @@ class FleetCollector:
 
 
 def _team(worker: dict) -> str:
-    team = worker["sysinfo"].get("team_name")
-    return team if isinstance(team, str) else ""
+    return reported_team(worker["sysinfo"]) or ""
 
 
 def registry_for(services) -> CollectorRegistry:

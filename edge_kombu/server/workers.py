@@ -80,10 +80,16 @@ def _celery_internal(queue: str) -> bool:
     return queue.endswith(_PIDBOX_SUFFIX) or queue.startswith("celeryev.")
 
 
+def reported_team(sysinfo: object) -> str | None:
+    """The Airflow team a worker reported in its heartbeats' system info, if any."""
+    team = sysinfo.get("team_name") if isinstance(sysinfo, dict) else None
+    return team if isinstance(team, str) and team else None
+
+
 def _serves_any(worker: dict, queues: set[str]) -> bool:
     """Whether ``worker`` consumes (or is asked to) one of ``queues``; a team's worker
     also by the plain names of its team's queues (``remote`` for ``team_a:remote``)."""
-    team = (worker["sysinfo"] or {}).get("team_name")
+    team = reported_team(worker["sysinfo"])
     mine = set(worker["desired_queues"] or worker["queues"])
     return any(q in mine or (team and team_queue(team, q) in mine) for q in queues)
 
@@ -482,7 +488,7 @@ class WorkerRegistry:
         def merged(row) -> str:
             current = _loads(row["desired_queues"], None) or _loads(row["queues"], [])
             # A team's worker consumes only its team's queues: names given plain mean those.
-            team = _loads(row["sysinfo"], {}).get("team_name")
+            team = reported_team(_loads(row["sysinfo"], {}))
             adding = [team_queue(team, q) for q in add]
             removing = {team_queue(team, q) for q in remove} | remove
             queues = ([q for q in current if q not in removing]

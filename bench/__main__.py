@@ -28,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brokers", help="comma-separated subset of brokers (brokers)")
     parser.add_argument("--dbs", help="comma-separated subset of sqlite,postgres (dbload)")
     parser.add_argument("--workers", help="comma-separated simulated worker counts (scale)")
+    parser.add_argument("--api-workers", type=int, default=1,
+                        help="API server processes (scale)")
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the API server's database (scale)")
+    parser.add_argument("--rate", type=float, help="tasks per second under load (scale)")
+    parser.add_argument("--load-seconds", type=float, help="seconds under load (scale)")
+    parser.add_argument("--stress", action=argparse.BooleanOptionalAction, default=None,
+                        help="one more run of the largest fleet at 60 tasks/s (scale; "
+                             "default: in full runs only)")
     parser.add_argument("--airflow-venv", default=None,
                         help="virtualenv with Airflow + this project (default $BENCH_AIRFLOW_VENV"
                              " or /work/afvenv)")
@@ -68,7 +77,9 @@ def _run(name: str, args) -> dict:
         from bench import scale
 
         counts = [int(n) for n in args.workers.split(",")] if args.workers else None
-        return scale.run(quick=args.quick, counts=counts)
+        return scale.run(quick=args.quick, counts=counts, rate=args.rate, db=args.db,
+                         api_workers=args.api_workers, stress=args.stress,
+                         load_seconds=args.load_seconds)
     from bench import airflow
 
     return airflow.run(quick=args.quick, airflow_venv=args.airflow_venv,

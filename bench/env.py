@@ -93,14 +93,17 @@ def create_token(db_url: str, name: str = "bench") -> str:
 
 
 class CountingServer(Process):
-    """``python -m bench.server``: the edge API (gunicorn, gevent, one process) that counts
-    requests and bytes per route, read at ``GET /bench/stats``."""
+    """``python -m bench.server``: the edge API (gunicorn, gevent, ``workers`` processes,
+    one by default) that counts requests and bytes per route, read at ``GET /bench/stats``
+    (summed over the processes)."""
 
-    def __init__(self, db_url: str, tmp: Path, *, env: dict | None = None) -> None:
+    def __init__(self, db_url: str, tmp: Path, *, env: dict | None = None,
+                 workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
         super().__init__([str(BIN / "python"), "-m", "bench.server", "--bind",
-                          f"127.0.0.1:{self.port}", "--db", db_url],
+                          f"127.0.0.1:{self.port}", "--db", db_url, "--workers", str(workers)],
                          tmp / f"api-{self.port}.log", env=env)
 
     def start(self) -> CountingServer:
@@ -112,7 +115,8 @@ class CountingServer(Process):
     def _healthy(self) -> bool:
         if not self.alive():
             raise AssertionError(f"API server exited:\n{self.log()}")
-        return self.stats() is not None
+        # Every process up, not only the first to answer.
+        return self.stats() is not None and len(self.processes()) > self.workers
 
     def stats(self) -> dict | None:
         import requests

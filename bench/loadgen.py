@@ -5,8 +5,9 @@
 Each simulated worker speaks the wire protocol as a Celery edge worker does, with a
 connection of its own: a heartbeat every ``--heartbeat`` seconds and one long-poll after
 another on the queue ``scale`` (acking what it gets). A publisher sends tasks at a
-steady rate; the dispatch latency of a task is publish start → the consume answer that
-carries it. Prints one JSON document: idle and loaded phases, server CPU/RSS and request
+steady rate (open loop, over a few connections); the dispatch latency of a task is the
+time it was due to be published → the consume answer that carries it. Prints one JSON
+document: idle and loaded phases, server CPU/RSS (in all and per process) and request
 counts (from ``bench.server``'s counters), and this process's own CPU.
 """
 
@@ -17,11 +18,18 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402 - after monkey-patching, as gevent requires
+import contextlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.pool  # noqa: E402
+import gevent.queue  # noqa: E402
 import psutil  # noqa: E402
 import requests  # noqa: E402
 
@@ -29,6 +37,9 @@ from bench.env import Usage, percentile  # noqa: E402
 from edge_kombu.transport.client import EdgeClient  # noqa: E402
 
 QUEUE = "scale"
+#: Connections the publisher spreads its tasks over (a few producers, as a scheduler's
+#: pool of connections or several apps are).
+PUBLISHERS = 4
 #: What a real worker's heartbeat carries (edge_kombu.worker.sysinfo), in the same shape.
 SYSINFO = {"cpu_percent": 3.0, "memory_percent": 41.5, "memory_used_bytes": 3_500_000_000,
            "disk_free_bytes": 120_000_000_000, "load_avg": [0.3, 0.2, 0.1]}
@@ -42,6 +53,9 @@ class Fleet:
         self.polling: set[int] = set()
         self.received: dict[str, float] = {}
         self.errors: list[str] = []
+        #: Round trips of heartbeats (seconds) since the phase began: how late a worker's
+        #: liveness reaches the server (30 s late and the server takes it for dead).
+        self.beats: list[float] = []
 
     def client(self) -> EdgeClient:
         return EdgeClient(self.args.url, token=self.args.token, read_timeout=30.0, pool_size=1)
@@ -59,8 +73,10 @@ class Fleet:
         while not self.stopped:
             try:
                 if time.monotonic() >= next_beat:
+                    due = time.monotonic()
                     api.call("worker/heartbeat", beat)
                     next_beat = time.monotonic() + self.args.heartbeat
+                    self.beats.append(next_beat - self.args.heartbeat - due)
                 self.polling.add(index)
                 # A real worker's long-poll ends at its heartbeat: the two share one timer.
                 poll["wait"] = max(0.0, min(wait, next_beat - time.monotonic()))
@@ -77,18 +93,69 @@ class Fleet:
                 gevent.sleep(1.0)
 
     def publish(self, rate: float, seconds: float) -> dict[str, float]:
-        api = self.client()
-        api.call("queue/declare", {"name": QUEUE})
+        """Open loop: task i is published at start + i/rate whatever earlier publishes still
+        take, over :data:`PUBLISHERS` connections (a slow answer delays no later publish
+        unless all are busy). A task's time is when it was due, so a publisher that falls
+        behind shows in the latency instead of lowering the rate."""
+        clients = gevent.queue.Queue()
+        for _ in range(PUBLISHERS):
+            clients.put(self.client())
+        first = clients.get()
+        first.call("queue/declare", {"name": QUEUE})
+        clients.put(first)
         sent: dict[str, float] = {}
         start = time.monotonic()
+
+        def one(tag: str) -> None:
+            api = clients.get()
+            try:
+                api.call("publish", {"exchange": "", "routing_key": QUEUE, "message": {
+                    "body": tag, "content-type": "text/plain",
+                    "properties": {"delivery_mode": 2}, "headers": {}}})
+            except Exception as exc:  # noqa: BLE001 - counted; the task is never received
+                self.errors.append(f"publish {type(exc).__name__}: {exc}"[:200])
+            finally:
+                clients.put(api)
+
+        group = gevent.pool.Group()
         for i in range(int(rate * seconds)):
-            gevent.sleep(max(0.0, start + i / rate - time.monotonic()))
-            tag = f"t{i}"
-            sent[tag] = time.monotonic()
-            api.call("publish", {"exchange": "", "routing_key": QUEUE, "message": {
-                "body": tag, "content-type": "text/plain", "properties": {"delivery_mode": 2},
-                "headers": {}}})
+            due = start + i / rate
+            gevent.sleep(max(0.0, due - time.monotonic()))
+            sent[f"t{i}"] = due
+            group.spawn(one, f"t{i}")
+        group.join()
         return sent
+
+
+def raise_open_files_limit(workers: int) -> None:
+    """One connection per simulated worker, plus spares: the soft limit is often 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = workers + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            raise SystemExit(f"{workers} connections need {wanted} open files; the hard "
+                             f"limit is {hard} (ulimit -Hn)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def connections_of(processes: list[psutil.Process], port: int) -> list[int]:
+    """Clients' connections each API process holds (how the kernel spread them)."""
+    counts = []
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            counts.append(sum(1 for c in proc.net_connections("tcp") if c.laddr.port == port
+                              and c.status == psutil.CONN_ESTABLISHED))
+    return counts
+
+
+class PerProcess:
+    """CPU of each API server process (the gunicorn workers) between two samples."""
+
+    def __init__(self, processes: list[psutil.Process]) -> None:
+        self.each = [Usage([p]) for p in processes]
+
+    def cpu_percent(self) -> list[float]:
+        return [u.cpu_percent() for u in self.each]
 
 
 def server_counts(url: str) -> dict:
@@ -97,6 +164,15 @@ def server_counts(url: str) -> dict:
 
 def total_requests(counts: dict) -> int:
     return sum(c["requests"] for c in counts.values())
+
+
+def progress(what: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
+def beat_summary(beats: list[float]) -> dict:
+    return {"heartbeat_p50_ms": round(percentile(beats, 50) * 1000, 1) if beats else None,
+            "heartbeat_p99_ms": round(percentile(beats, 99) * 1000, 1) if beats else None}
 
 
 def main() -> None:
@@ -113,8 +189,10 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.token_file) as handle:
         args.token = handle.read().strip()
+    raise_open_files_limit(args.workers)
     root = psutil.Process(args.server_pid)
-    server = [root, *root.children(recursive=True)]
+    workers = root.children(recursive=True)  # gunicorn's workers: the processes that serve
+    server = [root, *workers]
     me = Usage([psutil.Process()])
     fleet = Fleet(args)
     started = time.monotonic()
@@ -123,15 +201,20 @@ def main() -> None:
         greenlets.append(gevent.spawn(fleet.worker, i))
         if i % 50 == 49:
             gevent.sleep(0.05)  # connect in waves, as a fleet coming up does
-    deadline = time.monotonic() + 60 + args.workers * 0.1
+    deadline = time.monotonic() + 60 + args.workers * 0.02
     while len(fleet.polling) < args.workers and time.monotonic() < deadline:
         gevent.sleep(0.2)
     ramp = round(time.monotonic() - started, 1)
+    progress(f"{len(fleet.polling)} of {args.workers} polling after {ramp} s")
     gevent.sleep(min(args.heartbeat, args.idle_seconds))  # the start-up burst passes
+    progress("idle phase")
 
     out = {"workers": args.workers, "polling": len(fleet.polling), "ramp_s": ramp,
            "rate": args.rate}
+    out["connections_per_process"] = connections_of(workers, urlsplit(args.url).port)
     counts0, usage, me_idle = server_counts(args.url), Usage(server), Usage([psutil.Process()])
+    each = PerProcess(workers)
+    fleet.beats = []
     gevent.sleep(args.idle_seconds)
     counts1 = server_counts(args.url)
     out["idle"] = {
@@ -139,20 +222,31 @@ def main() -> None:
         "requests_per_s": round((total_requests(counts1) - total_requests(counts0))
                                 / args.idle_seconds, 1),
         "server_cpu_percent": usage.cpu_percent(), "server_rss_mb": usage.rss_mb(),
-        "loadgen_cpu_percent": me_idle.cpu_percent(),
+        "cpu_percent_per_process": each.cpu_percent(),
+        "loadgen_cpu_percent": me_idle.cpu_percent(), "load_average": list(os.getloadavg()),
+        **beat_summary(fleet.beats),
     }
-    usage, me_load = Usage(server), Usage([psutil.Process()])
+    progress(f"idle: {out['idle']}; load phase")
+    usage, me_load, each = Usage(server), Usage([psutil.Process()]), PerProcess(workers)
+    fleet.beats = []
+    began = time.monotonic()
     sent = fleet.publish(args.rate, args.load_seconds)
+    publishing = time.monotonic() - began  # beyond --load-seconds: publishes were slow
     out_cpu, out_rss, gen_cpu = usage.cpu_percent(), usage.rss_mb(), me_load.cpu_percent()
+    out_each = each.cpu_percent()
+    progress(f"published {len(sent)} in {publishing:.1f} s; draining")
     drain = time.monotonic() + 15
     while len(set(sent) & set(fleet.received)) < len(sent) and time.monotonic() < drain:
         gevent.sleep(0.1)
     latencies = [fleet.received[t] - s for t, s in sent.items() if t in fleet.received]
     out["load"] = {
-        "seconds": args.load_seconds, "sent": len(sent), "received": len(latencies),
+        "seconds": args.load_seconds, "publishing_s": round(publishing, 1), "sent": len(sent),
+        "received": len(latencies),
         "p50_ms": round(percentile(latencies, 50) * 1000, 1) if latencies else None,
         "p99_ms": round(percentile(latencies, 99) * 1000, 1) if latencies else None,
         "server_cpu_percent": out_cpu, "server_rss_mb": out_rss, "loadgen_cpu_percent": gen_cpu,
+        "cpu_percent_per_process": out_each, "load_average": list(os.getloadavg()),
+        **beat_summary(fleet.beats),
     }
     out["errors"] = len(fleet.errors)
     out["first_errors"] = sorted(set(fleet.errors))[:5]

@@ -160,21 +160,28 @@ def airflow_section(data: dict, targets: list) -> list[str]:
 
 def scale_section(data: dict, targets: list) -> list[str]:
     runs = [r for r in data["runs"] if r["rate"] == data["rate_per_s"]]
+    processes = data.get("api_workers", 1)
+    db = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[data.get("db", "sqlite")]
     rows = [[r["workers"], r["rate"], r["polling"], r["idle"]["requests_per_s"],
-             r["idle"]["server_cpu_percent"], r["idle"]["server_rss_mb"], r["load"]["sent"],
+             r["idle"]["server_cpu_percent"], _per_process(r["idle"]),
+             r["idle"]["server_rss_mb"], r["load"]["sent"],
              r["load"]["received"], r["load"]["p50_ms"], r["load"]["p99_ms"],
-             r["load"]["server_cpu_percent"], r["load"]["server_rss_mb"],
+             r["load"]["server_cpu_percent"], _per_process(r["load"]), r["load"]["server_rss_mb"],
              r["load"]["loadgen_cpu_percent"], r["errors"]] for r in data["runs"]]
-    out = ["## 3. Scale: simulated workers on one API server", "",
-           "One `bench.server` process (the `edge-kombu api` gunicorn/gevent server plus "
-           "request counters) on SQLite; N simulated workers in one gevent load-generator "
-           "process (`bench.loadgen`), each with its own connection: a heartbeat every 10 s "
-           "and one 10 s long-poll after another on one shared queue, acking what it gets. "
-           f"Then {data['rate_per_s']} tasks/s for 30 s: dispatch latency = publish start → "
-           "the consume answer carrying the task. CPU: 100 % = one core.", "",
-           _table(["N", "tasks/s", "polling", "idle req/s", "idle CPU %", "idle RSS MB", "sent",
-                   "received", "p50 ms", "p99 ms", "load CPU %", "load RSS MB", "loadgen CPU %",
-                   "errors"],
+    served_by = ("one `bench.server` process" if processes == 1 else
+                 f"`bench.server` with {processes} processes (`--workers {processes}`)")
+    out = [f"## 3. Scale: simulated workers on one API server ({db}, {processes} "
+           f"process{'es' if processes > 1 else ''})", "",
+           f"{served_by[0].upper()}{served_by[1:]} (the `edge-kombu api` gunicorn/gevent "
+           f"server plus request counters) on {db}; N simulated workers in one gevent "
+           "load-generator process (`bench.loadgen`), each with its own connection: a "
+           "heartbeat every 10 s and one 10 s long-poll after another on one shared queue, "
+           f"acking what it gets. Then {data['rate_per_s']} tasks/s for 30 s: dispatch latency "
+           "= publish start → the consume answer carrying the task. CPU: 100 % = one core; "
+           "\"per process\": each gunicorn worker.", "",
+           _table(["N", "tasks/s", "polling", "idle req/s", "idle CPU %", "per process",
+                   "idle RSS MB", "sent", "received", "p50 ms", "p99 ms", "load CPU %",
+                   "per process", "load RSS MB", "loadgen CPU %", "errors"],
                   rows), "",
            _lines(PLOTS / "scale-latency.png", "dispatch latency vs simulated workers", "workers",
                   "ms", [r["workers"] for r in runs],
@@ -185,13 +192,19 @@ def scale_section(data: dict, targets: list) -> list[str]:
                   {"idle": [r["idle"]["server_cpu_percent"] for r in runs],
                    "under load": [r["load"]["server_cpu_percent"] for r in runs]}), ""]
     big = next((r for r in runs if r["workers"] >= 1000), None)
-    targets.append(("1,000 workers on one API server, p99 dispatch < 1 s",
+    targets.append((f"1,000 workers on the API server ({db}, {processes} process"
+                    f"{'es' if processes > 1 else ''}), p99 dispatch < 1 s",
                     big and f"p99 {big['load']['p99_ms']} ms, {big['load']['received']}/"
                     f"{big['load']['sent']} received",
                     None if not big else bool(big["load"]["p99_ms"] and big["load"]["p99_ms"]
                                               < 1000 and big["load"]["received"]
                                               == big["load"]["sent"])))
     return out
+
+
+def _per_process(phase: dict) -> str | None:
+    each = phase.get("cpu_percent_per_process")
+    return " / ".join(map(str, each)) if each else None
 
 
 def idle_section(data: dict) -> list[str]:

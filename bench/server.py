@@ -1,21 +1,26 @@
 """The edge API as ``edge-kombu api`` serves it, plus a count of what it served.
 
-    python -m bench.server --bind 127.0.0.1:PORT --db URL
+    python -m bench.server --bind 127.0.0.1:PORT --db URL [--workers N]
 
 A WSGI middleware counts requests and bytes (request line, headers and body each way)
 per route; ``GET /bench/stats`` returns the counts as JSON and is not counted itself.
-``GET /bench/sql`` returns what the process asked of its database since it started, counted
+``GET /bench/sql`` returns what the server asked of its database since it started, counted
 by SQLAlchemy event hooks on every engine: statements by leading keyword, commits,
 rollbacks and pool checkouts (statements on raw DB-API connections are not seen).
-Benchmarks only: one gunicorn gevent process, as the default server runs.
+Benchmarks only: gunicorn gevent processes, one by default as the default server runs.
+With ``--workers N`` both answers are the sums over all N processes (:class:`SharedCounts`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import threading
+import time
 from collections import defaultdict
+from pathlib import Path
 
 from edge_kombu.server.config import ServerConfig
 from edge_kombu.server.serve import APIServer
@@ -58,6 +63,60 @@ class SQLCounter:
 
 SQL_COUNTS = SQLCounter()
 
+#: Where each process of one server leaves a snapshot of its counts (set before forking).
+SHARE_ENV = "BENCH_STATS_DIR"
+
+
+class SharedCounts:
+    """The counts of all processes of one server, whichever process is asked.
+
+    Each process keeps counting in memory (nothing added to a request's path) and a
+    background greenlet writes its snapshot to ``DIR/<name>-<pid>.json`` at most every
+    :attr:`FLUSH` seconds, only after a change. A reader sums its own live counts with the
+    other processes' files, so a sum lags by at most :attr:`FLUSH` seconds (none with one
+    process); files of exited processes stay counted, as their requests were served.
+    """
+
+    FLUSH = 0.05
+
+    def __init__(self, name: str, snapshot) -> None:
+        self.name = name
+        self.snapshot = snapshot  # () -> this process's counts, a JSON-able dict
+        self.folder = Path(os.environ[SHARE_ENV]) if os.environ.get(SHARE_ENV) else None
+
+    def start(self) -> None:
+        if self.folder is not None:
+            threading.Thread(target=self._flush_forever, daemon=True).start()
+
+    def _flush_forever(self) -> None:
+        mine, written = self.folder / f"{self.name}-{os.getpid()}.json", None
+        while True:
+            time.sleep(self.FLUSH)
+            counts = self.snapshot()
+            if counts != written:
+                spare = mine.with_suffix(".tmp")
+                spare.write_text(json.dumps(counts))
+                spare.replace(mine)  # readers never see half a file
+                written = counts
+
+    def total(self) -> dict:
+        total = self.snapshot()
+        if self.folder is not None:
+            mine = f"{self.name}-{os.getpid()}.json"
+            for path in self.folder.glob(f"{self.name}-*.json"):
+                if path.name != mine:
+                    total = _summed(total, json.loads(path.read_text()))
+        return total
+
+
+def _summed(a: dict, b: dict) -> dict:
+    """Numbers under the same keys added, nested dicts alike."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _summed(out.get(key, {}), value) if isinstance(value, dict) \
+            else out.get(key, 0) + value
+    return out
+
 
 class Counter:
     """WSGI middleware: requests, bytes in and bytes out per path."""
@@ -66,18 +125,21 @@ class Counter:
         self.app = app
         self.lock = threading.Lock()
         self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.shared_sql = SharedCounts("sql", SQL_COUNTS.snapshot)
+        self.shared = SharedCounts("stats", self.snapshot)
+        self.shared_sql.start()
+        self.shared.start()
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {p: {"requests": c[0], "bytes_in": c[1], "bytes_out": c[2]}
+                    for p, c in self.counts.items()}
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        if path == SQL_PATH:
-            body = json.dumps(SQL_COUNTS.snapshot()).encode()
-            start_response("200 OK", [("Content-Type", "application/json"),
-                                      ("Content-Length", str(len(body)))])
-            return [body]
-        if path == STATS_PATH:
-            with self.lock:
-                body = json.dumps({p: {"requests": c[0], "bytes_in": c[1], "bytes_out": c[2]}
-                                   for p, c in self.counts.items()}).encode()
+        if path in (SQL_PATH, STATS_PATH):
+            shared = self.shared_sql if path == SQL_PATH else self.shared
+            body = json.dumps(shared.total()).encode()
             start_response("200 OK", [("Content-Type", "application/json"),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -122,8 +184,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bind", required=True)
     parser.add_argument("--db", required=True)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
     args = parser.parse_args()
-    CountingAPIServer(ServerConfig.from_environment(args.db), bind=args.bind).run()
+    if args.workers > 1:
+        os.environ.setdefault(SHARE_ENV, tempfile.mkdtemp(prefix="edge-bench-stats-"))
+    CountingAPIServer(ServerConfig.from_environment(args.db), bind=args.bind,
+                      workers=args.workers).run()
 
 
 if __name__ == "__main__":

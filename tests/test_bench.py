@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 
+import psutil
 import pytest
+import requests
 
 from bench import __main__ as cli
-from bench import report
+from bench import env, report
+from tests.helpers import wait_for
 
 
 def _results(out, name) -> dict:
@@ -51,6 +54,44 @@ def test_scale_quick(out):
     assert run["polling"] == run["workers"] == 10 and run["errors"] == 0
     assert run["load"]["received"] == run["load"]["sent"] > 0
     assert run["idle"]["requests_per_s"] > 0 and run["idle"]["server_rss_mb"] > 0
+
+
+@pytest.mark.postgres
+def test_scale_quick_two_api_processes_on_postgres(out, tmp_path):
+    assert cli.main(["scale", "--quick", "--api-workers", "2", "--db", "postgres",
+                     "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "scale-quick.json").read_text())
+    run = data["runs"][0]
+    assert data["api_workers"] == run["api_workers"] == 2 and run["db"] == "postgres"
+    assert run["polling"] == run["workers"] == 10 and run["errors"] == 0
+    assert run["load"]["received"] == run["load"]["sent"] > 0
+    assert len(run["idle"]["cpu_percent_per_process"]) == 2
+    assert sum(run["connections_per_process"]) == 10
+
+
+def test_counting_server_sums_the_counts_of_all_its_processes(tmp_path):
+    with env.edge_database("sqlite", tmp_path) as db_url:
+        server = env.CountingServer(db_url, tmp_path, workers=2).start()
+        held: list[requests.Session] = []
+        try:
+            workers, port = psutil.Process(server.pid).children(), server.port
+
+            def served_by(proc) -> int:
+                return sum(1 for c in proc.net_connections("tcp")
+                           if c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+            # New connections (kept open) until both processes have answered some requests.
+            while len(held) < 200 and not all(served_by(w) for w in workers):
+                session = requests.Session()
+                assert session.get(f"{server.url}/bench/counted", timeout=10).status_code == 404
+                held.append(session)
+            assert all(served_by(w) for w in workers), "the kernel gave one process everything"
+            wait_for(lambda: server.stats().get("/bench/counted", {}).get("requests")
+                     == len(held), timeout=10, message=f"{len(held)} requests counted")
+        finally:
+            for session in held:
+                session.close()
+            server.stop()
 
 
 def test_dbload_quick_counts_the_statements_of_each_task(out):

@@ -195,8 +195,10 @@ def make_driver_cooperative(url: str) -> None:
 class Wakeup:
     """Hears, from every transaction, that consumers may have something to do."""
 
-    def in_transaction(self, conn: Connection, queues: set[str], sessions: set[str]) -> None:
-        """Called inside the transaction that made messages available."""
+    def in_transaction(self, conn: Connection, queues: set[str], sessions: set[str],
+                       fresh: dict[str, tuple[int, int]] | None = None) -> None:
+        """Called inside the transaction that made messages available (``fresh``: as
+        for :meth:`after_commit`)."""
 
     def after_commit(self, queues: set[str], sessions: set[str],
                      fresh: dict[str, tuple[int, int]] | None = None) -> None:
@@ -250,7 +252,7 @@ class SQL:
             tx = Transaction(conn)
             yield tx
             if tx.owes_wakeups:
-                self.wakeup.in_transaction(conn, tx.queues, tx.sessions)
+                self.wakeup.in_transaction(conn, tx.queues, tx.sessions, fresh=tx.fresh)
         if tx.owes_wakeups:
             self.wakeup.after_commit(tx.queues, tx.sessions, fresh=tx.fresh)
 

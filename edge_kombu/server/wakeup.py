@@ -5,7 +5,8 @@ holding a database connection. It is woken
 
 * at once by a publish, requeue or ack handled in the same process;
 * from other processes on PostgreSQL by ``LISTEN``/``NOTIFY`` (sent inside the
-  publishing transaction, so it arrives exactly when the rows are visible);
+  publishing transaction, so it arrives exactly when the rows are visible), one waiter
+  per new message there too;
 * on other databases by one poll per process every ``poll_interval`` seconds that
   asks which of the queues waited on hold a message that fits a waiter.
 
@@ -217,14 +218,23 @@ class PostgresWakeup(LocalWakeup):
 
     Each notification starts with ``p:<origin>``: this process's listener skips its own,
     whose waiters :meth:`after_commit` woke already (one per new message, not all).
+    Items: ``q:<queue>`` (look again), ``s:<session>`` (answer), and for a queue that only
+    got new messages ``f:<count>:<fewest slots>:<queue>`` besides its ``q:``, so that the
+    other processes too wake one waiter per message rather than every waiter on the queue
+    (with 3,000 workers on one queue over two processes, waking all made each publish cost
+    the other process some 1,500 claim transactions). A listener that does not know ``f:``
+    ignores it and wakes all, as before.
     """
 
     def __init__(self, registry: WaiterRegistry) -> None:
         super().__init__(registry)
         self.origin = f"p:{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
-    def in_transaction(self, conn, queues: set[str], sessions: set[str]) -> None:
+    def in_transaction(self, conn, queues: set[str], sessions: set[str],
+                       fresh: dict[str, tuple[int, int]] | None = None) -> None:
         items = [f"q:{q}" for q in sorted(queues)] + [f"s:{s}" for s in sorted(sessions)]
+        items += [f"f:{count}:{slots}:{q}" for q, (count, slots) in sorted((fresh or {}).items())
+                  if q in queues]
         for payload in _chunks(items, _NOTIFY_LIMIT - len(self.origin) - 1):
             conn.exec_driver_sql("SELECT pg_notify(%(channel)s, %(payload)s)",
                                  {"channel": NOTIFY_CHANNEL,
@@ -242,6 +252,45 @@ def _chunks(items: list[str], limit: int) -> Iterator[str]:
         size += len(item.encode()) + 1
     if batch:
         yield "\n".join(batch)
+
+
+class Heard:
+    """What a batch of notifications from other processes asks of this one."""
+
+    def __init__(self) -> None:
+        self.queues: set[str] = set()  # every waiter looks again
+        self.fresh: dict[str, tuple[int, int]] = {}  # one waiter per new message
+        self.sessions: set[str] = set()
+        self.credentials = False
+
+    def add(self, items: list[str]) -> None:
+        """One notification's items (see :class:`PostgresWakeup`)."""
+        queues: set[str] = set()
+        fresh: dict[str, tuple[int, int]] = {}
+        for item in items:
+            kind, _, name = item.partition(":")
+            if kind == "q":
+                queues.add(name)
+            elif kind == "s":
+                self.sessions.add(name)
+            elif kind == "c":
+                self.credentials = True
+            elif kind == "f":
+                count, slots, queue = name.split(":", 2)
+                fresh[queue] = (int(count), int(slots))
+        self.queues |= queues - fresh.keys()
+        for queue, (count, slots) in fresh.items():
+            was = self.fresh.get(queue, (0, slots))
+            self.fresh[queue] = (was[0] + count, min(was[1], slots))
+
+    def wake(self, registry: WaiterRegistry) -> None:
+        if self.queues:
+            registry.wake_queues(self.queues)
+        fresh = {q: v for q, v in self.fresh.items() if q not in self.queues}
+        if fresh:
+            registry.wake_some(fresh)
+        if self.sessions:
+            registry.wake_sessions(self.sessions)
 
 
 class ReadyPoller:
@@ -310,24 +359,14 @@ class PostgresListener(threading.Thread):
                 if not readable:
                     continue
                 conn.poll()
-                queues: set[str] = set()
-                sessions: set[str] = set()
-                credentials = False
+                heard = Heard()
                 while conn.notifies:
                     items = conn.notifies.pop(0).payload.split("\n")
-                    if items[0] == self.origin:
-                        continue
-                    for item in items:
-                        kind, _, name = item.partition(":")
-                        if kind in ("q", "s"):
-                            (queues if kind == "q" else sessions).add(name)
-                        credentials = credentials or kind == "c"
-                if credentials:
+                    if items[0] != self.origin:
+                        heard.add(items)
+                if heard.credentials:
                     self.on_credentials()
-                if queues:
-                    self.registry.wake_queues(queues)
-                if sessions:
-                    self.registry.wake_sessions(sessions)
+                heard.wake(self.registry)
         finally:
             conn.close()
 

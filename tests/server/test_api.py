@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 
 import jwt
 import pytest
@@ -37,6 +38,7 @@ from edge_kombu.protocol import (
 from edge_kombu.server.config import ENV_SECRET
 from edge_kombu.server.credentials import Credentials
 from edge_kombu.server.sql import SQL, create_db_engine
+from edge_kombu.server.wakeup import PostgresListener, PostgresWakeup, WaiterRegistry
 from edge_kombu.transport.client import EdgeClient
 from tests.conftest import _reset, fresh_schema, scratch_database
 from tests.helpers import BIN, ROOT, wait_for
@@ -591,6 +593,52 @@ def test_publish_on_one_server_wakes_a_consume_on_another(
     print(f"cross-process wake latencies: {[round(t * 1000, 1) for t in latencies]} ms")
     assert statistics.median(latencies) < 0.1, latencies
     assert max(latencies) < 0.5, latencies
+
+
+@pytest.mark.postgres
+def test_a_message_published_in_another_process_wakes_one_waiter_here(postgres_url):
+    """As within one process: a new message wakes one waiting consume it fits, not every
+    consume on its queue (3,000 workers on one queue over two processes: waking all made
+    each publish cost the other process some 1,500 claim transactions)."""
+    here = WaiterRegistry()
+    elsewhere = SQL.from_url(postgres_url, pool_size=1, wakeup=PostgresWakeup(WaiterRegistry()))
+    listener = PostgresListener(elsewhere.engine, here, origin="p:here")
+    listener.start()
+
+    def heard_after(change) -> None:
+        """Commit ``change`` elsewhere, then a session wake-up: once that is heard here,
+        so was the change (notifications arrive in commit order)."""
+        with elsewhere.transaction() as tx:
+            change(tx)
+        marker = f"marker-{uuid.uuid4().hex}"
+        with here.waiting(["none"], marker, None) as waiter:
+            with elsewhere.transaction() as tx:
+                tx.sessions.add(marker)
+            assert waiter.wait(10), "the listener heard nothing"
+
+    def published(tx, count=1, slots=1) -> None:
+        tx.queues.add("q")
+        tx.fresh["q"] = (count, slots)
+
+    try:
+        assert listener.listening.wait(10)
+        heard_after(lambda tx: None)  # the wake-up of all when it started listening is past
+        with ExitStack() as stack:
+            waiters = [stack.enter_context(here.waiting(["q"], f"s{i}", 8)) for i in range(5)]
+            heard_after(published)
+            assert sum(w.event.is_set() for w in waiters) == 1
+            heard_after(lambda tx: published(tx, count=2))
+            assert sum(w.event.is_set() for w in waiters) == 3
+            heard_after(lambda tx: published(tx, slots=9))  # fits none of them
+            assert sum(w.event.is_set() for w in waiters) == 3
+            heard_after(lambda tx: tx.queues.add("q"))  # a requeue: every waiter looks again
+            assert all(w.event.is_set() for w in waiters)
+    finally:
+        listener.stop()
+        with elsewhere.transaction() as tx:
+            tx.sessions.add("bye")  # ends the listener's wait for notifications now
+        listener.join(10)
+        elsewhere.dispose()
 
 
 # -- graceful stop -----------------------------------------------------------------------

@@ -548,7 +548,7 @@ class RecordingWakeup(Wakeup):
         self.in_tx: list[tuple[set[str], set[str]]] = []
         self.calls: list[tuple[set[str], set[str], int]] = []
 
-    def in_transaction(self, conn, queues, sessions) -> None:
+    def in_transaction(self, conn, queues, sessions, fresh=None) -> None:
         self.in_tx.append((set(queues), set(sessions)))
 
     def after_commit(self, queues, sessions, fresh=None) -> None:

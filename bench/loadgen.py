@@ -149,13 +149,32 @@ def connections_of(processes: list[psutil.Process], port: int) -> list[int]:
 
 
 class PerProcess:
-    """CPU of each API server process (the gunicorn workers) between two samples."""
+    """CPU of each API server process (the gunicorn workers) between two samples, and how
+    long each was runnable but waiting for a CPU (Linux's schedstat): on a machine shared
+    with other jobs, a server waiting for a CPU answers late for reasons not its own."""
 
     def __init__(self, processes: list[psutil.Process]) -> None:
+        self.pids = [p.pid for p in processes]
         self.each = [Usage([p]) for p in processes]
+        self.waited0, self.t0 = self._waited(), time.monotonic()
+
+    def _waited(self) -> list[float]:
+        waited = []
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/schedstat") as handle:
+                    waited.append(int(handle.read().split()[1]) / 1e9)
+            except (OSError, IndexError, ValueError):
+                waited.append(float("nan"))
+        return waited
 
     def cpu_percent(self) -> list[float]:
         return [u.cpu_percent() for u in self.each]
+
+    def cpu_wait_percent(self) -> list[float]:
+        elapsed = time.monotonic() - self.t0
+        return [round(100 * (b - a) / elapsed, 1)
+                for a, b in zip(self.waited0, self._waited(), strict=True)]
 
 
 def server_counts(url: str) -> dict:
@@ -223,6 +242,7 @@ def main() -> None:
                                 / args.idle_seconds, 1),
         "server_cpu_percent": usage.cpu_percent(), "server_rss_mb": usage.rss_mb(),
         "cpu_percent_per_process": each.cpu_percent(),
+        "cpu_wait_percent_per_process": each.cpu_wait_percent(),
         "loadgen_cpu_percent": me_idle.cpu_percent(), "load_average": list(os.getloadavg()),
         **beat_summary(fleet.beats),
     }
@@ -233,7 +253,7 @@ def main() -> None:
     sent = fleet.publish(args.rate, args.load_seconds)
     publishing = time.monotonic() - began  # beyond --load-seconds: publishes were slow
     out_cpu, out_rss, gen_cpu = usage.cpu_percent(), usage.rss_mb(), me_load.cpu_percent()
-    out_each = each.cpu_percent()
+    out_each, out_wait = each.cpu_percent(), each.cpu_wait_percent()
     progress(f"published {len(sent)} in {publishing:.1f} s; draining")
     drain = time.monotonic() + 15
     while len(set(sent) & set(fleet.received)) < len(sent) and time.monotonic() < drain:
@@ -245,7 +265,8 @@ def main() -> None:
         "p50_ms": round(percentile(latencies, 50) * 1000, 1) if latencies else None,
         "p99_ms": round(percentile(latencies, 99) * 1000, 1) if latencies else None,
         "server_cpu_percent": out_cpu, "server_rss_mb": out_rss, "loadgen_cpu_percent": gen_cpu,
-        "cpu_percent_per_process": out_each, "load_average": list(os.getloadavg()),
+        "cpu_percent_per_process": out_each, "cpu_wait_percent_per_process": out_wait,
+        "load_average": list(os.getloadavg()),
         **beat_summary(fleet.beats),
     }
     out["errors"] = len(fleet.errors)

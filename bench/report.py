@@ -164,6 +164,7 @@ def scale_section(data: dict, targets: list) -> list[str]:
     db = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[data.get("db", "sqlite")]
     rows = [[r["workers"], r["rate"], r["polling"], r["idle"]["requests_per_s"],
              r["idle"]["server_cpu_percent"], _per_process(r["idle"]),
+             _ms_per_request(r["idle"]), _per_process(r["idle"], "cpu_wait_percent_per_process"),
              r["idle"]["server_rss_mb"], r["load"]["sent"],
              r["load"]["received"], r["load"]["p50_ms"], r["load"]["p99_ms"],
              r["load"]["server_cpu_percent"], _per_process(r["load"]), r["load"]["server_rss_mb"],
@@ -177,11 +178,14 @@ def scale_section(data: dict, targets: list) -> list[str]:
            "load-generator process (`bench.loadgen`), each with its own connection: a "
            "heartbeat every 10 s and one 10 s long-poll after another on one shared queue, "
            f"acking what it gets. Then {data['rate_per_s']} tasks/s for 30 s: dispatch latency "
-           "= publish start → the consume answer carrying the task. CPU: 100 % = one core; "
-           "\"per process\": each gunicorn worker.", "",
+           "= when the task was due (an open-loop publisher on 4 connections) → the consume "
+           "answer carrying it. CPU: 100 % = one core; \"per process\": each gunicorn worker; "
+           "\"CPU wait\": the time each was runnable but waiting for a CPU (schedstat), high "
+           "when the machine is shared.", "",
            _table(["N", "tasks/s", "polling", "idle req/s", "idle CPU %", "per process",
-                   "idle RSS MB", "sent", "received", "p50 ms", "p99 ms", "load CPU %",
-                   "per process", "load RSS MB", "loadgen CPU %", "errors"],
+                   "idle CPU ms/req", "idle CPU wait %", "idle RSS MB", "sent", "received",
+                   "p50 ms", "p99 ms", "load CPU %", "per process", "load RSS MB",
+                   "loadgen CPU %", "errors"],
                   rows), "",
            _lines(PLOTS / "scale-latency.png", "dispatch latency vs simulated workers", "workers",
                   "ms", [r["workers"] for r in runs],
@@ -202,9 +206,15 @@ def scale_section(data: dict, targets: list) -> list[str]:
     return out
 
 
-def _per_process(phase: dict) -> str | None:
-    each = phase.get("cpu_percent_per_process")
+def _per_process(phase: dict, key: str = "cpu_percent_per_process") -> str | None:
+    each = phase.get(key)
     return " / ".join(map(str, each)) if each else None
+
+
+def _ms_per_request(phase: dict) -> float | None:
+    """Server CPU per request served (all processes)."""
+    rate = phase.get("requests_per_s")
+    return round(10 * phase["server_cpu_percent"] / rate, 2) if rate else None
 
 
 def idle_section(data: dict) -> list[str]:

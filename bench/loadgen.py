@@ -56,6 +56,7 @@ class Fleet:
         #: Round trips of heartbeats (seconds) since the phase began: how late a worker's
         #: liveness reaches the server (30 s late and the server takes it for dead).
         self.beats: list[float] = []
+        self.due = 0  # tasks the publisher was to send
 
     def client(self) -> EdgeClient:
         return EdgeClient(self.args.url, token=self.args.token, read_timeout=30.0, pool_size=1)
@@ -103,7 +104,8 @@ class Fleet:
         first = clients.get()
         first.call("queue/declare", {"name": QUEUE})
         clients.put(first)
-        sent: dict[str, float] = {}
+        due: dict[str, float] = {}
+        published: set[str] = set()
         start = time.monotonic()
 
         def one(tag: str) -> None:
@@ -112,6 +114,7 @@ class Fleet:
                 api.call("publish", {"exchange": "", "routing_key": QUEUE, "message": {
                     "body": tag, "content-type": "text/plain",
                     "properties": {"delivery_mode": 2}, "headers": {}}})
+                published.add(tag)
             except Exception as exc:  # noqa: BLE001 - counted; the task is never received
                 self.errors.append(f"publish {type(exc).__name__}: {exc}"[:200])
             finally:
@@ -119,12 +122,15 @@ class Fleet:
 
         group = gevent.pool.Group()
         for i in range(int(rate * seconds)):
-            due = start + i / rate
-            gevent.sleep(max(0.0, due - time.monotonic()))
-            sent[f"t{i}"] = due
+            due[f"t{i}"] = start + i / rate
+            gevent.sleep(max(0.0, due[f"t{i}"] - time.monotonic()))
             group.spawn(one, f"t{i}")
-        group.join()
-        return sent
+        # Bounded: what a saturated server has not taken 30 s after the last was due is
+        # left out (counted as due but not sent).
+        group.join(timeout=max(0.0, start + seconds + 30 - time.monotonic()))
+        group.kill(block=True, timeout=5)
+        self.due = len(due)
+        return {tag: when for tag, when in due.items() if tag in published}
 
 
 def raise_open_files_limit(workers: int) -> None:
@@ -260,7 +266,8 @@ def main() -> None:
         gevent.sleep(0.1)
     latencies = [fleet.received[t] - s for t, s in sent.items() if t in fleet.received]
     out["load"] = {
-        "seconds": args.load_seconds, "publishing_s": round(publishing, 1), "sent": len(sent),
+        "seconds": args.load_seconds, "publishing_s": round(publishing, 1), "due": fleet.due,
+        "sent": len(sent),
         "received": len(latencies),
         "p50_ms": round(percentile(latencies, 50) * 1000, 1) if latencies else None,
         "p99_ms": round(percentile(latencies, 99) * 1000, 1) if latencies else None,

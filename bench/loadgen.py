@@ -183,6 +183,17 @@ class PerProcess:
                 for a, b in zip(self.waited0, self._waited(), strict=True)]
 
 
+def sql_counts(url: str) -> dict:
+    """The server's database work so far (all processes): statements, commits, ..."""
+    return requests.get(f"{url}/bench/sql", timeout=10).json()
+
+
+def sql_delta(before: dict, after: dict, per: float) -> dict:
+    keys = ("statements", "statements_SELECT", "statements_UPDATE", "commits")
+    return {k: round((after.get(k, 0) - before.get(k, 0)) / per, 1) if per else None
+            for k in keys}
+
+
 def server_counts(url: str) -> dict:
     return requests.get(f"{url}/bench/stats", timeout=10).json()
 
@@ -238,10 +249,11 @@ def main() -> None:
            "rate": args.rate}
     out["connections_per_process"] = connections_of(workers, urlsplit(args.url).port)
     counts0, usage, me_idle = server_counts(args.url), Usage(server), Usage([psutil.Process()])
+    sql0 = sql_counts(args.url)
     each = PerProcess(workers)
     fleet.beats = []
     gevent.sleep(args.idle_seconds)
-    counts1 = server_counts(args.url)
+    counts1, sql1 = server_counts(args.url), sql_counts(args.url)
     out["idle"] = {
         "seconds": args.idle_seconds,
         "requests_per_s": round((total_requests(counts1) - total_requests(counts0))
@@ -251,11 +263,12 @@ def main() -> None:
         "cpu_wait_percent_per_process": each.cpu_wait_percent(),
         "loadgen_cpu_percent": me_idle.cpu_percent(), "load_average": list(os.getloadavg()),
         **beat_summary(fleet.beats),
+        "sql_per_s": sql_delta(sql0, sql1, args.idle_seconds),
     }
     progress(f"idle: {out['idle']}; load phase")
     usage, me_load, each = Usage(server), Usage([psutil.Process()]), PerProcess(workers)
     fleet.beats = []
-    began = time.monotonic()
+    began, sql0 = time.monotonic(), sql_counts(args.url)
     sent = fleet.publish(args.rate, args.load_seconds)
     publishing = time.monotonic() - began  # beyond --load-seconds: publishes were slow
     out_cpu, out_rss, gen_cpu = usage.cpu_percent(), usage.rss_mb(), me_load.cpu_percent()
@@ -265,6 +278,9 @@ def main() -> None:
     while len(set(sent) & set(fleet.received)) < len(sent) and time.monotonic() < drain:
         gevent.sleep(0.1)
     latencies = [fleet.received[t] - s for t, s in sent.items() if t in fleet.received]
+    # Per task: all the database work of the phase (the idle polling's included; subtract
+    # the idle phase's sql_per_s × the phase's length to see the tasks' own).
+    sql_per_task = sql_delta(sql0, sql_counts(args.url), len(sent))
     out["load"] = {
         "seconds": args.load_seconds, "publishing_s": round(publishing, 1), "due": fleet.due,
         "sent": len(sent),
@@ -275,6 +291,7 @@ def main() -> None:
         "cpu_percent_per_process": out_each, "cpu_wait_percent_per_process": out_wait,
         "load_average": list(os.getloadavg()),
         **beat_summary(fleet.beats),
+        "sql_per_task": sql_per_task, "phase_s": round(time.monotonic() - began, 1),
     }
     out["errors"] = len(fleet.errors)
     out["first_errors"] = sorted(set(fleet.errors))[:5]

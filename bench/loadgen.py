@@ -185,21 +185,31 @@ class PerProcess:
 
 def sql_counts(url: str) -> dict:
     """The server's database work so far (all processes): statements, commits, ..."""
-    return requests.get(f"{url}/bench/sql", timeout=10).json()
+    return _read(f"{url}/bench/sql")
 
 
 def sql_delta(before: dict, after: dict, per: float) -> dict:
     keys = ("statements", "statements_SELECT", "statements_UPDATE", "commits")
-    return {k: round((after.get(k, 0) - before.get(k, 0)) / per, 1) if per else None
-            for k in keys}
+    return {k: round((after.get(k, 0) - before.get(k, 0)) / per, 1)
+            if per and before and after else None for k in keys}
 
 
 def server_counts(url: str) -> dict:
-    return requests.get(f"{url}/bench/stats", timeout=10).json()
+    return _read(f"{url}/bench/stats")
+
+
+def _read(url: str) -> dict:
+    """A counter of the server, or {} if it does not answer within a minute (a saturated
+    server: the run still reports what the load generator saw)."""
+    try:
+        return requests.get(url, timeout=60).json()
+    except requests.RequestException as exc:
+        progress(f"{url}: {type(exc).__name__}")
+        return {}
 
 
 def total_requests(counts: dict) -> int:
-    return sum(c["requests"] for c in counts.values())
+    return sum(c["requests"] for c in counts.values()) if counts else float("nan")
 
 
 def progress(what: str) -> None:

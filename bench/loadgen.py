@@ -91,6 +91,11 @@ class Fleet:
                     api.call("ack", {"session": session, "delivery_tags": tags})
             except Exception as exc:  # noqa: BLE001 - count and report, keep the fleet up
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                if type(exc).__name__ == "SessionClosed":
+                    # Expired while the server was too slow: a worker opens a new one.
+                    session = uuid.uuid4().hex
+                    beat["session"] = poll["session"] = session
+                    next_beat = 0.0
                 gevent.sleep(1.0)
 
     def publish(self, rate: float, seconds: float) -> dict[str, float]:

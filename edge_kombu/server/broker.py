@@ -157,6 +157,16 @@ def publish_key(exchange: str, routing_key: str, message: dict, publish_id: str 
     return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
 
 
+# The publish's statements, built once (building one and its cache key costs more than
+# the database takes to run it); their values are bound parameters.
+_EXCHANGE_TYPE = select(m.exchange.c.type).where(m.exchange.c.name == bindparam("exchange"))
+_BINDINGS = select(m.binding.c.routing_key, m.binding.c.queue).where(
+    m.binding.c.exchange == bindparam("exchange"))
+_QUEUE_TTLS = select(m.queue.c.name, m.queue.c.message_ttl_ms).where(
+    m.queue.c.name.in_(bindparam("names", expanding=True)))
+_INSERT_MESSAGE = m.message.insert()
+
+
 def _positive_ms(arguments: dict, key: str) -> int | None:
     value = arguments.get(key)
     if value is None:
@@ -514,18 +524,12 @@ class Broker:
         with self.sql.transaction() as tx:
             conn = tx.conn
             if exchange:
-                ex_type = conn.execute(
-                    select(m.exchange.c.type).where(m.exchange.c.name == exchange)
-                ).scalar()
+                ex_type = conn.execute(_EXCHANGE_TYPE, {"exchange": exchange}).scalar()
                 if ex_type is None:
                     raise errors.NotFound(
                         f"exchange {exchange!r} does not exist; declare it before publishing"
                     )
-                bindings = conn.execute(
-                    select(m.binding.c.routing_key, m.binding.c.queue).where(
-                        m.binding.c.exchange == exchange
-                    )
-                ).all()
+                bindings = conn.execute(_BINDINGS, {"exchange": exchange}).all()
                 targets = sorted(route(ex_type, bindings, routing_key))
             else:
                 # The default exchange delivers to the queue named by the routing key.
@@ -534,17 +538,7 @@ class Broker:
                     self._create_queue(conn, routing_key, now=now)
             if check is not None:
                 check(exchange, routing_key, targets)  # raising rolls the transaction back
-            ttls = (
-                dict(
-                    conn.execute(
-                        select(m.queue.c.name, m.queue.c.message_ttl_ms).where(
-                            m.queue.c.name.in_(targets)
-                        )
-                    ).all()
-                )
-                if targets
-                else {}
-            )
+            ttls = dict(conn.execute(_QUEUE_TTLS, {"names": targets}).all()) if targets else {}
             targets = [q for q in targets if q in ttls]
             if not targets:
                 if mandatory:
@@ -568,7 +562,7 @@ class Broker:
                     "expires_at": now + min(limits) if limits else None,
                     "redelivered": False,
                 })
-            conn.execute(m.message.insert(), rows)
+            conn.execute(_INSERT_MESSAGE, rows)
             if self.history is not None:
                 self.history.published(conn, targets, message, slots, now)
             tx.queues.update(targets)

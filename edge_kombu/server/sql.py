@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, event, literal
+from sqlalchemy import Column, bindparam, create_engine, event, literal
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select as sa_select
 from sqlalchemy import text as sql_text
@@ -50,6 +50,7 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.sql import ClauseElement
 
 from edge_kombu.server.db import normalize_url
 
@@ -240,6 +241,8 @@ class SQL:
         self._skip_locked = self._dialect in _SKIP_LOCKED
         self._quick_lock = threading.Lock()
         self._quick = None  # (pid, DB-API connection) of quick_scalar on SQLite
+        #: insert_ignore's and upsert's statements, built once per table and shape.
+        self._statements: dict[tuple, object] = {}
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 10, **kwargs) -> SQL:
@@ -331,12 +334,15 @@ class SQL:
         """Insert ``rows``, skipping those whose key exists; returns how many were inserted."""
         if not rows:
             return 0
-        if self._dialect == "postgresql":
-            stmt = pg_insert(table).on_conflict_do_nothing()
-        elif self._dialect == "sqlite":
-            stmt = sqlite_insert(table).on_conflict_do_nothing()
-        else:
-            stmt = table.insert().prefix_with("IGNORE")
+        stmt = self._statements.get(("insert_ignore", table))
+        if stmt is None:
+            if self._dialect == "postgresql":
+                stmt = pg_insert(table).on_conflict_do_nothing()
+            elif self._dialect == "sqlite":
+                stmt = sqlite_insert(table).on_conflict_do_nothing()
+            else:
+                stmt = table.insert().prefix_with("IGNORE")
+            self._statements[("insert_ignore", table)] = stmt
         return conn.execute(stmt, rows).rowcount
 
     def upsert(self, conn: Connection, table, row: dict, keys: Sequence[str],
@@ -346,20 +352,41 @@ class SQL:
         Unlike ``INSERT IGNORE`` followed by a locking read or an ``UPDATE``, this locks an
         existing row exclusively at once: on MySQL the duplicate-key check of
         ``INSERT IGNORE`` takes a shared lock, and two transactions upgrading theirs deadlock.
+
+        The statement is built once per shape (the row's columns, the keys, which changes
+        are values and which are columns), its values bound: building an upsert and its
+        cache key cost the API server more than the database takes to run it.
         """
         if changes is None:
             changes = {k: v for k, v in row.items() if k not in keys}
+        # A change to a column expression is part of the statement; a value is bound.
+        exprs = tuple((k, v) for k, v in changes.items() if isinstance(v, ClauseElement))
+        shape = ("upsert", table, tuple(row), tuple(keys), tuple(changes), exprs)
+        cacheable = all(isinstance(v, Column) for _, v in exprs)
+        stmt = self._statements.get(shape) if cacheable else None
+        if stmt is None:
+            stmt = self._build_upsert(table, row, keys, changes)
+            if cacheable:
+                if len(self._statements) >= 1000:  # shapes are few; never grow without end
+                    self._statements.clear()
+                self._statements[shape] = stmt
+        params = dict(row)
+        params.update((f"set_{k}", v) for k, v in changes.items()
+                      if not isinstance(v, ClauseElement))
+        conn.execute(stmt, params)
+
+    def _build_upsert(self, table, row: dict, keys: Sequence[str], changes: dict):
+        values = {k: bindparam(k, type_=table.c[k].type) for k in row}
+        sets = {k: v if isinstance(v, ClauseElement)
+                else bindparam(f"set_{k}", type_=table.c[k].type)
+                for k, v in changes.items()}
         if self._dialect == "postgresql":
-            stmt = pg_insert(table).values(row).on_conflict_do_update(
-                index_elements=keys, set_=changes
-            )
-        elif self._dialect == "sqlite":
-            stmt = sqlite_insert(table).values(row).on_conflict_do_update(
-                index_elements=keys, set_=changes
-            )
-        else:
-            stmt = mysql_insert(table).values(row).on_duplicate_key_update(**changes)
-        conn.execute(stmt)
+            return pg_insert(table).values(values).on_conflict_do_update(
+                index_elements=keys, set_=sets)
+        if self._dialect == "sqlite":
+            return sqlite_insert(table).values(values).on_conflict_do_update(
+                index_elements=keys, set_=sets)
+        return mysql_insert(table).values(values).on_duplicate_key_update(**sets)
 
     def lock_rows(self, stmt):
         """Lock the selected rows for writing until commit (SQLite's BEGIN IMMEDIATE does)."""

@@ -8,6 +8,7 @@ per-request state.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ import time
 
 import jwt
 import requests
-from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.util.retry import Retry
 
 from edge_kombu import errors
@@ -33,6 +34,7 @@ from edge_kombu.protocol import (
     PROTOCOL_VERSION,
     jwt_signing_key,
 )
+from edge_kombu.transport.onesend import OneSendAdapter
 from edge_kombu.transport.settings import (
     DEFAULT_CONNECT_RETRIES,
     DEFAULT_CONNECT_TIMEOUT,
@@ -122,12 +124,17 @@ class EdgeClient:
             backoff_jitter=0.2,
             raise_on_status=False,
         )
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=pool_size)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
+        self._adapter = OneSendAdapter(max_retries=retry, pool_connections=2,
+                                       pool_maxsize=pool_size)
+        self._http.mount("http://", self._adapter)
+        self._http.mount("https://", self._adapter)
+        self._urls: dict[str, str] = {}  # route -> its URL, prepared once
         self._http_once = requests.Session()
         self._http_once.verify, self._http_once.cert = verify, cert
         self._http_once.trust_env = False
+        self._adapter_once = OneSendAdapter()  # requests' default: no retries
+        self._http_once.mount("http://", self._adapter_once)
+        self._http_once.mount("https://", self._adapter_once)
         self._headers = {
             HEADER_PROTOCOL: reported_version(),
             HEADER_CLIENT_NAME: self.client_name,
@@ -165,18 +172,17 @@ class EdgeClient:
         ``retry=False`` makes one attempt only (for calls on the way out, when the
         server would clean up after us anyway).
         """
-        url = f"{self.base_url}{API_PATH}/{route}"
-        headers = dict(self._headers, Authorization=self._authorization(route))
-        http = self._http if retry else self._http_once
+        request = self._request(route, body)
+        # The session's adapter without the session's per-call work (merging settings,
+        # cookies, hooks, redirects): none of it applies to the API.
+        adapter = self._adapter if retry else self._adapter_once
         attempts = 2 if retry and route in IDEMPOTENT_ROUTES else 1
         for attempt in range(attempts):
             try:
-                response = http.post(
-                    url,
-                    json=body or {},
-                    headers=headers,
-                    timeout=(self.connect_timeout, timeout or self.read_timeout),
-                )
+                response = adapter.send(
+                    request, timeout=(self.connect_timeout, timeout or self.read_timeout),
+                    verify=self._http.verify, cert=self._http.cert, proxies={})
+                response.content  # noqa: B018 - read the answer here, under these excepts
                 break
             except requests.exceptions.SSLError as exc:
                 raise self._tls_failure(route, exc) from exc
@@ -204,6 +210,31 @@ class EdgeClient:
                 "is the URL pointing at the edge API?"
             )
         raise errors.error_from_response(response.status_code, payload)
+
+    def _request(self, route: str, body: dict | None) -> requests.PreparedRequest:
+        """The POST of ``body`` (compact JSON) to ``route``."""
+        try:
+            data = json.dumps(body or {}, separators=(",", ":"), allow_nan=False).encode()
+        except ValueError:  # NaN or infinity: refused as requests' own json= did
+            raise errors.EdgeConnectionError(
+                f"cannot reach the edge API at {self.base_url} ({route}): InvalidJSONError"
+            ) from None
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = self._urls.get(route) or self._prepare_url(route)
+        request.headers = CaseInsensitiveDict(self._headers)
+        request.headers["Authorization"] = self._authorization(route)
+        request.headers["Content-Length"] = str(len(data))
+        request.body = data
+        request.hooks = {"response": []}
+        return request
+
+    def _prepare_url(self, route: str) -> str:
+        prepared = requests.PreparedRequest()
+        prepared.prepare_url(f"{self.base_url}{API_PATH}/{route}", None)
+        if len(self._urls) < 256:  # the routes are few; a caller's odd names are not kept
+            self._urls[route] = prepared.url
+        return prepared.url
 
     def download(self, route: str, params: dict, dest, *, max_bytes: int,
                  timeout: float | None = None) -> int:

@@ -136,6 +136,7 @@ class EdgeClient:
         self._http_once.mount("http://", self._adapter_once)
         self._http_once.mount("https://", self._adapter_once)
         self._headers = {
+            "User-Agent": requests.utils.default_user_agent(),  # as requests sent it
             HEADER_PROTOCOL: reported_version(),
             HEADER_CLIENT_NAME: self.client_name,
             "Content-Type": "application/json",

@@ -16,7 +16,8 @@ database has it; SQLite serialises writers).
   expired by housekeeping (:meth:`Broker.expire`) and its leases are redelivered.
 * :meth:`Broker.consume` is the long-poll of the ``consume`` route: claim, and while
   nothing fits, wait on the :class:`~edge_kombu.server.wakeup.WaiterRegistry` without
-  holding a database connection.
+  holding a database connection. A publish of the same process may lease its message to
+  such a waiting consume in its own transaction (:meth:`Broker._hand_off`): no claim.
 
 Whenever messages become available (publish, requeue, released leases) or a session's
 capacity changes (ack), the transaction owes a wake-up (see :mod:`~edge_kombu.server.sql`).
@@ -660,7 +661,8 @@ class Broker:
         """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
 
         Waits at most ``wait`` seconds (capped at ``max_wait``) on the waiter registry,
-        holding no database connection, and claims again when woken. Answers at once,
+        holding no database connection, and claims again when woken, unless a publish of this
+        process handed it a message meanwhile (see :meth:`_hand_off`). Answers at once,
         even empty, when this session's capacity changed (an ack, a close), so that the
         client asks again with its new capacity. The session's liveness is written at
         most every ``lease_timeout / 2`` seconds per process when a consume starts, and
@@ -718,6 +720,8 @@ class Broker:
 
     def _poll_waiting(self, waiter, session, queues, deadline, still_valid, valid_until,
                       **claim_args) -> list[Delivery]:
+        """The claims and waits of :meth:`_poll`; between two, ``waiter`` is open to a
+        hand-off while the last claim found nothing that the starvation guard held back."""
         names = [name for name, _ in queues]
         recheck = still_valid is not None
         asked = (tuple(queues), claim_args["max_slots"], claim_args["total_slots"])

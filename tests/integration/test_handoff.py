@@ -4,12 +4,17 @@ redelivered when the worker dies, as any claimed task."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import signal
+from select import select as readable
 
 import pytest
 from celery import Celery
 from sqlalchemy import select
 
+from edge_kombu.protocol import API_PATH, HEADER_PROTOCOL, PROTOCOL_VERSION
 from edge_kombu.server import models
 from tests.helpers import messages_left, wait_for
 from tests.server.test_metrics import scrape, value
@@ -85,3 +90,46 @@ def test_a_handed_off_task_of_a_killed_worker_is_redelivered(api_factory, token,
     assert [line.split()[0] for line in out.read_text().splitlines()] == ["done"]
     assert value(scrape(api, auth=None), "edge_kombu_messages_redelivered_total") >= 1
     wait_for(lambda: messages_left(sql) == 0, timeout=30, message="all messages settled")
+
+
+def _request(conn: http.client.HTTPConnection, route: str, body: dict, token: str) -> None:
+    conn.request("POST", f"{API_PATH}/{route}", json.dumps(body),
+                 {"Content-Type": "application/json", "Authorization": f"Bearer {token}",
+                  HEADER_PROTOCOL: PROTOCOL_VERSION})
+
+
+@pytest.mark.skipif(os.environ.get("EDGE_KOMBU_TEST_DB", "sqlite") != "sqlite",
+                    reason="on SQLite only (see the docstring)")
+def test_the_handed_consume_is_answered_before_the_publish(api_factory, token):
+    """The consume's answer is on its connection by the time the publish's arrives: the
+    server switches to it before answering the publisher. (On SQLite only: on PostgreSQL
+    and MySQL the consume reads its credential's generation over the network before it
+    answers, and the publish answers meanwhile.)"""
+    api = api_factory(env={"EDGE_KOMBU_METRICS_AUTH": "none"})
+    host, port = "127.0.0.1", api.port
+    consumer, publisher = (http.client.HTTPConnection(host, port, timeout=30) for _ in range(2))
+    try:
+        _request(publisher, "queue/declare", {"name": "q"}, token)
+        assert publisher.getresponse().read()
+        ask = {"session": "session-1", "queues": [{"name": "q"}], "max_slots": 1,
+               "total_slots": 1}
+        for attempt in range(20):  # until the consume waited when the publish came
+            before = handed(api)
+            # A consume that finds nothing: the next one waits without a claim of its own.
+            _request(consumer, "consume", dict(ask, wait=0), token)
+            assert json.loads(consumer.getresponse().read()) == {"messages": []}
+            _request(consumer, "consume", dict(ask, wait=10), token)
+            _request(publisher, "publish", {"exchange": "", "routing_key": "q",
+                                            "message": {"body": str(attempt), "properties": {}}},
+                     token)
+            assert json.loads(publisher.getresponse().read()) == {"routed": 1}
+            answered_first = bool(readable([consumer.sock], [], [], 0)[0])
+            answer = json.loads(consumer.getresponse().read())
+            assert len(answer.get("messages", ())) == 1, answer
+            if handed(api) > before:
+                assert answered_first
+                return
+        raise AssertionError("no publish found the consume waiting")
+    finally:
+        consumer.close()
+        publisher.close()

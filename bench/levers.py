@@ -1,6 +1,7 @@
 """Before/after probes for server-side changes: the edge API's CPU per task and when idle.
 
     PYTHONPATH=<tree> python -m bench.levers dispatch sqlite|postgres
+    PYTHONPATH=<tree> python -m bench.levers latency sqlite|postgres GAP [N]
     PYTHONPATH=<tree> python -m bench.levers idle [N]
     PYTHONPATH=<tree> python -m bench.levers checkout postgres|mysql [N]
     PYTHONPATH=<tree> python -m bench.levers profile sqlite|postgres OUT [N]
@@ -14,6 +15,10 @@ dispatch
     sent one at a time; then 2,000 queued tasks for 1 and for 4 workers), with the API
     server's CPU (all its processes) per task. The latency figure includes the server's
     idle work over the run (reaper, polls), which grows with the run's length.
+latency
+    One worker, N tasks (default 150) sent one at a time, each GAP seconds after the
+    previous one started (GAP 0.03: the worker's long-poll waits when the publish comes):
+    p50/p99 publish→start and the API server's CPU per task (its idle work included).
 idle
     One counting API server on SQLite and N (default 500) simulated workers of
     :mod:`bench.loadgen` (a heartbeat and a 10 s long-poll each, every 10 s): the server's
@@ -40,6 +45,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import psutil
 
@@ -73,6 +79,32 @@ def dispatch(db: str) -> dict:
         finally:
             server.stop()
     return out
+
+
+def latency(db: str, gap: float, n: int = 150) -> dict:
+    tmp = env.tmpdir("levers-latency")
+    with env.edge_database(db, tmp) as db_url:
+        token = env.create_token(db_url)
+        server = APIServer(db_url, tmp)
+        server.start()
+        try:
+            url = server.url.replace("http://", f"edge+http://:{token}@")
+            root = psutil.Process(server.pid)
+            processes = [root, *root.children(recursive=True)]
+            with brokers._one_worker(url, tmp, f"{db}-gap") as (client, queue, marks):
+                start = sum(sum(p.cpu_times()[:2]) for p in processes)
+                seconds = []
+                for i in range(n):
+                    sent = time.time()
+                    client.send_task("bench.app.mark", args=[str(i)], queue=queue)
+                    seconds.append(marks.wait(str(i), timeout=30) - sent)
+                    time.sleep(gap)
+                marks.wait(str(n - 1), timeout=30)
+                cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - start
+        finally:
+            server.stop()
+    return {"db": db, "gap": gap, **env.summary_ms(seconds[5:]),
+            "server_cpu_ms_per_task": round(cpu * 1000 / n, 2)}
 
 
 def idle(n: int) -> dict:
@@ -190,6 +222,9 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "dispatch" and len(sys.argv) == 3:
         print(json.dumps(dispatch(sys.argv[2])))
+    elif mode == "latency" and len(sys.argv) in (4, 5):
+        print(json.dumps(latency(sys.argv[2], float(sys.argv[3]),
+                                 *(int(a) for a in sys.argv[4:]))))
     elif mode == "checkout" and len(sys.argv) in (3, 4):
         print(json.dumps(checkout(sys.argv[2], *(int(a) for a in sys.argv[3:]))))
     elif mode == "profile" and len(sys.argv) in (4, 5):

@@ -284,6 +284,7 @@ def consume(body: dict) -> dict:
         else None,
     )
     metrics.record_deliveries([d.message for d in found])
+    metrics.HANDED_OFF.inc(sum(d.handed for d in found))
     return {"messages": [{"queue": d.queue, "message": d.message} for d in found]}
 
 

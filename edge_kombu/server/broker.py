@@ -16,7 +16,8 @@ database has it; SQLite serialises writers).
   expired by housekeeping (:meth:`Broker.expire`) and its leases are redelivered.
 * :meth:`Broker.consume` is the long-poll of the ``consume`` route: claim, and while
   nothing fits, wait on the :class:`~edge_kombu.server.wakeup.WaiterRegistry` without
-  holding a database connection.
+  holding a database connection. A publish of the same process may lease its message to
+  such a waiting consume in its own transaction (:meth:`Broker._hand_off`): no claim.
 
 Whenever messages become available (publish, requeue, released leases) or a session's
 capacity changes (ack), the transaction owes a wake-up (see :mod:`~edge_kombu.server.sql`).
@@ -52,7 +53,7 @@ from edge_kombu.server.config import (
 from edge_kombu.server.grants import TaskGrants
 from edge_kombu.server.routing import binding_id, route
 from edge_kombu.server.sql import SQL, Transaction
-from edge_kombu.server.wakeup import WaiterRegistry
+from edge_kombu.server.wakeup import Offer, WaiterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ _CREDENTIAL_GONE = "the credential was revoked or expired while the consume wait
 class Delivery:
     queue: str
     message: dict
+    #: Leased by the publish that stored it (see :meth:`Broker._hand_off`).
+    handed: bool = False
 
 
 @dataclass(frozen=True)
@@ -562,12 +565,56 @@ class Broker:
                     "expires_at": now + min(limits) if limits else None,
                     "redelivered": False,
                 })
-            conn.execute(_INSERT_MESSAGE, rows)
+            inserted = conn.execute(_INSERT_MESSAGE, rows)
             if self.history is not None:
                 self.history.published(conn, targets, message, slots, now)
+            if len(rows) == 1 and self._hand_off(tx, rows[0], inserted.inserted_primary_key[0]):
+                return targets, False  # leased: nothing for anyone to claim
             tx.queues.update(targets)
             tx.fresh.update((queue, (1, slots)) for queue in targets)
             return targets, False
+
+    def _hand_off(self, tx: Transaction, row: dict, ident: int) -> bool:
+        """In the publishing transaction: lease the message just stored (``row``, id
+        ``ident``) to a consume of this process that waits for one, and answer that
+        consume with it once ``tx`` committed. Returns whether it did.
+
+        Only to a consume that found nothing and asked for messages of this size, and only
+        while no other ready message of its acknowledged queues is one it could ever run:
+        one of those goes first (priority, then age), or holds smaller ones back (the
+        starvation guard), and its own claim decides. Its session must be open, locked as
+        a claim locks it; the lease, the job history and the worker credential's grant
+        are written as a claim writes them.
+        """
+        queue, slots = row["queue"], row["slots"]
+        reserved = self.waiters.reserve(queue, slots)
+        if reserved is None:
+            return False
+        waiter, offer = reserved
+        handed: list[Delivery] = []
+        tx.ended.append(lambda committed: self.waiters.resolve(
+            waiter, handed if committed else []))
+        conn, now = tx.conn, row["published_at"]
+        others = conn.execute(self._claim_statement("others", offer.total_slots is not None), {
+            "names": sorted(offer.queues), "now": now, "id": ident,
+            "total_slots": offer.total_slots}).first()
+        if others is not None or conn.execute(self._claim_statement("is_open"),
+                                              {"session": waiter.session}).first() is None:
+            return False
+        nonce = secrets.token_hex(6)
+        conn.execute(self._claim_statement("lease"), {
+            "ids": [ident], "lease_session": waiter.session, "lease_nonce_value": nonce,
+            "lease_at": now})
+        message = json.loads(row["payload"])
+        if self.history is not None:
+            self.history.claimed(conn, waiter.session, [(ident, message)], now)
+        if offer.grantee is not None and self.grants is not None:
+            self.grants.record(conn, offer.grantee, [message], now)
+        props = message["properties"]
+        props["delivery_tag"] = f"{ident}.{nonce}"
+        props.setdefault("delivery_info", {})["redelivered"] = False
+        handed.append(Delivery(queue, message, handed=True))
+        return True
 
     def _first_publish(self, conn: Connection, key: str, now: float) -> bool:
         """Record publish ``key``; False if it was recorded within the dedupe window.
@@ -608,7 +655,8 @@ class Broker:
         """The long-poll: claim (see :meth:`claim`), and while nothing comes, wait for it.
 
         Waits at most ``wait`` seconds (capped at ``max_wait``) on the waiter registry,
-        holding no database connection, and claims again when woken. Answers at once,
+        holding no database connection, and claims again when woken, unless a publish of this
+        process handed it a message meanwhile (see :meth:`_hand_off`). Answers at once,
         even empty, when this session's capacity changed (an ack, a close), so that the
         client asks again with its new capacity. The session's liveness is written at
         most every ``lease_timeout / 2`` seconds per process when a consume starts, and
@@ -643,7 +691,7 @@ class Broker:
             self.close_session(session)
             self.signal(queues=names)
             raise
-        if waiter.event.is_set() and not waiter.by_session:
+        if waiter.event.is_set() and not waiter.by_session and waiter.nudged:
             # Woken for one message that this consume did not claim (it had its answer, or its
             # wait ran out): a publish wakes one waiter per message, so hand the wake-up on.
             self.waiters.wake_some({queue: (1, None) for queue in waiter.queues})
@@ -652,41 +700,67 @@ class Broker:
     def _poll(self, session, queues, deadline, still_valid, valid_until, **claim_args):
         """Claim, and wait while nothing comes: the loop of :meth:`consume`."""
         names = [name for name, _ in queues]
+        with self.waiters.waiting(names, session, claim_args["max_slots"]) as waiter:
+            try:
+                found = self._poll_waiting(waiter, session, queues, deadline, still_valid,
+                                           valid_until, **claim_args)
+            finally:
+                # A publish that reserved this consume just before its wait ended: the lease
+                # is its session's, and the message goes in this answer.
+                handed = self.waiters.withdraw(waiter)
+            if handed and still_valid is not None and not still_valid(fresh=True):
+                raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
+        return found + handed, waiter
+
+    def _poll_waiting(self, waiter, session, queues, deadline, still_valid, valid_until,
+                      **claim_args) -> list[Delivery]:
+        """The claims and waits of :meth:`_poll`; between two, ``waiter`` is open to a
+        hand-off while the last claim found nothing that the starvation guard held back."""
+        names = [name for name, _ in queues]
         recheck = still_valid is not None
         asked = (tuple(queues), claim_args["max_slots"], claim_args["total_slots"])
+        acked = frozenset(name for name, no_ack in queues if not no_ack)
+        offer = Offer(acked, claim_args["max_slots"], claim_args["total_slots"],
+                      claim_args["grantee"]) if acked else None
         first = True
-        with self.waiters.waiting(names, session, claim_args["max_slots"]) as waiter:
-            while True:
-                waiter.event.clear()
-                self._check_credential(still_valid)
-                if first and self.hearing() and self._empty.knows(
-                        session, asked, self.waiters.heard(names)):
-                    found = []
-                else:
-                    heard = self.waiters.heard(names)  # before the claim: nothing missed
-                    found, settled = self._claim(session, queues, **claim_args)
-                    if not found and settled and self.hearing():
-                        self._empty.note(session, asked, heard)
-                first = False
-                if found and recheck and not still_valid(fresh=True):
-                    raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
-                remaining = deadline - time.monotonic()
-                if found or remaining <= 0 or waiter.by_session:
-                    break
-                woken = False
-                while not woken and (remaining := deadline - time.monotonic()) > 0:
-                    expires_in = None if not recheck or valid_until is None \
-                        else valid_until - self.sql.clock()
-                    if expires_in is not None:  # wake when the credential expires
-                        remaining = min(remaining, max(expires_in, 0) + 0.01)
-                    woken = waiter.wait(remaining)
-                    if not woken and expires_in is not None and expires_in <= remaining:
-                        self._check_credential(still_valid)
-                        valid_until = None  # still valid: renewed, wait out the deadline
-                if not woken or waiter.by_session:
-                    # Timed out, or this session's capacity changed: let the client ask again.
-                    break
-        return found, waiter
+        while True:
+            waiter.nudged = False
+            waiter.event.clear()
+            found = self.waiters.withdraw(waiter)  # handed by a publish while it waited
+            self._check_credential(still_valid)
+            settled = True
+            if found:
+                pass
+            elif first and self.hearing() and self._empty.knows(
+                    session, asked, self.waiters.heard(names)):
+                found = []
+            else:
+                heard = self.waiters.heard(names)  # before the claim: nothing missed
+                found, settled = self._claim(session, queues, **claim_args)
+                if not found and settled and self.hearing():
+                    self._empty.note(session, asked, heard)
+            first = False
+            if found and recheck and not still_valid(fresh=True):
+                raise errors.AuthenticationFailed(_CREDENTIAL_GONE)
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0 or waiter.by_session:
+                break
+            if offer is not None and settled:
+                self.waiters.offer(waiter, offer)
+            woken = False
+            while not woken and (remaining := deadline - time.monotonic()) > 0:
+                expires_in = None if not recheck or valid_until is None \
+                    else valid_until - self.sql.clock()
+                if expires_in is not None:  # wake when the credential expires
+                    remaining = min(remaining, max(expires_in, 0) + 0.01)
+                woken = waiter.wait(remaining)
+                if not woken and expires_in is not None and expires_in <= remaining:
+                    self._check_credential(still_valid)
+                    valid_until = None  # still valid: renewed, wait out the deadline
+            if not woken or waiter.by_session:
+                # Timed out, or this session's capacity changed: let the client ask again.
+                break
+        return found
 
     @staticmethod
     def _check_credential(still_valid: Callable[..., bool] | None) -> None:
@@ -909,6 +983,11 @@ class Broker:
                     .values(session=bindparam("lease_session"),
                             lease_nonce=bindparam("lease_nonce_value"),
                             leased_at=bindparam("lease_at")))
+        if what == "others":  # a ready message, but ``id``, that might go before it
+            stmt = select(msg.id).where(*ready, msg.id != bindparam("id"))
+            if limit_slots:  # (those the consumer can never run do not)
+                stmt = stmt.where(msg.slots <= bindparam("total_slots"))
+            return stmt.limit(1)
         if what == "head":
             return (select(msg.slots, msg.published_at)
                     .where(*ready, msg.slots <= bindparam("total_slots"))
@@ -1235,7 +1314,10 @@ class _SessionTouches:
 
 class _KnownEmpty:
     """Per session: the queues and capacity of its last claim that found nothing, with what
-    the process had heard of those queues then (at most ``trust_for`` seconds ago)."""
+    the process had heard of those queues then (at most ``trust_for`` seconds ago).
+
+    Nothing fitting ``max_slots`` free slots means nothing fits fewer: a consume asking
+    with less room (a worker that was just handed a task) knows as much."""
 
     def __init__(self, trust_for: float, *, capacity: int = 100_000) -> None:
         self.trust_for = trust_for
@@ -1253,10 +1335,19 @@ class _KnownEmpty:
     def knows(self, session: str, asked: tuple, heard: tuple) -> bool:
         with self._lock:
             known = self._known.get(session)
-        return (known is not None and known[0] == asked and known[1] == heard
+        return (known is not None and _within(asked, known[0]) and known[1] == heard
                 and time.monotonic() - known[2] < self.trust_for)
 
     def forget(self, sessions: Iterable[str]) -> None:
         with self._lock:
             for session in sessions:
                 self._known.pop(session, None)
+
+
+def _within(asked: tuple, known: tuple) -> bool:
+    """Whether a claim with ``asked`` (queues, max_slots, total_slots) can find only what a
+    claim with ``known`` could: the same queues and size, no more free slots."""
+    queues, max_slots, total_slots = asked
+    known_queues, known_max, known_total = known
+    return (queues == known_queues and total_slots == known_total
+            and (known_max is None or (max_slots is not None and max_slots <= known_max)))

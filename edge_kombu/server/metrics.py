@@ -48,6 +48,9 @@ DELIVERED = Counter("edge_kombu_messages_delivered_total",
                     "Messages handed to consumers.", registry=None)
 REDELIVERED = Counter("edge_kombu_messages_redelivered_total",
                       "Messages handed to consumers again (redelivered=True).", registry=None)
+HANDED_OFF = Counter("edge_kombu_messages_handed_off_total",
+                     "Messages leased to a waiting consume by the publish that stored them "
+                     "(delivered without a claim of their own).", registry=None)
 ACKED = Counter("edge_kombu_messages_acked_total", "Messages acknowledged.", registry=None)
 REJECTED = Counter("edge_kombu_messages_rejected_total", "Messages rejected by consumers.",
                    ["requeue"], registry=None)
@@ -71,9 +74,9 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=None)
 
-_PROCESS_METRICS = (PUBLISHED, PUBLISH_REPEATS, DELIVERED, REDELIVERED, ACKED, REJECTED,
-                    LEASES_EXPIRED, SESSIONS_EXPIRED, BUNDLE_RESOLVES, BUNDLE_ARCHIVES,
-                    BUNDLE_BYTES, REQUEST_SECONDS)
+_PROCESS_METRICS = (PUBLISHED, PUBLISH_REPEATS, DELIVERED, REDELIVERED, HANDED_OFF, ACKED,
+                    REJECTED, LEASES_EXPIRED, SESSIONS_EXPIRED, BUNDLE_RESOLVES,
+                    BUNDLE_ARCHIVES, BUNDLE_BYTES, REQUEST_SECONDS)
 
 bp = Blueprint("edge_metrics", __name__)
 

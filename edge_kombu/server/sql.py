@@ -213,7 +213,7 @@ class Wakeup:
 class Transaction:
     """One transaction's connection plus the wake-ups it owes after commit."""
 
-    __slots__ = ("conn", "queues", "sessions", "fresh")
+    __slots__ = ("conn", "queues", "sessions", "fresh", "ended")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -223,6 +223,8 @@ class Transaction:
         self.sessions: set[str] = set()
         #: Of ``queues``, those with new messages: queue → (how many, fewest slots).
         self.fresh: dict[str, tuple[int, int]] = {}
+        #: Called with ``True`` once the transaction committed, ``False`` if it rolled back.
+        self.ended: list[Callable[[bool], None]] = []
 
     @property
     def owes_wakeups(self) -> bool:
@@ -251,11 +253,18 @@ class SQL:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """One read-write transaction; commits on leaving, rolls back on an exception."""
-        with self.engine.begin() as conn:
-            tx = Transaction(conn)
-            yield tx
-            if tx.owes_wakeups:
-                self.wakeup.in_transaction(conn, tx.queues, tx.sessions, fresh=tx.fresh)
+        tx = None
+        committed = False
+        try:
+            with self.engine.begin() as conn:
+                tx = Transaction(conn)
+                yield tx
+                if tx.owes_wakeups:
+                    self.wakeup.in_transaction(conn, tx.queues, tx.sessions, fresh=tx.fresh)
+            committed = True
+        finally:
+            for callback in tx.ended if tx is not None else ():
+                callback(committed)
         if tx.owes_wakeups:
             self.wakeup.after_commit(tx.queues, tx.sessions, fresh=tx.fresh)
 

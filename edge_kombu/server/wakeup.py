@@ -10,6 +10,12 @@ holding a database connection. It is woken
 * on other databases by one poll per process every ``poll_interval`` seconds that
   asks which of the queues waited on hold a message that fits a waiter.
 
+A consume that found nothing for itself can also be *handed* a message: it offers to
+take one (an :class:`Offer`), a publish in this process reserves it
+(:meth:`WaiterRegistry.reserve`), leases the message to its session in the publishing
+transaction and, once that committed, wakes it with the delivery
+(:meth:`WaiterRegistry.resolve`): no claim transaction of its own.
+
 Works under threads and under gevent (whose monkey-patching makes the
 ``threading`` primitives cooperative).
 """
@@ -25,6 +31,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_kombu.server.sql import NOTIFY_CHANNEL, Wakeup
@@ -37,10 +44,25 @@ log = logging.getLogger(__name__)
 _NOTIFY_LIMIT = 7000  # PostgreSQL caps a NOTIFY payload at 8000 bytes
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What a waiting consume may be handed: one message of its acknowledged ``queues``
+    that fits ``max_slots``; ``total_slots`` and ``grantee`` as its claims have them."""
+
+    queues: frozenset[str]
+    max_slots: int | None
+    total_slots: int | None
+    grantee: str | None
+
+    def takes(self, queue: str, slots: int) -> bool:
+        return queue in self.queues and (self.max_slots is None or slots <= self.max_slots)
+
+
 class Waiter:
     """One waiting consume: what it waits for and the event that wakes it."""
 
-    __slots__ = ("queues", "session", "max_slots", "event", "by_session")
+    __slots__ = ("queues", "session", "max_slots", "event", "by_session", "nudged",
+                 "offer", "pending", "handed")
 
     def __init__(self, queues: frozenset[str], session: str, max_slots: int | None) -> None:
         self.queues = queues
@@ -48,6 +70,14 @@ class Waiter:
         self.max_slots = max_slots
         self.event = threading.Event()
         self.by_session = False
+        #: Woken for messages to claim (not only handed one).
+        self.nudged = False
+        #: Open to be handed a message (while it waits, having found nothing).
+        self.offer: Offer | None = None
+        #: Set once the publish that reserved this waiter ended (None: none did).
+        self.pending: threading.Event | None = None
+        #: What that publish leased to it, once committed.
+        self.handed: list = []
 
     def fits(self, min_slots: int | None) -> bool:
         return min_slots is None or self.max_slots is None or min_slots <= self.max_slots
@@ -133,6 +163,7 @@ class WaiterRegistry:
                 need = None if min_slots is None else min_slots.get(queue)
                 for waiter in self._by_queue.get(queue, ()):
                     if waiter.fits(need) and not waiter.event.is_set():
+                        waiter.nudged = True
                         waiter.event.set()
                         woken += 1
         return woken
@@ -150,8 +181,61 @@ class WaiterRegistry:
                     if count <= 0:
                         break
                     if waiter.fits(min_slots) and not waiter.event.is_set():
+                        waiter.nudged = True
                         waiter.event.set()
                         count -= 1
+
+    # -- hand-off ---------------------------------------------------------------------------
+
+    def offer(self, waiter: Waiter, offer: Offer) -> None:
+        """``waiter`` found nothing and is about to wait: it may be handed a message."""
+        with self._lock:
+            if not waiter.event.is_set():
+                waiter.offer = offer
+
+    def reserve(self, queue: str, slots: int) -> tuple[Waiter, Offer] | None:
+        """A waiter open to be handed a message of ``queue`` weighing ``slots``, taken out
+        of the offers until :meth:`resolve` (its consume cannot end before that)."""
+        with self._lock:
+            for waiter in self._by_queue.get(queue, ()):
+                offer = waiter.offer
+                if offer is not None and not waiter.event.is_set() and offer.takes(queue, slots):
+                    waiter.offer = None
+                    waiter.pending = threading.Event()
+                    return waiter, offer
+        return None
+
+    def resolve(self, waiter: Waiter, handed: list) -> None:
+        """The publish that reserved ``waiter`` ended: wake it with ``handed`` (leased to
+        its session in a committed transaction), or let it go on waiting (empty)."""
+        with self._lock:
+            pending, waiter.pending = waiter.pending, None
+            if handed:
+                waiter.handed = handed
+                waiter.event.set()
+        if pending is not None:
+            pending.set()
+        if handed:
+            # Let the consume answer before the publish does (under gevent, a switch to it):
+            # the task starts sooner; the publisher waits the length of one answer.
+            time.sleep(0)
+
+    def offered(self, session: str) -> bool:
+        """Whether a consume of ``session`` waits here open to be handed a message."""
+        with self._lock:
+            return any(w.offer is not None for w in self._by_session.get(session, ()))
+
+    def withdraw(self, waiter: Waiter) -> list:
+        """``waiter`` stops waiting (for now): no more hand-offs; returns what it was handed,
+        after the publish that reserved it, if any, ended."""
+        with self._lock:
+            waiter.offer = None
+            pending = waiter.pending
+        if pending is not None:
+            pending.wait()
+        with self._lock:
+            handed, waiter.handed = waiter.handed, []
+        return handed
 
     def wake_sessions(self, sessions: Iterable[str]) -> None:
         now = time.monotonic()

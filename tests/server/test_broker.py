@@ -688,6 +688,35 @@ def test_a_consume_skips_the_claim_while_the_process_knows_its_queues_are_empty(
         event.remove(sql.engine, "before_cursor_execute", count)
 
 
+def test_a_consume_with_less_room_than_a_claim_that_found_nothing_does_not_claim(sql, broker):
+    """Nothing fit 3 free slots, so nothing fits 2 (a worker just handed a task asks with
+    less room): no claim until a wake-up for its queues; more room claims again."""
+    sql.wakeup = LocalWakeup(broker.waiters)
+    broker.declare_queue("q")
+    claims = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("SELECT") \
+                and "edge_kombu_message.payload" in statement:  # the claim's candidates
+            claims.append(statement)
+
+    event.listen(sql.engine, "before_cursor_execute", count)
+    try:
+        args = {"total_slots": 3}
+        assert broker.consume("s1", "site-a", [("q", False)], max_slots=3, **args) == []
+        assert len(claims) == 1
+        assert broker.consume("s1", "site-a", [("q", False)], max_slots=2, **args) == []
+        assert broker.consume("s1", "site-a", [("q", False)], max_slots=3, **args) == []
+        assert len(claims) == 1
+        assert broker.consume("s1", "site-a", [("q", False)], max_slots=2, total_slots=4) == []
+        assert len(claims) == 2  # another size: another line of messages
+        broker.publish("", "q", {"body": "hi", "properties": {}})
+        [delivery] = broker.consume("s1", "site-a", [("q", False)], max_slots=2, **args)
+        assert delivery.message["body"] == "hi"
+    finally:
+        event.remove(sql.engine, "before_cursor_execute", count)
+
+
 def test_a_consume_held_back_by_the_starvation_guard_claims_every_time(sql, clock):
     """The guard's answer changes without a wake-up (the big message leaves): not known."""
     registry = WaiterRegistry()

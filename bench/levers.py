@@ -41,11 +41,13 @@ requests
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import psutil
 
@@ -53,58 +55,55 @@ from bench import brokers, env
 from tests.helpers import BIN, ROOT, APIServer
 
 
-def dispatch(db: str) -> dict:
-    tmp = env.tmpdir("levers")
-    out: dict = {"db": db}
+@contextlib.contextmanager
+def _edge_api(db: str, tmp) -> Iterator[tuple[str, Callable[[], float]]]:
+    """An ``edge-kombu api`` on a fresh ``db``: its broker URL and its CPU seconds so far."""
     with env.edge_database(db, tmp) as db_url:
         token = env.create_token(db_url)
         server = APIServer(db_url, tmp)
         server.start()
         try:
-            url = server.url.replace("http://", f"edge+http://:{token}@")
             root = psutil.Process(server.pid)
             processes = [root, *root.children(recursive=True)]
 
             def cpu() -> float:
                 return sum(sum(p.cpu_times()[:2]) for p in processes)
 
-            start = cpu()
-            out["latency"] = brokers.latency(url, tmp, 300, db)
-            out["latency"]["server_cpu_ms_per_task"] = round((cpu() - start) * 1000 / 305, 2)
-            for n in (1, 4):
-                start = cpu()
-                row = brokers.throughput(url, tmp, 2000, n, db)
-                row["server_cpu_ms_per_task"] = round((cpu() - start) * 1000 / 2000, 2)
-                out[f"throughput_{n}"] = row
+            yield server.url.replace("http://", f"edge+http://:{token}@"), cpu
         finally:
             server.stop()
+
+
+def dispatch(db: str) -> dict:
+    tmp = env.tmpdir("levers")
+    out: dict = {"db": db}
+    with _edge_api(db, tmp) as (url, cpu):
+        start = cpu()
+        out["latency"] = brokers.latency(url, tmp, 300, db)
+        out["latency"]["server_cpu_ms_per_task"] = round((cpu() - start) * 1000 / 305, 2)
+        for n in (1, 4):
+            start = cpu()
+            row = brokers.throughput(url, tmp, 2000, n, db)
+            row["server_cpu_ms_per_task"] = round((cpu() - start) * 1000 / 2000, 2)
+            out[f"throughput_{n}"] = row
     return out
 
 
 def latency(db: str, gap: float, n: int = 150) -> dict:
     tmp = env.tmpdir("levers-latency")
-    with env.edge_database(db, tmp) as db_url:
-        token = env.create_token(db_url)
-        server = APIServer(db_url, tmp)
-        server.start()
-        try:
-            url = server.url.replace("http://", f"edge+http://:{token}@")
-            root = psutil.Process(server.pid)
-            processes = [root, *root.children(recursive=True)]
-            with brokers._one_worker(url, tmp, f"{db}-gap") as (client, queue, marks):
-                start = sum(sum(p.cpu_times()[:2]) for p in processes)
-                seconds = []
-                for i in range(n):
-                    sent = time.time()
-                    client.send_task("bench.app.mark", args=[str(i)], queue=queue)
-                    seconds.append(marks.wait(str(i), timeout=30) - sent)
-                    time.sleep(gap)
-                marks.wait(str(n - 1), timeout=30)
-                cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - start
-        finally:
-            server.stop()
+    with _edge_api(db, tmp) as (url, cpu), \
+            brokers._one_worker(url, tmp, f"{db}-gap") as (client, queue, marks):
+        start = cpu()
+        seconds = []
+        for i in range(n):
+            sent = time.time()
+            client.send_task("bench.app.mark", args=[str(i)], queue=queue)
+            seconds.append(marks.wait(str(i), timeout=30) - sent)
+            time.sleep(gap)
+        marks.wait(str(n - 1), timeout=30)
+        used = cpu() - start
     return {"db": db, "gap": gap, **env.summary_ms(seconds[5:]),
-            "server_cpu_ms_per_task": round(cpu * 1000 / n, 2)}
+            "server_cpu_ms_per_task": round(used * 1000 / n, 2)}
 
 
 def idle(n: int) -> dict:

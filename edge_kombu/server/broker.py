@@ -170,6 +170,15 @@ _QUEUE_TTLS = select(m.queue.c.name, m.queue.c.message_ttl_ms).where(
 _INSERT_MESSAGE = m.message.insert()
 
 
+def _delivery(queue: str, ident: int, nonce: str, message: dict, *, redelivered: bool,
+              handed: bool = False) -> Delivery:
+    """``message`` (stored as ``ident``, leased under ``nonce``) as its consumer gets it."""
+    props = message["properties"]
+    props["delivery_tag"] = f"{ident}.{nonce}"
+    props.setdefault("delivery_info", {})["redelivered"] = redelivered
+    return Delivery(queue, message, handed)
+
+
 def _positive_ms(arguments: dict, key: str) -> int | None:
     value = arguments.get(key)
     if value is None:
@@ -602,19 +611,22 @@ class Broker:
                                               {"session": waiter.session}).first() is None:
             return False
         nonce = secrets.token_hex(6)
-        conn.execute(self._claim_statement("lease"), {
-            "ids": [ident], "lease_session": waiter.session, "lease_nonce_value": nonce,
-            "lease_at": now})
         message = json.loads(row["payload"])
-        if self.history is not None:
-            self.history.claimed(conn, waiter.session, [(ident, message)], now)
-        if offer.grantee is not None and self.grants is not None:
-            self.grants.record(conn, offer.grantee, [message], now)
-        props = message["properties"]
-        props["delivery_tag"] = f"{ident}.{nonce}"
-        props.setdefault("delivery_info", {})["redelivered"] = False
-        handed.append(Delivery(queue, message, handed=True))
+        self._lease(conn, waiter.session, offer.grantee, [(ident, message)], nonce, now)
+        handed.append(_delivery(queue, ident, nonce, message, redelivered=False, handed=True))
         return True
+
+    def _lease(self, conn: Connection, session: str, grantee: str | None,
+               leased: list[tuple[int, dict]], nonce: str, now: float) -> None:
+        """Lease ``leased`` (id, message) to ``session`` under ``nonce``, with what goes
+        with a lease: the job history's "received" and the worker credential's grants."""
+        conn.execute(self._claim_statement("lease"), {
+            "ids": [ident for ident, _ in leased], "lease_session": session,
+            "lease_nonce_value": nonce, "lease_at": now})
+        if self.history is not None:
+            self.history.claimed(conn, session, leased, now)
+        if grantee is not None and self.grants is not None:
+            self.grants.record(conn, grantee, [message for _, message in leased], now)
 
     def _first_publish(self, conn: Connection, key: str, now: float) -> bool:
         """Record publish ``key``; False if it was recorded within the dedupe window.
@@ -931,31 +943,15 @@ class Broker:
                 return [], not guarded
             nonce = secrets.token_hex(6)
             taken = [r.id for r in chosen if r.queue in no_ack]
-            leased = [r.id for r in chosen if r.queue not in no_ack]
             if taken:
                 tx.conn.execute(delete(m.message).where(m.message.c.id.in_(taken)))
             messages = [json.loads(row.payload) for row in chosen]
+            leased = [(row.id, message) for row, message in zip(chosen, messages, strict=True)
+                      if row.queue not in no_ack]
             if leased:
-                tx.conn.execute(self._claim_statement("lease"), {
-                    "ids": leased, "lease_session": session, "lease_nonce_value": nonce,
-                    "lease_at": now})
-                if self.history is not None:
-                    self.history.claimed(tx.conn, session, [
-                        (row.id, message) for row, message in zip(chosen, messages, strict=True)
-                        if row.queue not in no_ack
-                    ], now)
-                if grantee is not None and self.grants is not None:
-                    self.grants.record(tx.conn, grantee, [
-                        message for row, message in zip(chosen, messages, strict=True)
-                        if row.queue not in no_ack
-                    ], now)
-        deliveries = []
-        for row, message in zip(chosen, messages, strict=True):
-            props = message["properties"]
-            props["delivery_tag"] = f"{row.id}.{nonce}"
-            props.setdefault("delivery_info", {})["redelivered"] = bool(row.redelivered)
-            deliveries.append(Delivery(row.queue, message))
-        return deliveries, True
+                self._lease(tx.conn, session, grantee, leased, nonce, now)
+        return [_delivery(row.queue, row.id, nonce, message, redelivered=bool(row.redelivered))
+                for row, message in zip(chosen, messages, strict=True)], True
 
     def _claim_statement(self, *shape):
         """The claim's statement of ``shape``, built once: building a statement and its
